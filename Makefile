@@ -1,0 +1,40 @@
+# Two commands for a newcomer: `make run` serves the app, `make test` runs every test.
+# Both install what they need first; `make install` is safe to repeat.
+
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+HOST ?= 127.0.0.1
+PORT ?= 7860
+MODEL ?= default
+PYTEST_ARGS ?=
+
+.PHONY: install run test test-fast browser stress clean
+
+install: $(STAMP)
+
+$(STAMP): requirements.txt requirements-offline.txt requirements-dev.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements.txt -r requirements-dev.txt
+	$(PY) -m pip install --quiet --no-deps -r requirements-offline.txt
+	$(PY) -m bot prepare
+	touch $(STAMP)
+
+run: install
+	$(PY) app.py --host $(HOST) --port $(PORT) --model $(MODEL)
+
+# Debian's chromium for the headless-browser tests (Playwright drives it; no browser download).
+browser:
+	test -x /usr/bin/chromium || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium)
+
+test: install browser
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+# Unit tests only: tiny models, no browser, no real model.
+test-fast: install
+	$(PY) -m pytest -q -m "not integration and not browser" $(PYTEST_ARGS)
+
+clean:
+	rm -rf $(VENV) .data .pytest_cache

@@ -1,0 +1,1 @@
+"""The chat bot: models, prompts and generation. The UI (app.py) is a thin shell over it."""

@@ -1,0 +1,158 @@
+"""Generate answers from chat messages: streaming, stoppable, one adapter per request.
+
+The generator owns the model's compute. Requests are served one at a time behind a lock: a
+request names its adapter (or the base) as an argument, so no request can change what another
+one runs. It knows nothing about retrieval or the UI.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field, replace
+
+from bot.conversation import FittedPrompt, fit_to_window
+from bot.models import LoadedModel
+from bot.settings import GenerationSettings
+
+BASE = "base"
+"""The adapter name that means: no adapter, the base model's own weights."""
+
+
+@dataclass
+class Completion:
+    text: str
+    prompt_tokens: int
+    completion_tokens: int
+    seconds: float
+    finish_reason: str
+    """`stop` (end of turn), `length` (max_new_tokens reached) or `cancelled`."""
+    notice: str | None = None
+
+
+@dataclass
+class StreamState:
+    """Filled in while a stream runs; complete once the iterator is exhausted."""
+
+    fitted: FittedPrompt | None = None
+    completion: Completion | None = None
+    cancel: threading.Event = field(default_factory=threading.Event)
+
+
+class _StopOnEvent:
+    """A stopping criterion that ends generation as soon as the event is set (the UI's stop button)."""
+
+    def __init__(self, event: threading.Event):
+        self.event = event
+
+    def __call__(self, input_ids, scores, **kwargs):
+        import torch
+
+        return torch.full((input_ids.shape[0],), self.event.is_set(), dtype=torch.bool, device=input_ids.device)
+
+
+class Generator:
+    def __init__(self, loaded: LoadedModel):
+        self.loaded = loaded
+        self.lock = threading.Lock()
+
+    @property
+    def name(self) -> str:
+        return self.loaded.name
+
+    def fit(self, messages: list[dict], settings: GenerationSettings) -> FittedPrompt:
+        """Trim history so the prompt leaves room for the answer (at most half the window is reserved)."""
+        window = self.loaded.context_window
+        budget = window - min(settings.max_new_tokens, window // 2)
+        return fit_to_window(self.loaded.tokenizer, messages, budget)
+
+    def render(self, messages: list[dict]) -> str:
+        """The exact prompt text the model reads for these messages."""
+        return self.loaded.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+    def stream(
+        self, messages: list[dict], settings: GenerationSettings, adapter: str = BASE, state: StreamState | None = None
+    ) -> Iterator[str]:
+        """Yield the answer's text piece by piece. Closing the iterator (or `state.cancel`) stops generation."""
+        from transformers import StoppingCriteriaList, TextIteratorStreamer
+
+        state = state or StreamState()
+        state.fitted = fitted = self.fit(messages, settings)
+        tokenizer = self.loaded.tokenizer
+        inputs = self._encode(fitted.messages)
+        room = self.loaded.context_window - fitted.prompt_tokens
+        if settings.max_new_tokens > room:
+            settings = replace(settings, max_new_tokens=room)
+        streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True, timeout=600)
+        result: dict = {}
+
+        def work():
+            try:
+                with self.lock:
+                    result["output"] = self._generate(
+                        inputs, settings, adapter, streamer=streamer,
+                        stopping_criteria=StoppingCriteriaList([_StopOnEvent(state.cancel)]),
+                    )
+            except BaseException as error:  # surfaced in the caller's thread below
+                result["error"] = error
+                streamer.end()
+
+        started = time.perf_counter()
+        thread = threading.Thread(target=work, daemon=True)
+        thread.start()
+        pieces = []
+        drained = False
+        try:
+            for piece in streamer:
+                pieces.append(piece)
+                yield piece
+            drained = True
+        finally:
+            if not drained:
+                state.cancel.set()  # the consumer went away: stop the model too
+            thread.join()
+        if "error" in result:
+            raise result["error"]
+        new_tokens = result["output"].shape[1] - inputs["input_ids"].shape[1]
+        state.completion = Completion(
+            text="".join(pieces), prompt_tokens=fitted.prompt_tokens, completion_tokens=new_tokens,
+            seconds=time.perf_counter() - started,
+            finish_reason=self._finish_reason(result["output"][0, -1].item(), new_tokens, settings, state.cancel),
+            notice=fitted.notice,
+        )
+
+    def complete(self, messages: list[dict], settings: GenerationSettings, adapter: str = BASE) -> Completion:
+        state = StreamState()
+        for _ in self.stream(messages, settings, adapter, state):
+            pass
+        return state.completion
+
+    def _encode(self, messages: list[dict]) -> dict:
+        encoded = self.loaded.tokenizer.apply_chat_template(
+            messages, add_generation_prompt=True, return_tensors="pt", return_dict=True
+        )
+        return {key: value.to(self.loaded.device) for key, value in encoded.items()}
+
+    def _generate(self, inputs: dict, settings: GenerationSettings, adapter: str, **kwargs):
+        import torch
+
+        if settings.seed is not None:
+            torch.manual_seed(settings.seed)
+        extra = {}
+        if adapter != BASE or hasattr(self.loaded.model, "peft_config"):
+            extra["adapter_names"] = [adapter if adapter != BASE else "__base__"]
+        with torch.inference_mode():
+            return self.loaded.model.generate(
+                **inputs, **settings.generate_kwargs(), **extra, **kwargs,
+                pad_token_id=self.loaded.tokenizer.pad_token_id,
+            )
+
+    def _finish_reason(self, last_token: int, new_tokens: int, settings: GenerationSettings, cancel) -> str:
+        if cancel.is_set():
+            return "cancelled"
+        eos = self.loaded.model.generation_config.eos_token_id
+        eos_ids = set(eos if isinstance(eos, list) else [eos])
+        if last_token in eos_ids or new_tokens < settings.max_new_tokens:
+            return "stop"
+        return "length"

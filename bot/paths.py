@@ -1,0 +1,33 @@
+"""Where the service keeps its files: model caches, indexes, adapters, uploads.
+
+Everything the app writes lives under one data home, `ICL_BOT_HOME` (default: `.data/` at the
+repository root), so an operator can point it at a volume and the UI never writes elsewhere.
+This module only names folders; it creates nothing at import time.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def data_home() -> Path:
+    """The root of everything the service writes."""
+    return Path(os.environ.get("ICL_BOT_HOME", REPO_ROOT / ".data")).resolve()
+
+
+def model_cache_dir() -> Path:
+    """Dense safetensors copies of models that ship only as GGUF."""
+    return data_home() / "models"
+
+
+def adapters_dir() -> Path:
+    """Trained LoRA adapters, one folder each (overridable with `ICL_BOT_ADAPTERS`)."""
+    return Path(os.environ.get("ICL_BOT_ADAPTERS", data_home() / "adapters")).resolve()
+
+
+def indexes_dir() -> Path:
+    """FAISS indexes built from demonstration pools."""
+    return data_home() / "indexes"

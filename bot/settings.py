@@ -1,0 +1,42 @@
+"""Sampling settings for one request, validated once so every entry point gives the same messages."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class GenerationSettings:
+    max_new_tokens: int = 256
+    """Most tokens to generate for the answer."""
+    temperature: float = 0.0
+    """0 is greedy decoding; above 0 samples from the softened distribution."""
+    top_p: float = 1.0
+    """Nucleus sampling: keep the smallest set of tokens whose probability reaches top_p."""
+    seed: int | None = None
+    """Seed for sampling, so a sampled answer can be reproduced; ignored when greedy."""
+
+    def __post_init__(self):
+        if isinstance(self.max_new_tokens, bool) or not isinstance(self.max_new_tokens, int):
+            raise ValueError(f"max_new_tokens must be a whole number, got {self.max_new_tokens!r}")
+        if not 1 <= self.max_new_tokens <= 8192:
+            raise ValueError(f"max_new_tokens must be between 1 and 8192, got {self.max_new_tokens}")
+        if not (math.isfinite(self.temperature) and 0 <= self.temperature <= 5):
+            raise ValueError(f"temperature must be between 0 and 5, got {self.temperature}")
+        if not (math.isfinite(self.top_p) and 0 < self.top_p <= 1):
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.seed is not None and (not isinstance(self.seed, int) or self.seed < 0):
+            raise ValueError(f"seed must be a non-negative whole number, got {self.seed!r}")
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0
+
+    def generate_kwargs(self) -> dict:
+        """Keyword arguments for `model.generate`."""
+        if self.greedy:
+            return {"max_new_tokens": self.max_new_tokens, "do_sample": False, "temperature": None, "top_p": None,
+                    "top_k": None}
+        return {"max_new_tokens": self.max_new_tokens, "do_sample": True, "temperature": self.temperature,
+                "top_p": self.top_p, "top_k": None}

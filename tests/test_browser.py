@@ -1,0 +1,51 @@
+"""The chat page in a real headless browser."""
+
+from pathlib import Path
+
+import pytest
+
+from bot.generation import Generator
+from bot.service import ChatService
+from browser import CHROMIUM, browser, send_chat, watch_reply
+from servers import free_port, running_app
+
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="chromium is installed by `make test` (make browser)"),
+]
+
+
+@pytest.fixture(scope="module")
+def tiny_url(tiny):
+    import app
+
+    demo = app.build_app(ChatService(Generator(tiny)))
+    port = free_port()
+    demo.queue().launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, i18n=app.I18N)
+    yield f"http://127.0.0.1:{port}/"
+    demo.close()
+
+
+@pytest.mark.parametrize("locale, title, tab", [("en-US", "In-context learning", "Chat"), ("zh-CN", "上下文学习", "对话")])
+def test_interface_language_follows_the_browser(tiny_url, locale, title, tab):
+    with browser() as chromium:
+        page = chromium.new_page(locale=locale)
+        page.goto(tiny_url)
+        page.wait_for_selector("#title")
+        assert title in page.locator("#title").inner_text()
+        assert page.get_by_role("tab", name=tab).count() == 1
+        assert "tiny-llama" in page.locator("#model-name textarea, #model-name input").first.input_value()
+
+
+@pytest.mark.integration
+def test_typed_message_gets_a_streamed_reply():
+    with running_app() as url, browser() as chromium:
+        page = chromium.new_page()
+        page.goto(url)
+        send_chat(page, "Write three sentences about the sea.")
+        states = watch_reply(page)
+    assert len(states) >= 3, f"expected the reply to grow while streaming, saw {states}"
+    # Markdown re-renders ("1." becomes a list item), so most, not all, updates extend the last one.
+    extensions = sum(later.startswith(earlier) for earlier, later in zip(states, states[1:]))
+    assert extensions >= len(states) // 2
+    assert len(states[-1].split()) > 10

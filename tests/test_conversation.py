@@ -1,0 +1,45 @@
+import pytest
+
+from bot.conversation import PromptTooLong, build_messages, count_prompt_tokens, fit_to_window
+
+
+def history(turns: int) -> list[dict]:
+    out = []
+    for i in range(turns):
+        out += [{"role": "user", "content": f"question {i} " * 5}, {"role": "assistant", "content": f"answer {i} " * 5}]
+    return out
+
+
+def test_build_messages_orders_system_history_message():
+    messages = build_messages("now", history(1), system="be brief")
+    assert [m["role"] for m in messages] == ["system", "user", "assistant", "user"]
+    assert messages[-1]["content"] == "now"
+
+
+def test_build_messages_skips_blank_system_and_non_text_turns():
+    turns = [{"role": "user", "content": {"path": "image.png"}}, {"role": "assistant", "content": "ok"}]
+    assert build_messages("hi", turns, system="  ") == [{"role": "assistant", "content": "ok"}, {"role": "user", "content": "hi"}]
+
+
+def test_everything_fits_nothing_dropped(tiny):
+    messages = build_messages("now", history(2), system="sys")
+    fitted = fit_to_window(tiny.tokenizer, messages, budget=10_000)
+    assert fitted.messages == messages and fitted.dropped_turns == 0 and fitted.notice is None
+    assert fitted.prompt_tokens == count_prompt_tokens(tiny.tokenizer, messages)
+
+
+def test_oldest_turns_dropped_first(tiny):
+    messages = build_messages("now", history(4), system="sys")
+    keep_two = build_messages("now", history(4)[4:], system="sys")
+    budget = count_prompt_tokens(tiny.tokenizer, keep_two)
+    fitted = fit_to_window(tiny.tokenizer, messages, budget)
+    assert fitted.messages == keep_two
+    assert fitted.dropped_turns == 2
+    assert "2 oldest conversation turns were dropped" in fitted.notice
+    assert fitted.prompt_tokens <= budget
+
+
+def test_message_alone_too_long_raises(tiny):
+    messages = build_messages("word " * 200, history(1), system="sys")
+    with pytest.raises(PromptTooLong, match="the message is too long: the prompt needs"):
+        fit_to_window(tiny.tokenizer, messages, budget=50)

@@ -1,0 +1,95 @@
+"""The generator against a reference: the same model's plain `generate` call."""
+
+import threading
+
+import pytest
+import torch
+
+from bot.conversation import build_messages, count_prompt_tokens
+from bot.generation import Generator, StreamState
+from bot.settings import GenerationSettings
+
+
+def reference(tiny, messages, max_new_tokens):
+    ids = tiny.tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt", return_dict=True)
+    with torch.inference_mode():
+        out = tiny.model.generate(**ids, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=0)
+    return tiny.tokenizer.decode(out[0, ids["input_ids"].shape[1]:], skip_special_tokens=True)
+
+
+def test_complete_equals_plain_generate(tiny):
+    messages = build_messages("the quick brown fox", system="sys")
+    completion = Generator(tiny).complete(messages, GenerationSettings(max_new_tokens=12))
+    assert completion.text == reference(tiny, messages, 12)
+    assert completion.completion_tokens == 12 and completion.finish_reason == "length"
+    assert completion.prompt_tokens == count_prompt_tokens(tiny.tokenizer, messages)
+
+
+def test_stream_pieces_join_to_the_completion(tiny):
+    messages = build_messages("what is the capital of France?")
+    settings = GenerationSettings(max_new_tokens=16)
+    pieces = list(Generator(tiny).stream(messages, settings))
+    assert len(pieces) > 1
+    assert "".join(pieces) == reference(tiny, messages, 16)
+
+
+def test_seeded_sampling_is_reproducible(tiny):
+    messages = build_messages("positive negative")
+    settings = GenerationSettings(max_new_tokens=10, temperature=1.5, seed=3)
+    generator = Generator(tiny)
+    assert generator.complete(messages, settings).text == generator.complete(messages, settings).text
+
+
+def test_cancel_stops_generation_early(tiny):
+    state = StreamState()
+    stream = Generator(tiny).stream(build_messages("hello"), GenerationSettings(max_new_tokens=200), state=state)
+    next(stream)
+    state.cancel.set()
+    list(stream)
+    assert state.completion.finish_reason == "cancelled"
+    assert state.completion.completion_tokens < 200
+
+
+def test_closing_the_stream_stops_the_model(tiny):
+    generator = Generator(tiny)
+    state = StreamState()
+    stream = generator.stream(build_messages("hello"), GenerationSettings(max_new_tokens=500), state=state)
+    next(stream)
+    stream.close()  # what Gradio does when the user presses stop
+    assert state.cancel.is_set()
+    assert generator.lock.acquire(timeout=5), "the generation thread still holds the model"
+    generator.lock.release()
+
+
+def test_errors_in_the_model_thread_reach_the_caller(tiny, monkeypatch):
+    generator = Generator(tiny)
+    monkeypatch.setattr(generator, "_generate", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("boom")))
+    with pytest.raises(RuntimeError, match="boom"):
+        generator.complete(build_messages("hello"), GenerationSettings(max_new_tokens=4))
+
+
+def test_concurrent_requests_get_their_own_answers(tiny):
+    generator = Generator(tiny)
+    prompts = [f"question {i} about the lazy dog" for i in range(6)]
+    settings = GenerationSettings(max_new_tokens=8)
+    serial = [generator.complete(build_messages(p), settings).text for p in prompts]
+    results = [None] * len(prompts)
+
+    def ask(i):
+        results[i] = generator.complete(build_messages(prompts[i]), settings).text
+
+    threads = [threading.Thread(target=ask, args=(i,)) for i in range(len(prompts))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert results == serial
+
+
+def test_answer_is_capped_by_the_context_window(tiny):
+    """Asking for more tokens than the window holds generates up to the window, not past it."""
+    state = StreamState()
+    settings = GenerationSettings(max_new_tokens=1000)
+    list(Generator(tiny).stream(build_messages("hello"), settings, state=state))
+    window = tiny.context_window
+    assert state.completion.prompt_tokens + state.completion.completion_tokens <= window
