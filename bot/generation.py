@@ -18,6 +18,8 @@ from bot.settings import GenerationSettings
 
 BASE = "base"
 """The adapter name that means: no adapter, the base model's own weights."""
+PEFT_BASE = "__base__"
+"""peft's name for the base model in mixed-adapter batches."""
 
 
 @dataclass
@@ -54,18 +56,33 @@ class _StopOnEvent:
 
 class Generator:
     def __init__(self, loaded: LoadedModel):
+        from bot.zerogpu import on_gpu
+
         self.loaded = loaded
         self.lock = threading.Lock()
+        self._generate = on_gpu(self._generate)
 
     @property
     def name(self) -> str:
         return self.loaded.name
+
+    @property
+    def tokenizer(self):
+        return self.loaded.tokenizer
+
+    @property
+    def context_window(self) -> int:
+        return self.loaded.context_window
 
     def fit(self, messages: list[dict], settings: GenerationSettings) -> FittedPrompt:
         """Trim history so the prompt leaves room for the answer (at most half the window is reserved)."""
         window = self.loaded.context_window
         budget = window - min(settings.max_new_tokens, window // 2)
         return fit_to_window(self.loaded.tokenizer, messages, budget)
+
+    def resident_adapters(self) -> list[str]:
+        """Adapters loaded on the model, each usable by name in any request."""
+        return list(getattr(self.loaded.model, "peft_config", {}))
 
     def render(self, messages: list[dict]) -> str:
         """The exact prompt text the model reads for these messages."""
@@ -128,20 +145,73 @@ class Generator:
             pass
         return state.completion
 
+    def complete_many(
+        self, conversations: list[list[dict]], settings: GenerationSettings, adapters: list[str]
+    ) -> list[Completion]:
+        """Answer several conversations in one batched call, each with its own adapter.
+
+        peft's mixed-batch inference applies each row's adapter to that row alone. Greedy fp32
+        answers equal one-by-one answers; in bf16 padding changes the rounding, so they can differ.
+        """
+        if len(conversations) != len(adapters):
+            raise ValueError(f"{len(conversations)} conversations but {len(adapters)} adapters")
+        fitted = [self.fit(messages, settings) for messages in conversations]
+        rows = [self.loaded.tokenizer.apply_chat_template(f.messages, add_generation_prompt=True, tokenize=True)
+                for f in fitted]
+        rows = [list(row["input_ids"] if hasattr(row, "keys") else row) for row in rows]
+        room = self.loaded.context_window - max(len(row) for row in rows)
+        if settings.max_new_tokens > room:
+            settings = replace(settings, max_new_tokens=room)
+        inputs = self._left_pad(rows)
+        started = time.perf_counter()
+        with self.lock:
+            output = self._generate(inputs, settings, adapters)
+        seconds = time.perf_counter() - started
+        width = inputs["input_ids"].shape[1]
+        return [self._completion(output[i, width:], f, settings, seconds) for i, f in enumerate(fitted)]
+
+    def _left_pad(self, rows: list[list[int]]) -> dict:
+        import torch
+
+        width = max(len(row) for row in rows)
+        pad = self.loaded.tokenizer.pad_token_id
+        ids = torch.tensor([[pad] * (width - len(row)) + row for row in rows])
+        mask = torch.tensor([[0] * (width - len(row)) + [1] * len(row) for row in rows])
+        return {"input_ids": ids.to(self.loaded.device), "attention_mask": mask.to(self.loaded.device)}
+
+    def _completion(self, new_ids, fitted: FittedPrompt, settings: GenerationSettings, seconds: float) -> Completion:
+        """A batch row's answer: its tokens up to the first end-of-turn (rows that ended early are padded)."""
+        eos = self.loaded.model.generation_config.eos_token_id
+        eos_ids = set(eos if isinstance(eos, list) else [eos])
+        tokens = new_ids.tolist()
+        ended = next((i for i, token in enumerate(tokens) if token in eos_ids), None)
+        kept = tokens if ended is None else tokens[:ended]
+        return Completion(
+            text=self.loaded.tokenizer.decode(kept, skip_special_tokens=True), prompt_tokens=fitted.prompt_tokens,
+            completion_tokens=len(kept) + (ended is not None), seconds=seconds,
+            finish_reason="length" if ended is None else "stop", notice=fitted.notice,
+        )
+
     def _encode(self, messages: list[dict]) -> dict:
         encoded = self.loaded.tokenizer.apply_chat_template(
             messages, add_generation_prompt=True, return_tensors="pt", return_dict=True
         )
         return {key: value.to(self.loaded.device) for key, value in encoded.items()}
 
-    def _generate(self, inputs: dict, settings: GenerationSettings, adapter: str, **kwargs):
+    def _generate(self, inputs: dict, settings: GenerationSettings, adapters: str | list[str], **kwargs):
+        """Run `generate`; call with the lock held. `adapters` is one name, or one per batch row."""
         import torch
 
         if settings.seed is not None:
             torch.manual_seed(settings.seed)
+        names = [adapters] if isinstance(adapters, str) else adapters
+        resident = self.resident_adapters()
+        unknown = [name for name in names if name != BASE and name not in resident]
+        if unknown:
+            raise ValueError(f"unknown adapter '{unknown[0]}'; available: {', '.join([BASE, *resident])}")
         extra = {}
-        if adapter != BASE or hasattr(self.loaded.model, "peft_config"):
-            extra["adapter_names"] = [adapter if adapter != BASE else "__base__"]
+        if resident:
+            extra["adapter_names"] = [PEFT_BASE if name == BASE else name for name in names]
         with torch.inference_mode():
             return self.loaded.model.generate(
                 **inputs, **settings.generate_kwargs(), **extra, **kwargs,

@@ -93,3 +93,19 @@ def test_answer_is_capped_by_the_context_window(tiny):
     list(Generator(tiny).stream(build_messages("hello"), settings, state=state))
     window = tiny.context_window
     assert state.completion.prompt_tokens + state.completion.completion_tokens <= window
+
+
+def test_batched_answers_equal_one_by_one_answers(tiny):
+    generator = Generator(tiny)
+    conversations = [build_messages(p) for p in ["hello", "the quick brown fox jumps", "Paris", "你好，世界"]]
+    settings = GenerationSettings(max_new_tokens=10)
+    serial = [generator.complete(c, settings) for c in conversations]
+    assert len({s.text for s in serial}) == len(serial), "sanity check: the prompts get different answers"
+    batched = generator.complete_many(conversations, settings, ["base"] * len(conversations))
+    assert [b.text for b in batched] == [s.text for s in serial]
+    assert [b.prompt_tokens for b in batched] == [s.prompt_tokens for s in serial]
+
+
+def test_unknown_adapter_is_refused_by_name(tiny):
+    with pytest.raises(ValueError, match="unknown adapter 'pirate'; available: base"):
+        Generator(tiny).complete(build_messages("hello"), GenerationSettings(max_new_tokens=2), adapter="pirate")

@@ -42,9 +42,10 @@ def tiny_model(tokenizer, seed: int = 0, layers: int = 2, hidden: int = 32):
     torch.manual_seed(seed)
     config = LlamaConfig(
         vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=True,
+        initializer_range=0.3,  # the default 0.02 collapses greedy output to one repeated token
     )
     model = LlamaForCausalLM(config).eval()
     model.generation_config.eos_token_id = tokenizer.eos_token_id
@@ -66,3 +67,19 @@ def save_tiny(folder, seed: int = 0) -> str:
     tiny_model(tokenizer, seed).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return str(folder)
+
+
+def with_lora_adapters(loaded, names: list[str], rank: int = 4):
+    """Wrap a LoadedModel's model in peft with randomly initialised LoRA adapters (one seed each),
+    so every adapter answers differently from the base. Returns the same LoadedModel, eval mode."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    config = lambda: LoraConfig(r=rank, lora_alpha=2 * rank, target_modules="all-linear", init_lora_weights=False)  # noqa: E731
+    torch.manual_seed(100)
+    model = get_peft_model(loaded.model, config(), adapter_name=names[0])
+    for seed, name in enumerate(names[1:], start=101):
+        torch.manual_seed(seed)
+        model.add_adapter(name, config())
+    loaded.model = model.eval()
+    return loaded
