@@ -237,3 +237,12 @@ def load_model(
     return LoadedModel(
         model=model, tokenizer=tokenizer, name=source.name, dtype=str(torch_dtype).removeprefix("torch."), device=device
     )
+
+
+def load_tokenizer(spec: str = "default", trust_remote_code: bool = False):
+    """Only the tokenizer of a model spec (for a remote backend that needs token counts)."""
+    from transformers import AutoTokenizer
+
+    source = resolve_model(spec)
+    path = str(dense_cache(source)) if source.gguf_file else source.path
+    return AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)

@@ -1,0 +1,203 @@
+"""An OpenAI-compatible HTTP API over the chat service, served by the same process as the UI.
+
+    GET  /v1/models              the base model and every adapter (each naming its parent)
+    POST /v1/chat/completions    `model` picks the base or an adapter per request; `stream: true`
+                                 answers with server-sent events as the OpenAI API does
+
+Few-shot settings ride in the namespaced extra field `icl`:
+`{"icl": {"pool": "sentiment", "mode": "few", "k": 4, "select": "knn", "order": "nearest-last"}}`.
+Errors have OpenAI's shape `{"error": {"message", "type", "param", "code"}}` with status 400
+(bad values), 401 (missing or wrong key), 404 (unknown model) or 422 (malformed body).
+Set `ICL_BOT_API_KEY` to require `Authorization: Bearer <key>`.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import time
+import uuid
+from typing import Any, Literal
+
+from fastapi import APIRouter, Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, StreamingResponse
+from pydantic import BaseModel, ConfigDict, Field
+
+from bot.generation import BASE
+
+
+class APIError(Exception):
+    def __init__(self, status: int, message: str, kind: str = "invalid_request_error", param=None, code=None):
+        super().__init__(message)
+        self.status, self.message, self.kind, self.param, self.code = status, message, kind, param, code
+
+    def response(self) -> JSONResponse:
+        body = {"error": {"message": self.message, "type": self.kind, "param": self.param, "code": self.code}}
+        return JSONResponse(body, status_code=self.status)
+
+
+class Message(BaseModel):
+    role: Literal["system", "developer", "user", "assistant"]
+    content: str | list[dict[str, Any]]
+
+    def text(self) -> str:
+        if isinstance(self.content, str):
+            return self.content
+        return "".join(part.get("text", "") for part in self.content if part.get("type") == "text")
+
+
+class FewShotFields(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    pool: str
+    mode: str = "few"
+    k: int = 4
+    select: str = "knn"
+    order: str = "nearest-last"
+    seed: int = 0
+    diversity: float = 0.5
+    style: str = "chat"
+
+
+class ChatRequest(BaseModel):
+    model: str
+    messages: list[Message] = Field(min_length=1)
+    max_tokens: int | None = None
+    max_completion_tokens: int | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    seed: int | None = None
+    stream: bool = False
+    stream_options: dict[str, Any] | None = None
+    n: int = 1
+    icl: FewShotFields | None = None
+    """This service's extension: few-shot demonstrations for the last user message."""
+
+
+def create_api(service, api_key: str | None = None) -> FastAPI:
+    """A FastAPI app holding the /v1 routes; the Gradio UI is mounted beside them by app.py."""
+    api = FastAPI(title="ICL & LoRA chat API")
+    api.add_exception_handler(APIError, lambda request, error: error.response())
+    api.add_exception_handler(RequestValidationError, _validation_error)
+    api.include_router(_routes(service, api_key))
+    return api
+
+
+def _validation_error(request: Request, error: RequestValidationError) -> JSONResponse:
+    first = error.errors()[0] if error.errors() else {}
+    where = ".".join(str(part) for part in first.get("loc", ()) if part != "body")
+    return APIError(422, f"{where}: {first.get('msg', 'invalid request')}", param=where or None).response()
+
+
+def _routes(service, api_key: str | None) -> APIRouter:
+    def authorize(request: Request) -> None:
+        if not api_key:
+            return
+        given = request.headers.get("authorization", "").removeprefix("Bearer ").strip()
+        if not hmac.compare_digest(given.encode(), api_key.encode()):
+            raise APIError(401, "invalid or missing API key", kind="authentication_error", code="invalid_api_key")
+
+    router = APIRouter(prefix="/v1", dependencies=[Depends(authorize)])
+
+    @router.get("/models")
+    def list_models() -> dict:
+        created = int(time.time())
+        base = {"id": service.model_name, "object": "model", "created": created, "owned_by": "icl-bot"}
+        adapters = [
+            {"id": name, "object": "model", "created": created, "owned_by": "icl-bot", "parent": service.model_name}
+            for name in service.adapter_choices() if name != BASE
+        ]
+        return {"object": "list", "data": [base, *adapters]}
+
+    @router.post("/chat/completions")
+    def chat_completions(body: ChatRequest):
+        adapter, turn = _plan(service, body)
+        if body.stream:
+            include_usage = bool((body.stream_options or {}).get("include_usage"))
+            return StreamingResponse(_events(body.model, turn, include_usage), media_type="text/event-stream")
+        result = None
+        for result in turn:
+            pass
+        return _completion_body(body.model, result)
+
+    return router
+
+
+def _plan(service, body: ChatRequest):
+    """Check the request and start the turn; errors surface here, before any byte is sent."""
+    from bot.service import FewShot
+    from bot.settings import GenerationSettings
+
+    if body.n != 1:
+        raise APIError(400, "only n=1 is supported", param="n")
+    if body.model not in (BASE, service.model_name) and body.model not in service.adapter_choices():
+        available = ", ".join([service.model_name, *service.adapter_choices()[1:]])
+        raise APIError(404, f"unknown model '{body.model}'; available: {available}", param="model",
+                       code="model_not_found")
+    adapter = BASE if body.model == service.model_name else body.model
+    system = "\n\n".join(m.text() for m in body.messages if m.role in ("system", "developer")) or None
+    turns = [{"role": m.role, "content": m.text()} for m in body.messages if m.role in ("user", "assistant")]
+    if not turns or turns[-1]["role"] != "user":
+        raise APIError(400, "the last message must come from the user", param="messages")
+    try:
+        settings = GenerationSettings(
+            max_new_tokens=body.max_completion_tokens or body.max_tokens or 256,
+            temperature=0.0 if body.temperature is None else body.temperature,
+            top_p=1.0 if body.top_p is None else body.top_p, seed=body.seed,
+        )
+        fewshot = FewShot(**body.icl.model_dump()) if body.icl else None
+        turn = service.chat(turns[-1]["content"], turns[:-1], system, settings, adapter=adapter, fewshot=fewshot)
+        first = next(turn)
+    except ValueError as error:
+        raise APIError(400, str(error)) from error
+    return adapter, _chain(first, turn)
+
+
+def _chain(first, rest):
+    yield first
+    yield from rest
+
+
+def _usage(result) -> dict:
+    c = result.completion
+    return {"prompt_tokens": c.prompt_tokens, "completion_tokens": c.completion_tokens,
+            "total_tokens": c.prompt_tokens + c.completion_tokens}
+
+
+def _finish(result) -> str:
+    return "length" if result.completion.finish_reason == "length" else "stop"
+
+
+def _completion_body(model: str, result) -> dict:
+    body = {
+        "id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion", "created": int(time.time()), "model": model,
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": result.text},
+                     "finish_reason": _finish(result)}],
+        "usage": _usage(result),
+    }
+    if result.demos:
+        body["icl"] = {"demos": result.demos, "notice": result.notice}
+    return body
+
+
+def _events(model: str, turn, include_usage: bool):
+    """Server-sent events: a role chunk, content chunks, a finish chunk, [DONE]."""
+    ident, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
+
+    def chunk(delta: dict, finish=None, **extra) -> str:
+        payload = {"id": ident, "object": "chat.completion.chunk", "created": created, "model": model,
+                   "choices": [{"index": 0, "delta": delta, "finish_reason": finish}], **extra}
+        return f"data: {json.dumps(payload, ensure_ascii=False)}\n\n"
+
+    yield chunk({"role": "assistant", "content": ""})
+    sent, result = 0, None
+    for result in turn:
+        if len(result.text) > sent:
+            yield chunk({"content": result.text[sent:]})
+            sent = len(result.text)
+    yield chunk({}, _finish(result))
+    if include_usage:
+        payload = {"id": ident, "object": "chat.completion.chunk", "created": created, "model": model,
+                   "choices": [], "usage": _usage(result)}
+        yield f"data: {json.dumps(payload)}\n\n"
+    yield "data: [DONE]\n\n"

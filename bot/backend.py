@@ -1,0 +1,41 @@
+"""Choose where answers are generated: a local model, or a remote OpenAI-compatible server.
+
+Both give an object with the Generator interface (stream, complete, complete_many, fit, render,
+resident_adapters), so the service, UI and CLI do not care which one they hold.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+BACKENDS = ("local", "openai")
+
+
+def add_backend_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--backend", choices=BACKENDS, default="local",
+                        help="local: load --model here; openai: generate on --base-url")
+    parser.add_argument("--base-url", help="an OpenAI-compatible server, e.g. http://127.0.0.1:8000/v1")
+    parser.add_argument("--api-key", help="bearer key for --base-url (default: $OPENAI_API_KEY)")
+
+
+def open_generator(args: argparse.Namespace):
+    """A Generator for `--backend local`, a RemoteGenerator for `--backend openai`."""
+    import os
+
+    from bot.generation import Generator
+    from bot.models import ModelError, load_model, load_tokenizer
+
+    if args.backend == "local":
+        return Generator(
+            load_model(args.model, dtype=args.dtype, device=args.device, trust_remote_code=args.trust_remote_code)
+        )
+    if not args.base_url:
+        raise ValueError("--backend openai needs --base-url")
+    from bot.remote import RemoteGenerator
+
+    try:  # the local copy of the model's tokenizer, when there is one, fits history exactly
+        tokenizer = load_tokenizer(args.model, trust_remote_code=args.trust_remote_code)
+    except (ModelError, OSError):
+        tokenizer = None
+    api_key = args.api_key or os.environ.get("OPENAI_API_KEY")
+    return RemoteGenerator(args.base_url, api_key=api_key, tokenizer=tokenizer)

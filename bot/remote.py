@@ -1,0 +1,144 @@
+"""Generate through any OpenAI-compatible server instead of a local model.
+
+    python app.py --backend openai --base-url http://gpu-box:8000/v1 --api-key KEY
+    python -m bot ask --backend openai --base-url http://127.0.0.1:7860/v1 "Hello"
+
+`RemoteGenerator` has the local Generator's interface, so the chat service, the UI and the CLI
+work unchanged; an adapter name becomes the request's `model` (vLLM serves LoRA adapters under
+their own names with `--enable-lora --lora-modules NAME=PATH`). When a tokenizer for the remote
+model is at hand (by default the local `--model`), history is fitted to the context window and
+the prompt shown is the exact templated text; otherwise messages are sent as they are and shown
+as JSON. The server does its own batching, so `complete_many` just runs requests concurrently.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+
+from bot.conversation import FittedPrompt, fit_to_window
+from bot.generation import BASE, Completion, StreamState
+from bot.settings import GenerationSettings
+
+
+class RemoteError(ValueError):
+    """The remote server refused a request or could not be reached; the message is the server's."""
+
+
+class RemoteGenerator:
+    def __init__(self, base_url: str, api_key: str | None = None, tokenizer=None, context_window: int = 8192,
+                 timeout: float = 600):
+        import httpx
+
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self.client = httpx.Client(base_url=base_url.rstrip("/"), headers=headers, timeout=timeout)
+        self.tokenizer = tokenizer
+        self.context_window = context_window
+        self.lock = threading.Lock()
+        """Held only while the adapter list is refreshed; generation runs on the server."""
+        self.name, self._adapters = self._read_models()
+
+    def _read_models(self) -> tuple[str, list[str]]:
+        models = self._request("GET", "/models")["data"]
+        bases = [m["id"] for m in models if not m.get("parent")]
+        if not bases:
+            raise RemoteError(f"the server at {self.client.base_url} lists no base model")
+        return bases[0], [m["id"] for m in models if m.get("parent")]
+
+    def resident_adapters(self) -> list[str]:
+        with self.lock:
+            self.name, self._adapters = self._read_models()
+            return list(self._adapters)
+
+    def fit(self, messages: list[dict], settings: GenerationSettings) -> FittedPrompt:
+        if self.tokenizer is None:
+            return FittedPrompt(messages=list(messages), prompt_tokens=0, dropped_turns=0)
+        budget = self.context_window - min(settings.max_new_tokens, self.context_window // 2)
+        return fit_to_window(self.tokenizer, messages, budget)
+
+    def render(self, messages: list[dict]) -> str:
+        if self.tokenizer is None:
+            return json.dumps(messages, ensure_ascii=False, indent=1)
+        return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+    def stream(self, messages: list[dict], settings: GenerationSettings, adapter: str = BASE,
+               state: StreamState | None = None) -> Iterator[str]:
+        state = state or StreamState()
+        state.fitted = fitted = self.fit(messages, settings)
+        body = self._body(fitted.messages, settings, adapter, stream=True)
+        started, pieces, usage, finish = time.perf_counter(), [], None, "stop"
+        with self.client.stream("POST", "/chat/completions", json=body) as response:
+            if response.status_code >= 400:
+                response.read()
+                raise RemoteError(self._error_message(response))
+            for chunk in _sse_payloads(response.iter_lines()):
+                usage = chunk.get("usage") or usage
+                for choice in chunk.get("choices", []):
+                    finish = choice.get("finish_reason") or finish
+                    piece = (choice.get("delta") or {}).get("content")
+                    if piece:
+                        pieces.append(piece)
+                        yield piece
+                if state.cancel.is_set():
+                    finish = "cancelled"
+                    break
+        usage = usage or {}
+        state.completion = Completion(
+            text="".join(pieces), prompt_tokens=usage.get("prompt_tokens", fitted.prompt_tokens),
+            completion_tokens=usage.get("completion_tokens", len(pieces)), seconds=time.perf_counter() - started,
+            finish_reason=finish, notice=fitted.notice,
+        )
+
+    def complete(self, messages: list[dict], settings: GenerationSettings, adapter: str = BASE) -> Completion:
+        state = StreamState()
+        for _ in self.stream(messages, settings, adapter, state):
+            pass
+        return state.completion
+
+    def complete_many(self, conversations, settings: GenerationSettings, adapters: list[str]) -> list[Completion]:
+        with ThreadPoolExecutor(max_workers=max(len(conversations), 1)) as pool:
+            return list(pool.map(lambda pair: self.complete(pair[0], settings, pair[1]), zip(conversations, adapters)))
+
+    def _body(self, messages, settings: GenerationSettings, adapter: str, stream: bool) -> dict:
+        body = {
+            "model": self.name if adapter == BASE else adapter, "messages": messages,
+            "max_tokens": settings.max_new_tokens, "temperature": settings.temperature, "stream": stream,
+            "stream_options": {"include_usage": True},
+        }
+        if not settings.greedy:
+            body["top_p"] = settings.top_p
+        if settings.seed is not None:
+            body["seed"] = settings.seed
+        return body
+
+    def _request(self, method: str, path: str) -> dict:
+        import httpx
+
+        try:
+            response = self.client.request(method, path)
+        except httpx.HTTPError as error:
+            raise RemoteError(f"cannot reach {self.client.base_url}: {error}") from error
+        if response.status_code >= 400:
+            raise RemoteError(self._error_message(response))
+        return response.json()
+
+    def _error_message(self, response) -> str:
+        try:
+            message = response.json()["error"]["message"]
+        except (ValueError, KeyError, TypeError):
+            message = response.text[:300]
+        return f"remote server answered {response.status_code}: {message}"
+
+
+def _sse_payloads(lines) -> Iterator[dict]:
+    """The JSON payloads of server-sent events, up to `data: [DONE]`."""
+    for line in lines:
+        if not line.startswith("data:"):
+            continue
+        data = line[len("data:"):].strip()
+        if data == "[DONE]":
+            return
+        yield json.loads(data)

@@ -1,0 +1,123 @@
+"""The OpenAI-compatible API, driven by the official `openai` client and by raw HTTP."""
+
+import json
+import urllib.error
+import urllib.request
+
+import openai
+import pytest
+
+from bot.conversation import build_messages
+from bot.generation import Generator
+from bot.service import ChatService
+from bot.settings import GenerationSettings
+from servers import serving
+from tiny import tiny_loaded, with_lora_adapters
+
+KEY = "test-key"
+ADAPTERS = ["pirate", "poet"]
+
+
+@pytest.fixture(scope="module")
+def api():
+    import app
+
+    loaded = with_lora_adapters(tiny_loaded(), ADAPTERS)
+    service = ChatService(Generator(loaded))
+    with serving(app.create_server(service, api_key=KEY)) as url:
+        yield service, url
+
+
+def client(url, key=KEY):
+    return openai.OpenAI(base_url=f"{url}/v1", api_key=key, max_retries=0)
+
+
+def expected(service, adapter, text, tokens=8):
+    return service.generator.complete(build_messages(text), GenerationSettings(max_new_tokens=tokens), adapter).text
+
+
+def test_models_lists_base_and_adapters_with_parent(api):
+    service, url = api
+    models = {m.id: m for m in client(url).models.list().data}
+    assert set(models) == {"tiny-llama", *ADAPTERS}
+    assert all(models[name].model_extra["parent"] == "tiny-llama" for name in ADAPTERS)
+
+
+@pytest.mark.parametrize("model, adapter", [("tiny-llama", "base"), ("pirate", "pirate"), ("poet", "poet")])
+def test_each_model_answers_with_its_own_weights(api, model, adapter):
+    service, url = api
+    answers = {name: expected(service, name, "hello there") for name in ["base", *ADAPTERS]}
+    assert len(set(answers.values())) == 3, "sanity check: base and adapters answer differently"
+    response = client(url).chat.completions.create(
+        model=model, messages=[{"role": "user", "content": "hello there"}], max_tokens=8, temperature=0
+    )
+    assert response.choices[0].message.content == answers[adapter]
+    assert response.usage.completion_tokens == 8 and response.choices[0].finish_reason == "length"
+
+
+def test_streaming_chunks_join_to_the_same_answer(api):
+    service, url = api
+    stream = client(url).chat.completions.create(
+        model="poet", messages=[{"role": "user", "content": "the quick brown fox"}], max_tokens=40, stream=True,
+        stream_options={"include_usage": True},
+    )
+    chunks = list(stream)
+    pieces = [c.choices[0].delta.content for c in chunks if c.choices and c.choices[0].delta.content]
+    assert len(pieces) > 1
+    assert "".join(pieces) == expected(service, "poet", "the quick brown fox", 40)
+    assert chunks[-1].usage.completion_tokens == 40
+
+
+def test_system_and_history_reach_the_model(api):
+    service, url = api
+    history = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]
+    messages = [{"role": "system", "content": "be brief"}, *history, {"role": "user", "content": "and now"}]
+    response = client(url).chat.completions.create(model="tiny-llama", messages=messages, max_tokens=6)
+    reference = service.generator.complete(
+        build_messages("and now", history, "be brief"), GenerationSettings(max_new_tokens=6)
+    )
+    assert response.choices[0].message.content == reference.text
+
+
+def test_wrong_key_is_401(api):
+    _, url = api
+    with pytest.raises(openai.AuthenticationError, match="invalid or missing API key"):
+        client(url, key="nope").models.list()
+
+
+def test_unknown_model_is_404(api):
+    _, url = api
+    with pytest.raises(openai.NotFoundError, match="unknown model 'gpt-9'; available: tiny-llama, pirate, poet"):
+        client(url).chat.completions.create(model="gpt-9", messages=[{"role": "user", "content": "hi"}])
+
+
+@pytest.mark.parametrize(
+    "body, status, message",
+    [
+        ({"model": "tiny-llama", "messages": [{"role": "user", "content": "hi"}], "temperature": 9}, 400,
+         "temperature must be between 0 and 5"),
+        ({"model": "tiny-llama", "messages": [{"role": "assistant", "content": "hi"}]}, 400,
+         "the last message must come from the user"),
+        ({"model": "tiny-llama", "messages": []}, 422, "messages"),
+        ({"model": "tiny-llama", "messages": [{"role": "user", "content": "hi"}], "icl": {"pool": "x"}}, 400,
+         "few-shot prompts need a pool library"),
+        ({"messages": [{"role": "user", "content": "hi"}]}, 422, "model: Field required"),
+    ],
+)
+def test_bad_requests_get_openai_style_errors(api, body, status, message):
+    _, url = api
+    request = urllib.request.Request(
+        f"{url}/v1/chat/completions", data=json.dumps(body).encode(), method="POST",
+        headers={"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"},
+    )
+    with pytest.raises(urllib.error.HTTPError) as caught:
+        urllib.request.urlopen(request)
+    assert caught.value.code == status
+    error = json.loads(caught.value.read())["error"]
+    assert message in error["message"] and set(error) == {"message", "type", "param", "code"}
+
+
+def test_ui_is_served_beside_the_api(api):
+    _, url = api
+    page = urllib.request.urlopen(f"{url}/").read().decode()
+    assert "<html" in page.lower()
