@@ -1,0 +1,1 @@
+"""Benchmarks, one module each: `python -m bench NAME [args...]` runs `bench.NAME.main(args)`."""

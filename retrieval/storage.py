@@ -1,0 +1,104 @@
+"""Crash-safe writes of a folder of files, with checksums verified on read.
+
+A stored folder holds content-named data files and one `meta.json` that lists them with their
+sha256. A save writes the data files under temporary names, renames each into place, and only
+then replaces `meta.json` (one `os.replace`, atomic on POSIX and Windows). Until that last step
+the old `meta.json` still names the old files, which are left alone, so an interrupted save
+leaves the previous version readable; files no longer named are removed afterwards.
+
+This module moves bytes; what the files mean is `retrieval.index`'s business.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+META_FILE = "meta.json"
+
+
+class StorageError(ValueError):
+    """A stored folder that is missing, incomplete or altered since it was written."""
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def write_file_atomic(path: Path, write: Callable[[Path], None]) -> None:
+    """Call `write(temp_path)` and rename the result to `path`; no half-written `path` is ever seen."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temp = tempfile.mkstemp(prefix=".partial-", dir=path.parent)
+    os.close(handle)
+    try:
+        write(Path(temp))
+        os.replace(temp, path)
+    except BaseException:
+        Path(temp).unlink(missing_ok=True)
+        raise
+
+
+def save_folder(folder: Path, files: dict[str, Callable[[Path], None]], meta: dict) -> dict:
+    """Write `files` (role -> writer) and `meta.json` into `folder`; return the meta as written.
+
+    Each data file is named `<role>-<sha256 prefix>`, so a new version never overwrites a file the
+    current `meta.json` refers to. The meta gains `files`: role -> {name, sha256}.
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    listed = {}
+    for role, write in files.items():
+        staged = folder / f".staged-{role}"
+        write_file_atomic(staged, write)
+        digest = sha256_file(staged)
+        name = f"{role}-{digest[:16]}"
+        os.replace(staged, folder / name)
+        listed[role] = {"name": name, "sha256": digest}
+    meta = {**meta, "files": listed}
+    text = json.dumps(meta, ensure_ascii=False, indent=2) + "\n"
+    write_file_atomic(folder / META_FILE, lambda temp: temp.write_text(text, encoding="utf-8"))
+    _remove_unlisted(folder, {entry["name"] for entry in listed.values()})
+    return meta
+
+
+def _remove_unlisted(folder: Path, keep: set[str]) -> None:
+    for path in folder.iterdir():
+        if path.is_file() and path.name != META_FILE and path.name not in keep:
+            path.unlink(missing_ok=True)
+
+
+def read_meta(folder: Path) -> dict:
+    """The folder's `meta.json`, or StorageError if the folder holds no saved version."""
+    meta_path = Path(folder) / META_FILE
+    if not meta_path.is_file():
+        raise StorageError(f"no index at '{folder}' ({META_FILE} is missing)")
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise StorageError(f"'{meta_path}' is corrupted: {error}") from error
+    if not isinstance(meta, dict) or not isinstance(meta.get("files"), dict):
+        raise StorageError(f"'{meta_path}' is corrupted: it lists no files")
+    return meta
+
+
+def verified_path(folder: Path, meta: dict, role: str) -> Path:
+    """The path of a listed file after checking it exists and its sha256 matches the meta."""
+    entry = meta["files"].get(role)
+    if entry is None:
+        raise StorageError(f"'{folder}' is incomplete: {META_FILE} lists no '{role}' file")
+    path = Path(folder) / entry["name"]
+    if not path.is_file():
+        raise StorageError(f"'{folder}' is incomplete: '{entry['name']}' is missing")
+    if sha256_file(path) != entry["sha256"]:
+        raise StorageError(
+            f"'{path}' is corrupted or was modified: its sha256 does not match {META_FILE}; rebuild the index"
+        )
+    return path

@@ -1,0 +1,157 @@
+"""Pool files: the formats that load, the messages for those that do not, and the built-in pools."""
+
+import json
+
+import pytest
+
+from retrieval.pool import Example, Pool, PoolError, builtin_pools, content_sha256, load_pool
+
+
+def write_jsonl(path, rows):
+    path.write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows), encoding="utf-8")
+    return path
+
+
+def test_jsonl_keeps_extra_fields_and_numbers_rows(tmp_path):
+    path = write_jsonl(tmp_path / "p.jsonl", [
+        {"input": "good film", "output": "positive", "source": "me"},
+        {"input": "bad film", "output": "negative"},
+    ])
+    pool = load_pool(path)
+    assert [(e.id, e.input, e.output) for e in pool.examples] == [(0, "good film", "positive"), (1, "bad film", "negative")]
+    assert pool.examples[0].extra == {"source": "me"}
+    assert pool.task is None and pool.source == str(path)
+
+
+def test_sidecar_gives_the_task(tmp_path):
+    path = write_jsonl(tmp_path / "p.jsonl", [{"input": "a", "output": "b"}])
+    (tmp_path / "p.json").write_text(json.dumps({"task": "Do the thing."}), encoding="utf-8")
+    assert load_pool(path).task == "Do the thing."
+    assert load_pool(path, task="Override.").task == "Override."
+
+
+def test_exact_duplicates_are_dropped(tmp_path):
+    rows = [{"input": "a", "output": "x"}, {"input": "a", "output": "x"}, {"input": "a", "output": "y"}]
+    pool = load_pool(write_jsonl(tmp_path / "p.jsonl", rows))
+    assert [(e.input, e.output) for e in pool.examples] == [("a", "x"), ("a", "y")]
+    assert pool.duplicates == 1
+
+
+def test_malformed_json_line_names_its_line(tmp_path):
+    path = tmp_path / "p.jsonl"
+    path.write_text('{"input": "a", "output": "b"}\n{"input": "c", "output": \n', encoding="utf-8")
+    with pytest.raises(PoolError, match=r"p.jsonl: 1 bad row: line 2: not valid JSON"):
+        load_pool(path)
+
+
+def test_missing_field_is_named(tmp_path):
+    path = write_jsonl(tmp_path / "p.jsonl", [{"input": "a", "output": "b"}, {"input": "c"}])
+    with pytest.raises(PoolError, match="line 2: missing field 'output'"):
+        load_pool(path)
+
+
+def test_many_errors_show_the_first_few(tmp_path):
+    path = write_jsonl(tmp_path / "p.jsonl", [{"text": str(i)} for i in range(9)])
+    with pytest.raises(PoolError, match=r"9 bad rows \(first 5 shown\): line 1: .*line 5: missing field 'input'; pass"):
+        load_pool(path)
+
+
+def test_skip_bad_reports_how_many(tmp_path):
+    path = tmp_path / "p.jsonl"
+    path.write_text('{"input": "a", "output": "b"}\nnot json\n{"input": ""}\n', encoding="utf-8")
+    pool = load_pool(path, skip_bad=True)
+    assert len(pool) == 1 and pool.skipped == 2
+
+
+def test_empty_file(tmp_path):
+    path = tmp_path / "p.jsonl"
+    path.write_text("\n\n", encoding="utf-8")
+    with pytest.raises(PoolError, match="the pool file is empty"):
+        load_pool(path)
+
+
+def test_wrong_encoding_names_the_line(tmp_path):
+    path = tmp_path / "p.jsonl"
+    path.write_bytes('{"input": "a", "output": "b"}\n'.encode() + '{"input": "café", "output": "b"}\n'.encode("latin-1"))
+    with pytest.raises(PoolError, match=r"not UTF-8 text \(byte 0xe9 on line 2\)"):
+        load_pool(path)
+
+
+def test_unknown_suffix(tmp_path):
+    path = tmp_path / "p.txt"
+    path.write_text("hello", encoding="utf-8")
+    with pytest.raises(PoolError, match="unknown pool format '.txt'"):
+        load_pool(path)
+
+
+def test_csv_with_chosen_fields(tmp_path):
+    path = tmp_path / "p.csv"
+    path.write_text('text,label,note\n"good, really",pos,x\nbad,neg,y\n', encoding="utf-8")
+    pool = load_pool(path, input_field="text", output_field="label")
+    assert [(e.input, e.output, e.extra) for e in pool.examples] == [
+        ("good, really", "pos", {"note": "x"}), ("bad", "neg", {"note": "y"}),
+    ]
+
+
+def test_csv_without_the_field(tmp_path):
+    path = tmp_path / "p.csv"
+    path.write_text("text,label\na,b\n", encoding="utf-8")
+    with pytest.raises(PoolError, match=r"no column 'input' \(columns: text, label\); choose one with --input-field"):
+        load_pool(path)
+
+
+def test_tsv_short_row_names_its_line(tmp_path):
+    path = tmp_path / "p.tsv"
+    path.write_text("input\toutput\na\tb\nc\n", encoding="utf-8")
+    with pytest.raises(PoolError, match="line 3: fewer cells than header columns"):
+        load_pool(path)
+
+
+def test_alpaca_json(tmp_path):
+    path = tmp_path / "p.json"
+    records = [
+        {"instruction": "Add the numbers.", "input": "2 and 3", "output": "5"},
+        {"instruction": "Say hi.", "input": "", "output": "hi"},
+        {"instruction": "No answer."},
+    ]
+    path.write_text(json.dumps(records, indent=2), encoding="utf-8")
+    with pytest.raises(PoolError, match="line 12: missing field 'output'"):
+        load_pool(path)
+    pool = load_pool(path, skip_bad=True)
+    assert [(e.input, e.output) for e in pool.examples] == [("Add the numbers.\n\n2 and 3", "5"), ("Say hi.", "hi")]
+
+
+def test_chinese_pool_round_trips(tmp_path):
+    rows = [{"input": "这部电影很好看。", "output": "正面"}, {"input": "服务太差了。", "output": "负面"}]
+    path = write_jsonl(tmp_path / "zh.jsonl", rows)
+    (tmp_path / "zh.json").write_text(json.dumps({"task": "判断情感。"}, ensure_ascii=False), encoding="utf-8")
+    pool = load_pool(path)
+    assert [(e.input, e.output) for e in pool.examples] == [(r["input"], r["output"]) for r in rows]
+    assert pool.task == "判断情感。"
+
+
+def test_hash_depends_on_content_not_format(tmp_path):
+    jsonl = write_jsonl(tmp_path / "p.jsonl", [{"input": "a", "output": "b"}])
+    csv = tmp_path / "p.csv"
+    csv.write_text("input,output\na,b\n", encoding="utf-8")
+    assert load_pool(jsonl).sha256 == load_pool(csv).sha256
+    other = write_jsonl(tmp_path / "q.jsonl", [{"input": "a", "output": "c"}])
+    assert load_pool(other).sha256 != load_pool(jsonl).sha256
+
+
+def test_dataclasses_validate_fields():
+    with pytest.raises(ValueError, match="Example.input must be non-empty text"):
+        Example(id=0, input="  ", output="x")
+    with pytest.raises(ValueError, match="example at position 0 has id 3"):
+        Pool(examples=[Example(id=3, input="a", output="b")], task=None, source="memory")
+    examples = [Example(id=0, input="a", output="b")]
+    assert Pool(examples=examples, task=None, source="memory").sha256 == content_sha256(examples)
+
+
+def test_builtin_pools_are_big_enough_and_have_tasks():
+    pools = builtin_pools()
+    assert {"sentiment", "intent", "dates", "sentiment_zh"} <= set(pools)
+    for name, path in pools.items():
+        pool = load_pool(path)
+        assert len(pool) >= 60, name
+        assert pool.task and pool.duplicates == 0, name
