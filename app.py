@@ -4,7 +4,8 @@
     python app.py --port 8000 --model ./my-model --host 0.0.0.0
 
 On Hugging Face Spaces the same file runs as the Space's `app_file`. The chat endpoint is
-`/chat`: see the README for its arguments. No model, prompt or index logic lives here.
+`/chat` (see the README for its arguments); an OpenAI-compatible API is served under `/v1`
+(bot/api.py). No model, prompt or index logic lives here.
 """
 
 from __future__ import annotations
@@ -14,7 +15,14 @@ import os
 
 import gradio as gr
 
+from bot.backend import add_backend_flags
+from ui.chat import chat_tab
+from ui.compare import compare_tab
+from ui.pools import pools_tab
 from ui.text import I18N, t
+
+MAX_UPLOAD = "20mb"
+"""Largest file the app accepts (pool uploads); the pool library checks its own limit too."""
 
 
 def build_app(service) -> gr.Blocks:
@@ -24,50 +32,14 @@ def build_app(service) -> gr.Blocks:
             gr.Markdown(t("title"), elem_id="title")
             gr.Textbox(service.model_name, label=t("model"), interactive=False, elem_id="model-name", scale=0)
         with gr.Tab(t("tab_chat")):
-            chat_tab(service)
+            pickers = chat_tab(service)
+        with gr.Tab(t("tab_compare")):
+            compare_models = compare_tab(service)
+        if service.library is not None:
+            with gr.Tab(t("tab_pools")):
+                pools_tab(service, pickers["pool"])
+        demo.load(lambda: gr.update(choices=service.adapter_choices()), outputs=compare_models, api_name=False)
     return demo
-
-
-def chat_tab(service) -> None:
-    from bot.settings import GenerationSettings
-
-    with gr.Accordion(t("prompt_details"), open=False, render=False) as details:
-        demos_table = gr.Dataframe(headers=["#", "input", "output", "score"], label=t("demos_used"), interactive=False)
-        prompt_box = gr.Textbox(label=t("prompt_sent"), lines=8, max_lines=30, interactive=False)
-    settings_box = gr.Accordion(t("settings"), open=False, render=False)
-    system = gr.Textbox(label=t("system_prompt"), value="You are a helpful assistant.", lines=2, render=False)
-    max_new_tokens = gr.Slider(1, 1024, value=256, step=1, label=t("max_new_tokens"), render=False)
-    temperature = gr.Slider(0, 2, value=0, step=0.05, label=t("temperature"), render=False)
-    top_p = gr.Slider(0.05, 1, value=1, step=0.05, label=t("top_p"), render=False)
-
-    def respond(message, history, system, max_new_tokens, temperature, top_p):
-        try:
-            settings = GenerationSettings(
-                max_new_tokens=int(max_new_tokens), temperature=float(temperature), top_p=float(top_p)
-            )
-            turns = service.chat(message, history, system, settings)
-            for result in turns:
-                if result.notice and not result.text:
-                    gr.Warning(result.notice)
-                yield result.text, demo_rows(result.demos), result.prompt
-        except ValueError as error:
-            raise gr.Error(str(error)) from error
-
-    gr.ChatInterface(
-        respond,
-        chatbot=gr.Chatbot(label=t("chat"), height=420, sanitize_html=True, elem_id="chatbot"),
-        textbox=gr.Textbox(placeholder=t("type_message"), elem_id="chat-input", show_label=False, scale=7),
-        additional_inputs=[system, max_new_tokens, temperature, top_p],
-        additional_inputs_accordion=settings_box,
-        additional_outputs=[demos_table, prompt_box],
-        api_name="chat",
-        concurrency_limit=16,
-    )
-    details.render()
-
-
-def demo_rows(demos: list[dict]) -> list[list]:
-    return [[i + 1, d["input"], d["output"], round(d["score"], 4)] for i, d in enumerate(demos)]
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -78,22 +50,53 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--dtype", default=os.environ.get("ICL_BOT_DTYPE", "auto"))
     parser.add_argument("--device", default="auto")
     parser.add_argument("--trust-remote-code", action="store_true")
+    add_backend_flags(parser)
     return parser.parse_args(argv)
 
 
 def create_service(args: argparse.Namespace):
-    from bot.generation import Generator
-    from bot.models import load_model
+    from adapters.host import AdapterHost
+    from bot.backend import open_generator
     from bot.service import ChatService
+    from retrieval.library import PoolLibrary
 
-    loaded = load_model(args.model, dtype=args.dtype, device=args.device, trust_remote_code=args.trust_remote_code)
-    return ChatService(Generator(loaded))
+    generator = open_generator(args)
+    adapters = AdapterHost(generator.loaded, generator.lock) if args.backend == "local" else None
+    return ChatService(generator, PoolLibrary(), adapters)
+
+
+def create_server(service, api_key: str | None = None, users: list[tuple[str, str]] | None = None):
+    """One ASGI app: the OpenAI-compatible API under /v1 and the Gradio UI at /.
+
+    `users` turns on a login page for the UI; the API is guarded by `api_key` instead.
+    """
+    from bot.api import create_api
+
+    demo = build_app(service).queue(default_concurrency_limit=16)
+    return gr.mount_gradio_app(
+        create_api(service, api_key), demo, path="/", i18n=I18N, max_file_size=MAX_UPLOAD, auth=users or None
+    )
+
+
+def users_from_env(text: str | None) -> list[tuple[str, str]]:
+    """`ICL_BOT_USERS="alice:secret,bob:other"` -> [("alice", "secret"), ("bob", "other")]."""
+    users = []
+    for entry in filter(None, (part.strip() for part in (text or "").split(","))):
+        name, sep, password = entry.partition(":")
+        if not sep or not name or not password:
+            raise ValueError(f"ICL_BOT_USERS entries are name:password; got '{name}{sep}…'")
+        users.append((name, password))
+    return users
 
 
 def main(argv=None) -> None:
+    import uvicorn
+
     args = parse_args(argv)
-    demo = build_app(create_service(args))
-    demo.queue(default_concurrency_limit=16).launch(server_name=args.host, server_port=args.port, i18n=I18N)
+    users = users_from_env(os.environ.get("ICL_BOT_USERS"))
+    server = create_server(create_service(args), api_key=os.environ.get("ICL_BOT_API_KEY"), users=users)
+    print(f"serving http://{args.host}:{args.port}/ (API at /v1)", flush=True)
+    uvicorn.run(server, host=args.host, port=args.port, log_level="warning")
 
 
 if __name__ == "__main__":

@@ -12,6 +12,8 @@ import argparse
 import json
 import sys
 
+from bot.backend import add_backend_flags
+
 
 class OneLineParser(argparse.ArgumentParser):
     """argparse, but a bad flag or value ends with one line on stderr and exit status 2."""
@@ -40,6 +42,19 @@ def build_parser() -> argparse.ArgumentParser:
     ask.add_argument("--top-p", type=float, default=1.0)
     ask.add_argument("--seed", type=int, default=None)
     ask.add_argument("--json", action="store_true", help="print one JSON object instead of the answer")
+    ask.add_argument("--adapter", default="base", help="a LoRA adapter: a name in the adapters folder or a path")
+    fewshot = ask.add_argument_group("few-shot prompts")
+    fewshot.add_argument("--pool", help="demonstration pool: a built-in name, an index folder or a pool file")
+    fewshot.add_argument("--mode", choices=["zero", "one", "few"], default="few")
+    fewshot.add_argument("--k", type=int, default=4, help="demonstrations in few mode")
+    fewshot.add_argument("--select", choices=["knn", "random", "mmr", "fixed"], default="knn")
+    fewshot.add_argument("--order", choices=["nearest-last", "nearest-first", "random", "permutation"],
+                         default="nearest-last")
+    fewshot.add_argument("--demo-seed", type=int, default=0, help="seed for random selection and order")
+    fewshot.add_argument("--diversity", type=float, default=0.5, help="MMR diversity weight, 0-1")
+    fewshot.add_argument("--style", choices=["chat", "text"], default="chat")
+    fewshot.add_argument("--fixed-ids", type=int, nargs="+", help="pool rows for --select fixed")
+    fewshot.add_argument("--permutation", type=int, nargs="+", help="positions for --order permutation")
 
     prepare = commands.add_parser("prepare", help="convert and cache a model so later loads are fast")
     add_model_flags(prepare)
@@ -51,54 +66,92 @@ def add_model_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps")
     parser.add_argument("--trust-remote-code", action="store_true", help="run the model repository's own code")
+    add_backend_flags(parser)
 
 
 def main(args: argparse.Namespace) -> int:
-    from bot.models import ModelError, load_model
-    from bot.settings import GenerationSettings
+    from bot.backend import open_generator
 
     try:
-        settings = None
-        if args.command == "ask":
-            settings = GenerationSettings(
-                max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p, seed=args.seed
-            )
-        loaded = load_model(args.model, dtype=args.dtype, device=args.device, trust_remote_code=args.trust_remote_code)
-    except (ModelError, ValueError) as error:
+        request = ask_request(args) if args.command == "ask" else None
+        generator = open_generator(args)
+    except ValueError as error:  # ModelError and RemoteError are ValueErrors with the whole story
         print(f"error: {error}", file=sys.stderr)
         return 2
     if args.command == "prepare":
-        print(f"ready: {loaded.name} ({loaded.dtype} on {loaded.device})")
+        print(f"ready: {generator.name}")
         return 0
-    return ask(args, loaded, settings)
-
-
-def ask(args: argparse.Namespace, loaded, settings) -> int:
-    from bot.conversation import PromptTooLong, build_messages
-    from bot.generation import Generator
-
-    generator = Generator(loaded)
-    messages = build_messages(args.question, system=args.system)
     try:
-        if args.json:
-            completion = generator.complete(messages, settings)
-        else:
-            for piece in generator.stream(messages, settings):
-                print(piece, end="", flush=True)
-            print()
-            return 0
-    except PromptTooLong as error:
+        return ask(args, generator, request)
+    except ValueError as error:  # bad pool, k, adapter, prompt too long: all name the problem
         print(f"error: {error}", file=sys.stderr)
         return 2
-    print(json.dumps({
-        "answer": completion.text,
-        "model": loaded.name,
+
+
+def ask_request(args: argparse.Namespace) -> dict:
+    """The keyword arguments of ChatService.chat, validated before the model loads."""
+    from bot.service import FewShot
+    from bot.settings import GenerationSettings
+
+    settings = GenerationSettings(
+        max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p, seed=args.seed
+    )
+    fewshot = None
+    if args.pool:
+        fewshot = FewShot(
+            pool=args.pool, mode=args.mode, k=args.k, select=args.select, order=args.order, seed=args.demo_seed,
+            diversity=args.diversity, style=args.style,
+            fixed_ids=tuple(args.fixed_ids) if args.fixed_ids else None,
+            permutation=tuple(args.permutation) if args.permutation else None,
+        )
+    return {"system": args.system, "settings": settings, "fewshot": fewshot}
+
+
+def ask(args: argparse.Namespace, generator, request: dict) -> int:
+    from bot.service import ChatService
+
+    library = None
+    if request["fewshot"] is not None:
+        from retrieval.library import PoolLibrary
+
+        library = PoolLibrary()
+    adapter = attach_adapter(generator, args.adapter) if args.backend == "local" else args.adapter
+    service = ChatService(generator, library)
+    result, shown = None, 0
+    for result in service.chat(args.question, adapter=adapter, **request):
+        if not args.json:
+            print(result.text[shown:], end="", flush=True)
+            shown = len(result.text)
+    if not args.json:
+        print()
+        if result.notice:
+            print(f"note: {result.notice}", file=sys.stderr)
+        return 0
+    completion = result.completion
+    answer = {
+        "answer": result.text,
+        "model": generator.name,
+        "adapter": adapter,
         "prompt_tokens": completion.prompt_tokens,
         "completion_tokens": completion.completion_tokens,
         "seconds": round(completion.seconds, 3),
         "finish_reason": completion.finish_reason,
-    }, ensure_ascii=False))
+        "prompt": result.prompt,
+        "notice": result.notice,
+    }
+    if request["fewshot"] is not None:
+        answer["demos"] = result.demos
+    print(json.dumps(answer, ensure_ascii=False))
     return 0
+
+
+def attach_adapter(generator, adapter: str) -> str:
+    """Load the adapter named on the command line into the generator's model; return its name."""
+    if adapter == "base":
+        return adapter
+    from adapters.host import attach_for_cli
+
+    return attach_for_cli(generator.loaded, adapter, generator.lock)
 
 
 def run(argv: list[str] | None = None) -> int:

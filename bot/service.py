@@ -11,8 +11,46 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from bot.conversation import build_messages
-from bot.generation import BASE, Generator
+from bot.generation import BASE, Completion, Generator, StreamState
 from bot.settings import GenerationSettings
+
+MODES = ("zero", "one", "few")
+
+
+@dataclass(frozen=True)
+class FewShot:
+    """How to build an in-context prompt for one turn."""
+
+    pool: str
+    """The demonstration pool: a name in the library, or (CLI) a pool file or an index folder."""
+    mode: str = "few"
+    """`zero` (task description only), `one` (one demonstration) or `few` (k demonstrations)."""
+    k: int = 4
+    """Demonstrations in few mode."""
+    select: str = "knn"
+    """knn, random, mmr or fixed (see retrieval.select)."""
+    order: str = "nearest-last"
+    """nearest-last, nearest-first, random or permutation (see retrieval.order)."""
+    seed: int = 0
+    """Seed for random selection and random order."""
+    diversity: float = 0.5
+    """MMR's weight on dissimilarity to the demonstrations already chosen."""
+    style: str = "chat"
+    """chat (a user/assistant pair per demonstration) or text (one block)."""
+    fixed_ids: tuple[int, ...] | None = None
+    """Pool rows for selection `fixed`."""
+    permutation: tuple[int, ...] | None = None
+    """Positions for order `permutation`."""
+
+    def __post_init__(self):
+        if self.mode not in MODES:
+            raise ValueError(f"unknown mode '{self.mode}'; choose one of: {', '.join(MODES)}")
+        if isinstance(self.k, bool) or not isinstance(self.k, int) or self.k < 0:
+            raise ValueError(f"k must be a whole number >= 0, got {self.k!r}")
+
+    @property
+    def shots(self) -> int:
+        return {"zero": 0, "one": 1}.get(self.mode, self.k)
 
 
 @dataclass
@@ -24,13 +62,40 @@ class TurnResult:
     prompt: str = ""
     """The exact text the model read, chat template applied."""
     demos: list[dict] = field(default_factory=list)
-    """Demonstrations in prompt order: {"input", "output", "score"}."""
-    done: bool = False
+    """Demonstrations in prompt order: {"id", "input", "output", "score"}."""
+    completion: Completion | None = None
+    """Token counts and timing, once the answer is complete."""
+
+    @property
+    def done(self) -> bool:
+        return self.completion is not None
 
 
 class ChatService:
-    def __init__(self, generator: Generator):
+    def __init__(self, generator: Generator, library=None, adapters=None):
         self.generator = generator
+        self.library = library
+        """A retrieval.library.PoolLibrary; None serves plain chat only."""
+        self.adapters = adapters
+        """An adapters.host.AdapterHost; None serves the base model only."""
+
+    def adapter_choices(self) -> list[str]:
+        """`base`, then every adapter that is resident or can be loaded from the adapters folder."""
+        names = set(self.generator.resident_adapters())
+        if self.adapters is not None:
+            names |= set(self.adapters.registry.names())
+        return [BASE, *sorted(names)]
+
+    def use_adapter(self, name: str) -> str:
+        """Make the adapter resident (loading it on first use) and return the name to generate with."""
+        if name == BASE or name in self.generator.resident_adapters():
+            return name
+        if self.adapters is None:
+            raise ValueError(f"unknown adapter '{name}'; available: {BASE}")
+        return self.adapters.attach(name)
+
+    def pool_choices(self) -> list[str]:
+        return list(self.library.names()) if self.library is not None else []
 
     @property
     def model_name(self) -> str:
@@ -43,20 +108,96 @@ class ChatService:
         system: str | None = None,
         settings: GenerationSettings | None = None,
         adapter: str = BASE,
+        fewshot: FewShot | None = None,
     ) -> Iterator[TurnResult]:
         """Stream one turn. Raises ValueError (with a message for the user) for bad input."""
         if not message or not message.strip():
             raise ValueError("the message is empty")
         settings = settings or GenerationSettings()
-        messages = build_messages(message, history, system)
-        yield from self._stream(messages, settings, adapter, TurnResult())
+        adapter = self.use_adapter(adapter)
+        messages, result = self.prepare(message, history, system, settings, fewshot)
+        yield from self._stream(messages, settings, adapter, result)
+
+    def prepare(self, message, history, system, settings, fewshot: FewShot | None) -> tuple[list[dict], TurnResult]:
+        """The messages to send for one turn, and a result that already holds the demonstrations."""
+        if fewshot is None:
+            return build_messages(message, history, system), TurnResult()
+        messages, result = self.fewshot_messages(message, system, settings, fewshot)
+        if history:
+            result.notice = "Few-shot mode answers each message on its own: earlier turns are not sent."
+        return messages, result
+
+    def compare(
+        self,
+        message: str,
+        adapters: list[str],
+        system: str | None = None,
+        settings: GenerationSettings | None = None,
+        fewshot: FewShot | None = None,
+    ) -> list[TurnResult]:
+        """One prompt answered by several adapters (or the base) in one batched call, same demonstrations."""
+        if not message or not message.strip():
+            raise ValueError("the message is empty")
+        if not adapters:
+            raise ValueError("choose at least one model to compare")
+        settings = settings or GenerationSettings()
+        names = [self.use_adapter(name) for name in adapters]
+        messages, template = self.prepare(message, None, system, settings, fewshot)
+        completions = self.generator.complete_many([messages] * len(names), settings, names)
+        prompt = self.generator.render(self.generator.fit(messages, settings).messages)
+        return [
+            TurnResult(text=c.text, notice=template.notice or c.notice, prompt=prompt, demos=template.demos, completion=c)
+            for c in completions
+        ]
+
+    def fewshot_messages(self, message: str, system, settings, fewshot: FewShot) -> tuple[list[dict], TurnResult]:
+        """Select, order and lay out demonstrations for `message`, fitted to the context window."""
+        from bot.fewshot import build_fewshot_prompt
+        from retrieval.order import order_demos
+        from retrieval.select import select_demos
+
+        index = self.open_index(fewshot.pool)
+        demos = select_demos(
+            index, message, fewshot.shots, fewshot.select, seed=fewshot.seed, diversity=fewshot.diversity,
+            fixed_ids=list(fewshot.fixed_ids) if fewshot.fixed_ids is not None else None,
+        )
+        demos = order_demos(
+            demos, fewshot.order, seed=fewshot.seed,
+            permutation=list(fewshot.permutation) if fewshot.permutation is not None else None,
+        )
+        window = self.generator.context_window
+        prompt = build_fewshot_prompt(
+            self.generator.tokenizer, message, demos, task=index.pool.task, style=fewshot.style,
+            budget=window - min(settings.max_new_tokens, window // 2), system=system,
+        )
+        return prompt.messages, TurnResult(notice=prompt.notice, demos=prompt.demo_dicts())
+
+    def open_index(self, pool: str):
+        """A library index by name, or (for the CLI) an index folder or a pool file by path."""
+        from pathlib import Path
+
+        from retrieval.index import DemoIndex
+        from retrieval.pool import load_pool
+        from retrieval.storage import META_FILE
+
+        if self.library is None:
+            raise ValueError("few-shot prompts need a pool library; this service has none")
+        if pool in self.library.names():
+            return self.library.get(pool)
+        path = Path(pool)
+        if (path / META_FILE).is_file():
+            return DemoIndex.load(path, self.library.embedder)
+        if path.is_file():
+            return DemoIndex.build(load_pool(path), self.library.embedder)
+        raise ValueError(f"unknown pool '{pool}'; available: {', '.join(self.library.names())}, or a pool file")
 
     def _stream(self, messages, settings, adapter, result: TurnResult) -> Iterator[TurnResult]:
         fitted = self.generator.fit(messages, settings)
         result.notice = " ".join(filter(None, [result.notice, fitted.notice])) or None
         result.prompt = self.generator.render(fitted.messages)
-        for piece in self.generator.stream(fitted.messages, settings, adapter):
+        state = StreamState()
+        for piece in self.generator.stream(fitted.messages, settings, adapter, state):
             result.text += piece
             yield result
-        result.done = True
+        result.completion = state.completion
         yield result

@@ -1,0 +1,91 @@
+"""The Chat tab: streaming chat with a system prompt, sampling settings, an adapter picker and
+few-shot demonstrations from a pool. The function keeps Gradio's `fn(message, history, ...)` shape."""
+
+from __future__ import annotations
+
+import gradio as gr
+
+from ui.text import t
+
+NO_POOL = "(none)"
+
+
+def settings_from(max_new_tokens, temperature, top_p, seed=None):
+    from bot.settings import GenerationSettings
+
+    return GenerationSettings(
+        max_new_tokens=int(max_new_tokens), temperature=float(temperature), top_p=float(top_p),
+        seed=None if seed is None else int(seed),
+    )
+
+
+def fewshot_from(pool, mode, k, select, order):
+    """The few-shot request, or None for plain chat (no pool chosen)."""
+    from bot.service import FewShot
+
+    if not pool or pool == NO_POOL:
+        return None
+    return FewShot(pool=pool, mode=mode, k=int(k), select=select, order=order)
+
+
+def demo_rows(demos: list[dict]) -> list[list]:
+    return [[i + 1, d["input"], d["output"], round(d["score"], 4)] for i, d in enumerate(demos)]
+
+
+def fewshot_controls(service) -> dict:
+    """Pool, mode, k, selection and order inputs (unrendered: the caller places them)."""
+    return {
+        "pool": gr.Dropdown([NO_POOL, *service.pool_choices()], value=NO_POOL, label=t("pool"), render=False),
+        "mode": gr.Radio(["zero", "one", "few"], value="few", label=t("mode"), render=False),
+        "k": gr.Slider(0, 16, value=4, step=1, label=t("k"), render=False),
+        "select": gr.Dropdown(["knn", "random", "mmr"], value="knn", label=t("selection"), render=False),
+        "order": gr.Dropdown(["nearest-last", "nearest-first", "random"], value="nearest-last", label=t("order"),
+                             render=False),
+    }
+
+
+def chat_tab(service) -> dict:
+    """Build the tab; return the components other tabs update (the pool and adapter pickers)."""
+    with gr.Accordion(t("prompt_details"), open=False, render=False) as details:
+        demos_table = gr.Dataframe(headers=["#", "input", "output", "score"], label=t("demos_used"), interactive=False)
+        prompt_box = gr.Textbox(label=t("prompt_sent"), lines=8, max_lines=30, interactive=False)
+    system = gr.Textbox(label=t("system_prompt"), value="You are a helpful assistant.", lines=2, render=False)
+    max_new_tokens = gr.Slider(1, 1024, value=256, step=1, label=t("max_new_tokens"), render=False)
+    temperature = gr.Slider(0, 2, value=0, step=0.05, label=t("temperature"), render=False)
+    top_p = gr.Slider(0.05, 1, value=1, step=0.05, label=t("top_p"), render=False)
+    adapter = gr.Dropdown(service.adapter_choices(), value="base", label=t("adapter"), render=False)
+    few = fewshot_controls(service)
+
+    def respond(message, history, system, max_new_tokens, temperature, top_p, adapter, pool, mode, k, select, order):
+        try:
+            turns = service.chat(
+                message, history, system, settings_from(max_new_tokens, temperature, top_p), adapter=adapter,
+                fewshot=fewshot_from(pool, mode, k, select, order),
+            )
+            warned = False
+            for result in turns:
+                if result.notice and not warned:
+                    gr.Warning(result.notice)
+                    warned = True
+                yield result.text, demo_rows(result.demos), result.prompt
+        except ValueError as error:
+            raise gr.Error(str(error)) from error
+
+    with gr.Row(equal_height=True):
+        adapter.render()
+        refresh = gr.Button(t("refresh_adapters"), size="sm", scale=0, min_width=120)
+        for control in few.values():
+            control.render()
+    gr.ChatInterface(
+        respond,
+        chatbot=gr.Chatbot(label=t("chat"), height=420, sanitize_html=True, elem_id="chatbot"),
+        textbox=gr.Textbox(placeholder=t("type_message"), elem_id="chat-input", show_label=False, scale=7),
+        additional_inputs=[system, max_new_tokens, temperature, top_p, adapter, *few.values()],
+        additional_inputs_accordion=gr.Accordion(t("settings"), open=False, render=False),
+        additional_outputs=[demos_table, prompt_box],
+        api_name="chat",
+        concurrency_limit=16,
+    )
+    details.render()
+    refresh.click(lambda: gr.update(choices=service.adapter_choices()), outputs=adapter, api_name=False)
+    return {"pool": few["pool"], "adapter": adapter}

@@ -1,0 +1,48 @@
+"""The Pools tab: upload a pool file and build a FAISS index from it, with progress."""
+
+from __future__ import annotations
+
+import gradio as gr
+
+from ui.text import t
+
+
+def pools_tab(service, pool_picker: gr.Dropdown) -> None:
+    def listing():
+        return [[name, kind] for name, kind in service.library.names().items()]
+
+    with gr.Row():
+        with gr.Column():
+            upload = gr.File(label=t("upload_pool"), file_types=[".jsonl", ".csv", ".tsv", ".json"], type="filepath")
+            name = gr.Textbox(label=t("index_name"), placeholder="my-pool")
+            with gr.Row():
+                input_field = gr.Textbox("input", label=t("input_field"))
+                output_field = gr.Textbox("output", label=t("output_field"))
+            task = gr.Textbox(label=t("task_description"), lines=2)
+            skip_bad = gr.Checkbox(False, label=t("skip_bad"))
+            build = gr.Button(t("build_index"), variant="primary")
+            status = gr.Markdown()
+        table = gr.Dataframe(listing(), headers=["name", "kind"], label=t("pools_available"), interactive=False)
+
+    def build_index(path, name, input_field, output_field, task, skip_bad, progress=gr.Progress()):
+        if not path:
+            raise gr.Error("choose a pool file to upload")
+
+        def report(done: int, total: int):
+            progress(done / max(total, 1), desc=f"embedding {done}/{total}")
+
+        try:
+            index = service.library.build_from_upload(
+                name.strip(), path, input_field=input_field.strip(), output_field=output_field.strip(),
+                skip_bad=bool(skip_bad), task=task.strip() or None, progress=report,
+            )
+        except ValueError as error:
+            raise gr.Error(str(error)) from error
+        choices = ["(none)", *service.pool_choices()]
+        note = f"Built **{name.strip()}**: {len(index)} examples."  # a valid name is letters, digits, - and _
+        return note, listing(), gr.update(choices=choices)
+
+    build.click(
+        build_index, [upload, name, input_field, output_field, task, skip_bad], [status, table, pool_picker],
+        api_name="build_index",
+    )
