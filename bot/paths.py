@@ -19,8 +19,8 @@ def data_home() -> Path:
 
 
 def model_cache_dir() -> Path:
-    """Dense safetensors copies of models that ship only as GGUF."""
-    return data_home() / "models"
+    """Dense safetensors copies of models that ship only as GGUF (overridable with `ICL_BOT_MODEL_CACHE`)."""
+    return Path(os.environ.get("ICL_BOT_MODEL_CACHE", data_home() / "models")).resolve()
 
 
 def adapters_dir() -> Path:

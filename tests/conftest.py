@@ -15,6 +15,15 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 
 def pytest_configure(config):
+    # Everything tests write goes to a temporary data home; the converted default model is shared
+    # with the one `make install` prepared, so it is not converted again for every run.
+    import tempfile
+
+    from bot.paths import model_cache_dir
+
+    os.environ.setdefault("ICL_BOT_MODEL_CACHE", str(model_cache_dir()))
+    os.environ["ICL_BOT_HOME"] = tempfile.mkdtemp(prefix="icl-bot-tests-")
+    os.environ.pop("ICL_BOT_ADAPTERS", None)
     config.addinivalue_line("markers", "integration: uses the real default model (slower)")
     config.addinivalue_line("markers", "browser: drives headless chromium")
 

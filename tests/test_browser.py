@@ -37,6 +37,21 @@ def test_interface_language_follows_the_browser(tiny_url, locale, title, tab):
         assert "tiny-llama" in page.locator("#model-name textarea, #model-name input").first.input_value()
 
 
+def test_html_in_messages_is_shown_as_text_and_never_runs(tiny_url):
+    typed = '<b>bold</b> <script>alert(1)</script><img src=x onerror="alert(2)"> and `<i>code</i>`'
+    with browser() as chromium:
+        page = chromium.new_page()
+        dialogs = []
+        page.on("dialog", lambda dialog: (dialogs.append(dialog.message), dialog.dismiss()))
+        page.goto(tiny_url)
+        send_chat(page, typed)
+        watch_reply(page, timeout=60)
+        shown = page.locator("[data-testid='user']").last
+        assert shown.inner_text().strip() == typed.replace("`", "")
+        assert shown.locator("b, script, img").count() == 0
+    assert dialogs == []
+
+
 @pytest.mark.integration
 def test_typed_message_gets_a_streamed_reply():
     with running_app() as url, browser() as chromium:

@@ -53,3 +53,18 @@ def test_default_model_knows_the_capital_of_france():
     answer = json.loads(result.stdout)
     assert "Paris" in answer["answer"]
     assert answer["model"] == "HuggingFaceTB/SmolLM2-135M-Instruct"
+
+
+@pytest.mark.integration
+def test_fewshot_json_lists_demos_in_ascending_similarity_before_the_query(tmp_path):
+    query = "The plot dragged but the actors were wonderful."
+    result = bot("ask", "--pool", "sentiment", "--mode", "few", "--k", "4", "--select", "knn", "--order",
+                 "nearest-last", "--json", "--max-new-tokens", "4", query)
+    assert result.returncode == 0, result.stderr
+    answer = json.loads(result.stdout)
+    demos, prompt = answer["demos"], answer["prompt"]
+    assert len(demos) == 4
+    scores = [d["score"] for d in demos]
+    assert scores == sorted(scores) and len(set(scores)) == 4
+    positions = [prompt.index(d["input"]) for d in demos]
+    assert positions == sorted(positions) and positions[-1] < prompt.rindex(query)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gradio as gr
 
+from ui.escape import EscapingChatbot
 from ui.text import t
 
 NO_POOL = "(none)"
@@ -78,7 +79,7 @@ def chat_tab(service) -> dict:
             control.render()
     gr.ChatInterface(
         respond,
-        chatbot=gr.Chatbot(label=t("chat"), height=420, sanitize_html=True, elem_id="chatbot"),
+        chatbot=EscapingChatbot(label=t("chat"), height=420, elem_id="chatbot"),
         textbox=gr.Textbox(placeholder=t("type_message"), elem_id="chat-input", show_label=False, scale=7),
         additional_inputs=[system, max_new_tokens, temperature, top_p, adapter, *few.values()],
         additional_inputs_accordion=gr.Accordion(t("settings"), open=False, render=False),

@@ -1,0 +1,19 @@
+import pytest
+
+from ui.escape import escape_outside_code, unescape_outside_code
+
+
+@pytest.mark.parametrize(
+    "text, shown",
+    [
+        ("<b>hi</b>", "&lt;b&gt;hi&lt;/b&gt;"),
+        ("a & b", "a &amp; b"),
+        ("already &lt; escaped", "already &amp;lt; escaped"),
+        ("`<i>` stays", "`<i>` stays"),
+        ("```\n<p>\n```\n<p>", "```\n<p>\n```\n&lt;p&gt;"),
+        ("unclosed ```<x>", "unclosed ```<x>"),
+    ],
+)
+def test_escape_outside_code(text, shown):
+    assert escape_outside_code(text) == shown
+    assert unescape_outside_code(shown) == text

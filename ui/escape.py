@@ -1,0 +1,53 @@
+"""Show HTML in chat messages as text: `<b>` appears as the five characters `<b>`, never as markup.
+
+Gradio's chatbot sanitizes HTML (scripts and handlers are stripped) but still renders safe tags.
+A chat about prompts should show what was typed, so `EscapingChatbot` escapes `&`, `<` and `>`
+in message text before it reaches the browser, outside code (Markdown shows code verbatim
+already), and undoes exactly that when the browser sends the history back, so the model reads
+what the user typed.
+"""
+
+from __future__ import annotations
+
+import re
+
+import gradio as gr
+
+CODE = re.compile(r"(```.*?(?:```|$)|`[^`\n]*`)", re.DOTALL)
+ESCAPES = {"&": "&amp;", "<": "&lt;", ">": "&gt;"}
+UNESCAPES = {value: key for key, value in ESCAPES.items()}
+
+
+def escape_outside_code(text: str) -> str:
+    parts = CODE.split(text)
+    return "".join(part if i % 2 else re.sub(r"[&<>]", lambda m: ESCAPES[m.group()], part)
+                   for i, part in enumerate(parts))
+
+
+def unescape_outside_code(text: str) -> str:
+    parts = CODE.split(text)
+    return "".join(part if i % 2 else re.sub(r"&(?:amp|lt|gt);", lambda m: UNESCAPES[m.group()], part)
+                   for i, part in enumerate(parts))
+
+
+class EscapingChatbot(gr.Chatbot):
+    def get_block_name(self) -> str:
+        return "chatbot"  # the browser draws it with Gradio's own chatbot
+
+    def postprocess(self, value):
+        data = super().postprocess(value)
+        for message in data.root:
+            for part in message.content:
+                if isinstance(getattr(part, "text", None), str):
+                    part.text = escape_outside_code(part.text)
+        return data
+
+    def preprocess(self, payload):
+        history = super().preprocess(payload)
+        for message in history or []:
+            for part in message.get("content") if isinstance(message.get("content"), list) else []:
+                if isinstance(part, dict) and isinstance(part.get("text"), str):
+                    part["text"] = unescape_outside_code(part["text"])
+            if isinstance(message.get("content"), str):
+                message["content"] = unescape_outside_code(message["content"])
+        return history
