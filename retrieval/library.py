@@ -67,7 +67,9 @@ class PoolLibrary:
         found = {name: "built-in" for name in builtin_pools()}
         if self.root.is_dir():
             for folder in sorted(self.root.iterdir()):
-                if (folder / META_FILE).is_file() and NAME_PATTERN.fullmatch(folder.name) and folder.name not in found:
+                inside = folder.resolve().is_relative_to(self.root.resolve())
+                if inside and (folder / META_FILE).is_file() and NAME_PATTERN.fullmatch(folder.name) \
+                        and folder.name not in found:
                     found[folder.name] = "user"
         return found
 
@@ -93,6 +95,8 @@ class PoolLibrary:
         folder = self.root / name
         if not (folder / META_FILE).is_file():
             raise LibraryError(f"unknown index '{name}'; available: {', '.join(self.names())}")
+        if not folder.resolve().is_relative_to(self.root.resolve()):
+            raise LibraryError(f"index '{name}' points outside the indexes folder {self.root}; refusing to read it")
         return DemoIndex.load(folder, self.embedder)
 
     def build_from_upload(
@@ -111,7 +115,7 @@ class PoolLibrary:
             raise LibraryError(f"'{name}' is a built-in pool; choose another name")
         size = Path(path).stat().st_size
         if size > self.max_upload_bytes:
-            raise LibraryError(f"the file is {size / 1e6:.1f} MB; the limit is {self.max_upload_bytes / 1e6:.1f} MB")
+            raise LibraryError(f"the file is {size:,} bytes; the limit is {self.max_upload_bytes:,} bytes")
         pool = load_pool(path, input_field, output_field, skip_bad=skip_bad, task=task)
         with self._lock:
             index = DemoIndex.build(pool, self.embedder, progress=progress)

@@ -70,8 +70,9 @@ def check_row(record: object, input_field: str, output_field: str) -> Row | str:
         if not isinstance(value, str):
             return f"field '{name}' must be text, got {type(value).__name__}"
         values.append(value)
-    if not values[0].strip():
-        return f"field '{input_field}' is empty"
+    for name, value in zip((input_field, output_field), values):
+        if not value.strip():
+            return f"field '{name}' is empty"
     extra = {key: value for key, value in record.items() if key not in (input_field, output_field)}
     return values[0], values[1], extra
 
