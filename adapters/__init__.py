@@ -1,0 +1,2 @@
+"""LoRA adapters: train them (`train.py`), find and vet them (`registry.py`), attach them to a running
+model (`host.py`), and merge them into standalone models (`export.py`). See adapters/README.md."""

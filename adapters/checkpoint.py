@@ -1,0 +1,86 @@
+"""Resumable training checkpoints: the trainable weights, optimizer, scheduler, step and RNG state.
+
+Checkpoints live in a hidden folder beside the adapter (`.NAME.run/step-000010/`), so the
+registry never mistakes one for an adapter. Only the trainable (LoRA) parameters are stored, not
+the frozen base, which keeps a checkpoint of the default model near 20 MB instead of 500.
+Each checkpoint is written with `publish`, so a crash while saving leaves the previous one usable.
+This module does not decide when to save; the training loop does.
+"""
+
+from __future__ import annotations
+
+import random
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from adapters.publish import publish
+
+STATE_FILE = "state.pt"
+
+
+@dataclass
+class Resumed:
+    step: int
+    """Optimizer steps already taken."""
+    folder: Path
+
+
+def run_dir(output: Path) -> Path:
+    output = Path(output)
+    return output.parent / f".{output.name}.run"
+
+
+def latest(output: Path) -> Path | None:
+    folders = sorted(run_dir(output).glob("step-*"))
+    return folders[-1] if folders else None
+
+
+def trainable_state(model) -> dict:
+    """The parameters that receive gradients, by name, on the CPU."""
+    return {name: p.detach().cpu().clone() for name, p in model.named_parameters() if p.requires_grad}
+
+
+def save(output: Path, step: int, model, optimizer, scheduler) -> Path:
+    """Write the checkpoint of `step` (call on the main process only) and keep just the newest two."""
+    import numpy as np
+    import torch
+
+    state = {
+        "step": step,
+        "weights": trainable_state(model),
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "rng": {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state()},
+    }
+    folder = run_dir(output) / f"step-{step:06d}"
+    publish(folder, lambda staging: torch.save(state, staging / STATE_FILE))
+    for old in sorted(run_dir(output).glob("step-*"))[:-2]:
+        shutil.rmtree(old, ignore_errors=True)
+    return folder
+
+
+def load(folder: Path, model, optimizer, scheduler) -> Resumed:
+    """Restore a checkpoint into a model built the same way; names that do not match are an error."""
+    import numpy as np
+    import torch
+
+    # The file holds optimizer state and RNG tuples besides tensors; it is one this trainer wrote.
+    state = torch.load(Path(folder) / STATE_FILE, map_location="cpu", weights_only=False)
+    parameters = dict(model.named_parameters())
+    missing = sorted(set(state["weights"]) - set(parameters))
+    if missing:
+        raise ValueError(f"checkpoint {folder} does not fit this model: unknown parameters {missing[:3]}")
+    with torch.no_grad():
+        for name, value in state["weights"].items():
+            parameters[name].copy_(value.to(parameters[name].device))
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    torch.set_rng_state(state["rng"]["torch"])
+    random.setstate(state["rng"]["python"])
+    np.random.set_state(state["rng"]["numpy"])
+    return Resumed(step=state["step"], folder=Path(folder))
+
+
+def remove_all(output: Path) -> None:
+    shutil.rmtree(run_dir(output), ignore_errors=True)

@@ -1,0 +1,107 @@
+"""Options of a LoRA training run, validated once for the CLI and for in-process callers alike.
+
+`TrainConfig` is what `adapters.train.train(config)` takes; the command line builds one from its
+flags, so both report the same errors. This module does not train.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import asdict, dataclass, field
+
+ALL_LINEAR = "all-linear"
+PRECISIONS = ("auto", "bf16", "fp32")
+NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
+"""Adapter names: they become folder names and keys inside PEFT's module dicts (which refuse dots)."""
+
+
+@dataclass
+class TrainConfig:
+    data: str
+    """Training data: .jsonl or .json with input/output, alpaca, `messages` or ShareGPT records."""
+    output: str
+    """Adapter folder to write; its name is the adapter's name. Replaced only once the new one is complete."""
+    model: str = "default"
+    """Base model spec, as `bot.models.load_model` takes it."""
+    fill: dict[str, str] = field(default_factory=dict)
+    """Values for `{{key}}` placeholders in the data."""
+    rank: int = 16
+    """LoRA rank r."""
+    alpha: float = 32.0
+    """LoRA scaling numerator: updates are scaled by alpha / rank."""
+    dropout: float = 0.05
+    """Dropout on the LoRA input during training."""
+    target_modules: list[str] | str = ALL_LINEAR
+    """Module names to adapt (e.g. ["q_proj", "v_proj"]), or "all-linear" (every linear layer but the output head)."""
+    learning_rate: float = 2e-4
+    epochs: float = 1.0
+    """Passes over the data; ignored when max_steps is set."""
+    max_steps: int | None = None
+    """Optimizer steps to take; overrides epochs."""
+    batch_size: int = 4
+    """Examples per micro-batch, per process."""
+    grad_accum: int = 1
+    """Micro-batches per optimizer step."""
+    max_length: int = 512
+    """Tokens per example (or per packed sequence); longer ones are cut."""
+    packing: bool = False
+    """Concatenate short examples into sequences of max_length tokens."""
+    warmup_ratio: float = 0.05
+    """Fraction of the steps spent warming the learning rate up linearly (then it decays linearly to 0)."""
+    seed: int = 0
+    eval_fraction: float = 0.0
+    """Fraction of the examples held out to report an eval loss (0 = no eval split)."""
+    save_every: int = 0
+    """Write a resumable checkpoint every this many steps (0 = never)."""
+    resume: bool = False
+    """Continue from the newest checkpoint of a previous run with the same output."""
+    precision: str = "auto"
+    """"auto" (bf16 autocast on a GPU that has it, else fp32), "bf16" (also on CPU: about twice as fast
+    where the CPU has AMX / AVX-512 bf16) or "fp32". Master weights stay fp32 either way."""
+    qlora: bool = False
+    """Load the base in 4-bit NF4 (bitsandbytes); needs a CUDA GPU."""
+    log_every: int = 1
+    """Log the loss every this many steps."""
+    progress: bool = True
+    """Show a progress bar."""
+
+    def __post_init__(self):
+        self._check_positive_ints("rank", "batch_size", "grad_accum", "max_length", "log_every")
+        if self.max_steps is not None and self.max_steps < 1:
+            raise ValueError(f"max_steps must be at least 1, got {self.max_steps}")
+        if not (math.isfinite(self.epochs) and self.epochs > 0):
+            raise ValueError(f"epochs must be positive, got {self.epochs}")
+        if not (math.isfinite(self.learning_rate) and 0 < self.learning_rate < 1):
+            raise ValueError(f"learning_rate must be in (0, 1), got {self.learning_rate}")
+        if self.alpha <= 0:
+            raise ValueError(f"alpha must be positive, got {self.alpha}")
+        if not 0 <= self.dropout < 1:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        if not 0 <= self.eval_fraction <= 0.5:
+            raise ValueError(f"eval_fraction must be between 0 and 0.5, got {self.eval_fraction}")
+        if not 0 <= self.warmup_ratio < 1:
+            raise ValueError(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
+        if self.save_every < 0:
+            raise ValueError(f"save_every must be 0 (never) or positive, got {self.save_every}")
+        if isinstance(self.target_modules, str) and self.target_modules != ALL_LINEAR:
+            raise ValueError(f"target_modules must be a list of module names or '{ALL_LINEAR}', got {self.target_modules!r}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+        if not self.target_modules:
+            raise ValueError("target_modules must name at least one module")
+        name = self.output.rstrip("/").rsplit("/", 1)[-1]
+        if not NAME_PATTERN.match(name):
+            raise ValueError(
+                f"output folder name '{name}' is not a valid adapter name: use letters, digits, '-' and '_' "
+                "(at most 64, starting with a letter or digit)"
+            )
+
+    def _check_positive_ints(self, *names: str) -> None:
+        for name in names:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a whole number of at least 1, got {value!r}")
+
+    def as_dict(self) -> dict:
+        return asdict(self)

@@ -1,0 +1,107 @@
+"""Read instruction data into chat conversations.
+
+Accepted record shapes, in a `.jsonl` file (one record a line) or a `.json` file (a list):
+- the project's pool format: `{"input": ..., "output": ...}`;
+- alpaca: `{"instruction": ..., "input": ..., "output": ..., "system"?: ...}`;
+- OpenAI chat: `{"messages": [{"role": ..., "content": ...}, ...]}`;
+- ShareGPT: `{"conversations": [{"from": "human" | "gpt" | "system", "value": ...}, ...]}`.
+
+Every record becomes a list of `{"role", "content"}` messages. `{{key}}` placeholders are filled
+from `fill` (identity data ships as `I am {{name}}`). Tokens and loss masks are `encode.py`'s job.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system"}
+ROLES = ("system", "user", "assistant")
+PLACEHOLDER = re.compile(r"\{\{\s*(\w+)\s*\}\}")
+
+
+class DataError(ValueError):
+    """A data file or record that cannot be turned into a conversation; the message says where."""
+
+
+def read_records(path: Path) -> list[dict]:
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"data file '{path}' does not exist")
+    text = path.read_text(encoding="utf-8")
+    if path.suffix == ".json":
+        records = json.loads(text)
+        if not isinstance(records, list):
+            raise DataError(f"{path}: a .json data file must hold a list of records")
+        return records
+    try:
+        return [json.loads(line) for line in text.splitlines() if line.strip()]
+    except json.JSONDecodeError as error:
+        raise DataError(f"{path}: line {error.lineno} is not JSON: {error.msg}") from error
+
+
+def to_messages(record: dict) -> list[dict]:
+    """One record, in any accepted shape, as chat messages."""
+    if "messages" in record:
+        return [{"role": m["role"], "content": m["content"]} for m in record["messages"]]
+    if "conversations" in record:
+        return [_sharegpt_turn(turn) for turn in record["conversations"]]
+    if "instruction" in record:
+        prompt = record["instruction"]
+        if record.get("input"):
+            prompt = f"{prompt}\n\n{record['input']}"
+        system = [{"role": "system", "content": record["system"]}] if record.get("system") else []
+        return system + [{"role": "user", "content": prompt}, {"role": "assistant", "content": record["output"]}]
+    if "input" in record and "output" in record:
+        return [{"role": "user", "content": record["input"]}, {"role": "assistant", "content": record["output"]}]
+    raise DataError(
+        f"unknown record shape with keys {sorted(record)}; expected input/output, instruction/input/output, "
+        "messages or conversations"
+    )
+
+
+def _sharegpt_turn(turn: dict) -> dict:
+    role = SHAREGPT_ROLES.get(turn.get("from", ""))
+    if role is None:
+        raise DataError(f"ShareGPT turn has unknown 'from': {turn.get('from')!r}; expected one of {sorted(SHAREGPT_ROLES)}")
+    return {"role": role, "content": turn["value"]}
+
+
+def fill_placeholders(text: str, fill: dict[str, str]) -> str:
+    """Replace `{{key}}` with `fill[key]`; a placeholder without a value is an error naming it."""
+
+    def value(match: re.Match) -> str:
+        key = match.group(1)
+        if key not in fill:
+            raise DataError(f"placeholder {{{{{key}}}}} has no value; pass --fill {key}=...")
+        return fill[key]
+
+    return PLACEHOLDER.sub(value, text)
+
+
+def load_conversations(path: Path, fill: dict[str, str] | None = None) -> list[list[dict]]:
+    """All records of a data file as checked conversations, placeholders filled."""
+    conversations = []
+    for number, record in enumerate(read_records(path), start=1):
+        try:
+            messages = [
+                {"role": m["role"], "content": fill_placeholders(m["content"], fill or {})} for m in to_messages(record)
+            ]
+            _check(messages)
+        except (DataError, KeyError, TypeError) as error:
+            raise DataError(f"{path}: record {number}: {error}") from error
+        conversations.append(messages)
+    if not conversations:
+        raise DataError(f"data file '{path}' holds no records")
+    return conversations
+
+
+def _check(messages: list[dict]) -> None:
+    for message in messages:
+        if message["role"] not in ROLES:
+            raise DataError(f"unknown role {message['role']!r}; expected one of {', '.join(ROLES)}")
+        if not isinstance(message["content"], str):
+            raise DataError(f"message content must be text, got {type(message['content']).__name__}")
+    if not any(m["role"] == "assistant" for m in messages):
+        raise DataError("a conversation needs at least one assistant message to learn from")

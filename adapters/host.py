@@ -1,0 +1,115 @@
+"""Attach and detach LoRA adapters on a loaded model at run time, without reloading the base.
+
+The first adapter wraps `loaded.model` into a PeftModel in place; later ones are loaded beside it
+and stay resident, so each request picks one by name (`Generator.stream(..., adapter=NAME)`).
+No adapter is ever active by default: a plain forward call is the base model, and only an explicit
+`adapter_names` applies an adapter, so code that forgets to name one cannot get a fine-tune by
+accident. Every change to the model happens under the generator's lock, so a request never sees
+a half-loaded adapter. Vetting the files is `registry.py`'s job.
+
+    host = AdapterHost(loaded, generator.lock)
+    name = host.attach("captain-kelp")        # or a folder path via attach_for_cli, or a hub id
+    generator.complete(messages, settings, adapter=name)
+    host.detach(name)
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+from adapters.checks import AdapterError
+from adapters.registry import AdapterInfo, AdapterRegistry
+
+
+class AdapterHost:
+    def __init__(self, loaded, lock: threading.Lock, registry: AdapterRegistry | None = None):
+        from adapters.metadata import weights_fingerprint
+
+        self.loaded = loaded
+        self.lock = lock
+        self.registry = registry or AdapterRegistry()
+        self.base_fingerprint = weights_fingerprint(loaded.model)
+        self._paths: dict[str, Path] = {}
+
+    @property
+    def attached(self) -> list[str]:
+        """Names of the adapters resident on the model, in the order they were attached."""
+        return list(self._paths)
+
+    def attach(self, name: str) -> str:
+        """Attach a registry adapter or hub id by name; return the name to pass as `adapter=`."""
+        return self.attach_info(self.registry.resolve(name))
+
+    def attach_path(self, folder: Path | str) -> str:
+        """Attach an adapter folder given by path; its folder name becomes its name."""
+        return self.attach_info(self.registry.resolve_path(folder))
+
+    def attach_info(self, info: AdapterInfo) -> str:
+        """Vet and load one adapter. Attaching a name again from the same folder does nothing."""
+        with self.lock:
+            if info.name in self._paths:
+                if self._paths[info.name] != info.path:
+                    raise AdapterError(
+                        f"an adapter named '{info.name}' is already attached from {self._paths[info.name]}; detach it first"
+                    )
+                return info.name
+            self.registry.vet(info, self.loaded, self.base_fingerprint)
+            self._load(info)
+            self._paths[info.name] = info.path
+        return info.name
+
+    def _load(self, info: AdapterInfo) -> None:
+        from peft import PeftModel
+
+        model = self.loaded.model
+        if isinstance(model, PeftModel):
+            model.load_adapter(str(info.path), adapter_name=info.name, is_trainable=False)
+        else:
+            model = PeftModel.from_pretrained(model, str(info.path), adapter_name=info.name, is_trainable=False)
+        _no_active_adapter(model)
+        self.loaded.model = model.eval()
+
+    def detach(self, name: str) -> None:
+        """Remove one adapter; removing the last one gives back the plain base model."""
+        with self.lock:
+            if name not in self._paths:
+                raise AdapterError(f"adapter '{name}' is not attached; attached: {', '.join(self._paths) or 'none'}")
+            model = self.loaded.model
+            if len(self._paths) == 1:
+                self.loaded.model = model.unload().eval()
+            else:
+                model.delete_adapter(name)
+                _no_active_adapter(model)
+            del self._paths[name]
+
+    def detach_all(self) -> None:
+        for name in self.attached:
+            self.detach(name)
+
+
+def _no_active_adapter(peft_model) -> None:
+    """Make plain forward calls run the base; `adapter_names` still selects any resident adapter.
+
+    The LoRA layers get no active adapter. PeftModel itself must still name a resident one: it reads
+    that adapter's config (task type) on every forward call, not its weights.
+    """
+    peft_model.active_adapter = next(iter(peft_model.peft_config))
+    peft_model.base_model.set_adapter([])
+
+
+def attach_for_cli(loaded, name_or_path: str, lock: threading.Lock, registry: AdapterRegistry | None = None) -> str:
+    """Attach an adapter for `python -m bot ask --adapter X`: a folder path, a registry name or a hub id.
+
+    Returns the name to pass to `Generator.stream/complete(adapter=...)`. `lock` is the generator's.
+    """
+    host = AdapterHost(loaded, lock, registry)
+    if Path(name_or_path).expanduser().is_dir() and not _is_plain_name(name_or_path):
+        return host.attach_path(name_or_path)
+    return host.attach(name_or_path)
+
+
+def _is_plain_name(text: str) -> bool:
+    from adapters.config import NAME_PATTERN
+
+    return bool(NAME_PATTERN.match(text))

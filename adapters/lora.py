@@ -1,0 +1,98 @@
+"""Build the model a LoRA run trains: the frozen base (optionally 4-bit) wrapped with fresh adapters.
+
+The base comes from the same specs as the bot (`bot.models.resolve_model`: `default`, a folder,
+a .gguf file, a hub id), so an adapter records the same base name the bot will later load it on.
+This module builds and saves models; the training loop lives in `train.py`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from adapters.config import ALL_LINEAR, TrainConfig
+
+
+class QLoRAUnavailable(RuntimeError):
+    """4-bit training was asked for where bitsandbytes or a CUDA GPU is missing."""
+
+
+@dataclass
+class Base:
+    model: object
+    tokenizer: object
+    name: str
+    """Canonical base id, as `LoadedModel.name` reports it."""
+
+
+def check_qlora() -> None:
+    """Raise QLoRAUnavailable, saying what is missing, unless 4-bit NF4 training can run here."""
+    import importlib.util
+
+    import torch
+
+    if not torch.cuda.is_available():
+        raise QLoRAUnavailable("--qlora needs a CUDA GPU (bitsandbytes 4-bit kernels); none is visible here")
+    if importlib.util.find_spec("bitsandbytes") is None:
+        raise QLoRAUnavailable("--qlora needs the bitsandbytes package: pip install bitsandbytes")
+
+
+def load_base(spec: str, qlora: bool, device_index: int, use_bf16: bool) -> Base:
+    """Load the base model for training: fp32 on CPU, bf16 on a GPU that has it, NF4 with qlora."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from bot.models import dense_cache, resolve_model
+
+    source = resolve_model(spec)
+    path = str(dense_cache(source)) if source.gguf_file else source.path
+    kwargs = {"dtype": torch.bfloat16 if use_bf16 else torch.float32}
+    if qlora:
+        kwargs.update(quantization_config=_nf4_config(), device_map={"": device_index})
+    model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    if tokenizer.chat_template is None:
+        raise ValueError(f"model '{spec}' has no chat template; train on an instruction-tuned model")
+    return Base(model=model, tokenizer=tokenizer, name=source.name)
+
+
+def _nf4_config():
+    import torch
+    from transformers import BitsAndBytesConfig
+
+    return BitsAndBytesConfig(
+        load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=torch.bfloat16,
+    )
+
+
+def lora_config(config: TrainConfig):
+    from peft import LoraConfig
+
+    return LoraConfig(
+        r=config.rank, lora_alpha=config.alpha, lora_dropout=config.dropout, bias="none", task_type="CAUSAL_LM",
+        target_modules=config.target_modules if config.target_modules == ALL_LINEAR else list(config.target_modules),
+    )
+
+
+def wrap(model, config: TrainConfig, base_name: str):
+    """Freeze the base and add trainable LoRA weights (named "default", as PEFT saves them)."""
+    from peft import get_peft_model, prepare_model_for_kbit_training
+
+    if config.qlora:
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+    peft_model = get_peft_model(model, lora_config(config))
+    # PEFT records the folder the weights came from; the registry matches on the canonical id.
+    peft_model.peft_config["default"].base_model_name_or_path = base_name
+    peft_model.config.use_cache = False
+    return peft_model
+
+
+def save_weights(peft_model, folder, state_dict: dict | None = None) -> None:
+    """Write adapter_config.json and adapter_model.safetensors into `folder`.
+
+    `state_dict` is the gathered full state under FSDP / ZeRO-3 (`Accelerator.get_state_dict`);
+    PEFT keeps only the adapter's entries from it.
+    """
+    peft_model.save_pretrained(str(folder), safe_serialization=True, state_dict=state_dict)

@@ -1,0 +1,114 @@
+"""The metadata file written beside every trained adapter, and the hashes it records.
+
+An adapter folder holds the standard PEFT files (`adapter_config.json`, `adapter_model.safetensors`)
+and `adapter_metadata.json`: which base it was trained on (id and a fingerprint of its weights),
+the prompt template, the training data's hash and size, the run's metrics, and a sha256 of every
+weight file so that the registry can refuse a folder whose weights were changed afterwards.
+
+This module only reads, writes and hashes; it loads no model and decides nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+METADATA_FILE = "adapter_metadata.json"
+CONFIG_FILE = "adapter_config.json"
+WEIGHT_SUFFIXES = (".safetensors", ".bin")
+FORMAT_VERSION = 1
+
+
+class MetadataError(ValueError):
+    """An adapter's metadata file is missing, unreadable or incomplete."""
+
+
+@dataclass
+class AdapterMetadata:
+    base_model: str
+    """Canonical id of the base model (`LoadedModel.name`), e.g. `HuggingFaceTB/SmolLM2-135M-Instruct`."""
+    base_fingerprint: str
+    """`weights_fingerprint` of the base model the adapter was trained on."""
+    checksums: dict[str, str]
+    """sha256 of each weight file, by file name."""
+    chat_template: str | None = None
+    """The tokenizer's chat template used to render the training examples."""
+    data_file: str = ""
+    """Path of the training data as given."""
+    data_sha256: str = ""
+    """sha256 of the training data file's bytes."""
+    examples: int = 0
+    """Training examples after the eval split (before packing)."""
+    eval_examples: int = 0
+    """Examples held out for the eval loss."""
+    steps: int = 0
+    """Optimizer steps taken."""
+    final_loss: float | None = None
+    """Mean training loss of the last logged step."""
+    eval_loss: float | None = None
+    """Mean loss on the held-out examples after training; None without an eval split."""
+    seconds: float = 0.0
+    """Wall time of the training run (s)."""
+    config: dict = field(default_factory=dict)
+    """The training options, as `TrainConfig` fields."""
+    format_version: int = FORMAT_VERSION
+
+    def __post_init__(self):
+        if not self.base_model:
+            raise MetadataError("base_model must name the base model, got an empty string")
+        if not self.checksums:
+            raise MetadataError("checksums must list at least one weight file")
+        if self.steps < 0 or self.examples < 0:
+            raise MetadataError(f"steps and examples must be non-negative, got {self.steps} and {self.examples}")
+
+    def write(self, folder: Path) -> Path:
+        path = Path(folder) / METADATA_FILE
+        path.write_text(json.dumps(asdict(self), indent=2, ensure_ascii=False) + "\n")
+        return path
+
+    @classmethod
+    def read(cls, folder: Path) -> "AdapterMetadata":
+        path = Path(folder) / METADATA_FILE
+        if not path.is_file():
+            raise MetadataError(f"adapter folder '{folder}' has no {METADATA_FILE}")
+        try:
+            raw = json.loads(path.read_text())
+            return cls(**raw)
+        except (json.JSONDecodeError, TypeError) as error:
+            raise MetadataError(f"{path} is not valid adapter metadata: {error}") from error
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with Path(path).open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def weight_files(folder: Path) -> list[Path]:
+    """The weight files of an adapter folder (safetensors or pickle), sorted by name."""
+    return sorted(p for p in Path(folder).iterdir() if p.name.endswith(WEIGHT_SUFFIXES))
+
+
+def weight_checksums(folder: Path) -> dict[str, str]:
+    return {path.name: file_sha256(path) for path in weight_files(folder)}
+
+
+def weights_fingerprint(model) -> str:
+    """A short hash that tells base models apart, the same whatever dtype the model was loaded in.
+
+    It covers the input embedding matrix (rounded to bf16, so fp32 and bf16 loads agree) and the
+    model's depth. The embeddings are never quantized, so a QLoRA run fingerprints its base like a
+    full-precision load does; hashing one matrix keeps it well under a second for small models.
+    """
+    import torch
+
+    embeddings = model.get_input_embeddings().weight.detach()
+    digest = hashlib.sha256(repr((tuple(embeddings.shape), model.config.num_hidden_layers)).encode())
+    as_bf16 = embeddings.to("cpu", torch.bfloat16).contiguous().view(torch.int16)
+    digest.update(as_bf16.numpy().tobytes())
+    return digest.hexdigest()[:16]
+

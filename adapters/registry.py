@@ -1,0 +1,132 @@
+"""Find adapters, by name in the adapters directory, by folder path, or by hub id, and vet them.
+
+The registry lists what exists (`python -m adapters list [--json]`) and turns a name into a
+checked `AdapterInfo`: a safe name, a folder that stays inside the adapters directory, safetensors
+weights whose checksums match the metadata, trained on the loaded base, with LoRA shapes that fit
+it. It never touches a model's weights; `host.py` attaches what the registry has vetted.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from adapters.checks import (
+    AdapterError, check_base, check_checksums, check_files, check_inside, check_shapes, read_config, weight_shapes,
+)
+from adapters.config import NAME_PATTERN
+from adapters.metadata import CONFIG_FILE, AdapterMetadata, MetadataError
+
+HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$")
+RESERVED = ("base", "__base__")
+"""Names the generator gives special meaning (no adapter)."""
+
+
+@dataclass
+class AdapterInfo:
+    name: str
+    """Registry name; also the adapter's name inside PEFT and the Generator's `adapter=` value."""
+    path: Path
+    """Local folder holding the adapter files (a hub adapter's download folder)."""
+    metadata: AdapterMetadata | None
+    """None for hub adapters trained elsewhere, and for local folders whose metadata is unreadable."""
+    problem: str | None = None
+    """Why a listed adapter cannot be loaded (e.g. no metadata); None when it looks loadable."""
+
+    def summary(self) -> dict:
+        """One JSON-ready row for a listing or a UI picker."""
+        meta = self.metadata
+        return {
+            "name": self.name, "path": str(self.path), "base_model": meta.base_model if meta else None,
+            "steps": meta.steps if meta else None, "examples": meta.examples if meta else None,
+            "final_loss": meta.final_loss if meta else None, "eval_loss": meta.eval_loss if meta else None,
+            "data_file": meta.data_file if meta else None, "problem": self.problem,
+        }
+
+
+class AdapterRegistry:
+    def __init__(self, root: Path | str | None = None, allow_pickle: bool = False):
+        from bot.paths import adapters_dir
+
+        self.root = Path(root) if root is not None else adapters_dir()
+        self.allow_pickle = allow_pickle
+
+    def list(self) -> list[AdapterInfo]:
+        """Every adapter folder in the directory, sorted by name; hidden and oddly named folders are skipped."""
+        if not self.root.is_dir():
+            return []
+        folders = [p for p in sorted(self.root.iterdir()) if NAME_PATTERN.match(p.name) and (p / CONFIG_FILE).is_file()]
+        return [self._describe(folder) for folder in folders]
+
+    def names(self) -> list[str]:
+        return [info.name for info in self.list()]
+
+    def _describe(self, folder: Path) -> AdapterInfo:
+        try:
+            return AdapterInfo(name=folder.name, path=folder, metadata=AdapterMetadata.read(folder))
+        except MetadataError as error:
+            return AdapterInfo(name=folder.name, path=folder, metadata=None, problem=str(error))
+
+    def resolve(self, name: str) -> AdapterInfo:
+        """A registry name or a hub id (`owner/repo`) as an AdapterInfo; files are not checked yet."""
+        if HUB_ID.match(name):
+            return self._from_hub(name)
+        self._check_name(name)
+        folder = self.root / name
+        if not folder.exists():
+            available = ", ".join(self.names()) or "none"
+            raise AdapterError(f"unknown adapter '{name}'; available: {available}")
+        check_inside(folder, self.root)
+        return self._describe(folder)
+
+    def resolve_path(self, folder: Path | str) -> AdapterInfo:
+        """An adapter folder given by path (the CLI's `--adapter DIR`); its name is the folder's name."""
+        folder = Path(folder).expanduser().resolve()
+        if not folder.is_dir():
+            raise AdapterError(f"adapter folder '{folder}' does not exist")
+        self._check_name(folder.name)
+        check_inside(folder, folder)
+        return self._describe(folder)
+
+    @staticmethod
+    def _check_name(name: str) -> None:
+        if name in RESERVED:
+            raise AdapterError(f"'{name}' means the base model and cannot name an adapter")
+        if not NAME_PATTERN.match(name):
+            raise AdapterError(
+                f"invalid adapter name '{name}': use letters, digits, '-' and '_' (no paths, at most 64 characters)"
+            )
+
+    def _from_hub(self, hub_id: str) -> AdapterInfo:
+        from bot.models import hub_reachable
+
+        if not hub_reachable():
+            raise AdapterError(f"adapter '{hub_id}' is a hub id, but the Hugging Face hub cannot be reached (offline?)")
+        from huggingface_hub import snapshot_download
+
+        patterns = [CONFIG_FILE, "*.safetensors", "adapter_metadata.json"] + (["*.bin"] if self.allow_pickle else [])
+        folder = Path(snapshot_download(hub_id, allow_patterns=patterns))
+        name = hub_id.replace("/", "--").replace(".", "_")[:64]
+        info = self._describe(folder)
+        return AdapterInfo(name=name, path=folder, metadata=info.metadata)
+
+    def vet(self, info: AdapterInfo, loaded, base_fingerprint: str) -> None:
+        """Every check before loading `info` onto `loaded` (whose base weights have `base_fingerprint`)."""
+        weights = check_files(info.path, self.allow_pickle)
+        config = read_config(info.path)
+        if info.metadata is not None:
+            check_checksums(info.path, info.metadata)
+            check_base(info.name, info.metadata.base_model, info.metadata.base_fingerprint, loaded.name, base_fingerprint)
+        elif info.problem is not None:
+            raise AdapterError(f"adapter '{info.name}' cannot be verified: {info.problem}")
+        else:  # a hub adapter trained elsewhere: PEFT's config names its base
+            check_base(info.name, config.get("base_model_name_or_path") or "unknown", None, loaded.name, base_fingerprint)
+        check_shapes(info.name, config, weight_shapes(weights), _unwrapped(loaded.model))
+
+
+def _unwrapped(model):
+    """The transformers model under a PeftModel (with LoRA layers in it), or the model itself."""
+    from peft import PeftModel
+
+    return model.get_base_model() if isinstance(model, PeftModel) else model

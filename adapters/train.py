@@ -1,0 +1,327 @@
+"""Train a LoRA adapter on instruction data: a plain torch loop driven by accelerate's Accelerator.
+
+    python -m adapters.train --data adapters/data/captain_kelp.jsonl --name captain-kelp \
+        --max-steps 60 --learning-rate 3e-3 --rank 8 --max-length 128 --batch-size 8
+    python -m adapters.train --data identity.json --fill name=Quokka --fill "author=ICL Lab" --out /tmp/quokka
+    accelerate launch --config_file adapters/accelerate/multi_gpu.yaml -m adapters.train ...
+
+The loss covers only the assistant's tokens (`encode.py`). The same code runs in one process and
+under `accelerate launch` (DDP, FSDP, DeepSpeed): the Accelerator shards the batches and syncs the
+gradients. The result is a PEFT adapter folder plus `adapter_metadata.json` and `train_log.jsonl`,
+written atomically. `train(TrainConfig(...))` runs in process and returns the folder.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from adapters import checkpoint
+from adapters.config import ALL_LINEAR, TrainConfig
+from adapters.encode import Example
+
+LOG_FILE = "train_log.jsonl"
+
+
+@dataclass
+class Prepared:
+    train: list[Example]
+    eval: list[Example]
+    examples: int
+    """Training conversations before packing."""
+
+
+@dataclass
+class Run:
+    """What the loop needs besides the model: built once, read everywhere."""
+
+    config: TrainConfig
+    accelerator: object
+    data: Prepared
+    pad_token_id: int
+    steps_per_epoch: int
+    total_steps: int
+
+
+def prepare_data(config: TrainConfig, tokenizer) -> Prepared:
+    from adapters.data import load_conversations
+    from adapters.encode import encode_all, pack, split
+
+    conversations = load_conversations(Path(config.data), config.fill)
+    train_part, eval_part = split(conversations, config.eval_fraction, config.seed)
+    train = encode_all(tokenizer, train_part, config.max_length)
+    if not train:
+        raise ValueError(f"no training example keeps an answer within max_length={config.max_length} tokens")
+    if config.packing:
+        train = pack(train, config.max_length)
+    return Prepared(train=train, eval=encode_all(tokenizer, eval_part, config.max_length), examples=len(train_part))
+
+
+def epoch_loader(run: Run, epoch: int):
+    """This epoch's batches in a seeded order (the same after a resume), sharded across processes."""
+    import torch
+    from torch.utils.data import DataLoader
+
+    from adapters.encode import collate
+
+    order = torch.randperm(len(run.data.train), generator=torch.Generator().manual_seed(run.config.seed + epoch))
+    loader = DataLoader(
+        [run.data.train[i] for i in order.tolist()], batch_size=run.config.batch_size, shuffle=False,
+        collate_fn=lambda batch: collate(batch, run.pad_token_id),
+    )
+    return run.accelerator.prepare(loader)
+
+
+def lr_lambda(total_steps: int, warmup_ratio: float):
+    warmup = math.ceil(total_steps * warmup_ratio)
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / (warmup + 1)
+        return max(0.0, (total_steps - step) / max(1, total_steps - warmup))
+
+    return factor
+
+
+def train(config: TrainConfig) -> Path:
+    """Train an adapter as `config` says; return the published adapter folder."""
+    import torch
+    from accelerate import Accelerator
+
+    from adapters.lora import check_qlora
+
+    if config.qlora:
+        check_qlora()
+    gpu_bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    use_bf16 = config.precision == "bf16" or (config.precision == "auto" and gpu_bf16)
+    accelerator = Accelerator(gradient_accumulation_steps=config.grad_accum, mixed_precision="bf16" if use_bf16 else "no")
+    if accelerator.state.deepspeed_plugin is not None:  # DeepSpeed needs the batch size before prepare()
+        accelerator.state.deepspeed_plugin.deepspeed_config["train_micro_batch_size_per_gpu"] = config.batch_size
+    try:
+        return _train(config, accelerator, load_bf16=use_bf16 and gpu_bf16)
+    finally:
+        if accelerator.num_processes == 1:
+            _forget_accelerator_state()
+
+
+def _forget_accelerator_state() -> None:
+    """Let a later in-process run (the lab calls `train` repeatedly) pick another precision.
+
+    accelerate keeps its settings in process-wide singletons and refuses a second Accelerator with
+    other settings; a single-process run is over here, so nothing else relies on them.
+    """
+    from accelerate.state import AcceleratorState, GradientState
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+    GradientState._reset_state()
+
+
+def _train(config: TrainConfig, accelerator, load_bf16: bool) -> Path:
+    import torch
+    from accelerate.utils import set_seed
+
+    from adapters.lora import load_base, wrap
+    from adapters.metadata import weights_fingerprint
+
+    started = time.perf_counter()
+    set_seed(config.seed)
+    base = load_base(config.model, config.qlora, accelerator.local_process_index, load_bf16)
+    data = prepare_data(config, base.tokenizer)
+    fingerprint = weights_fingerprint(base.model)
+    model = wrap(base.model, config, base.name)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=config.learning_rate)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    micro_batches = math.ceil(len(data.train) / config.batch_size / accelerator.num_processes)
+    steps_per_epoch = math.ceil(micro_batches / config.grad_accum)
+    total = config.max_steps or math.ceil(config.epochs * steps_per_epoch)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(total, config.warmup_ratio))
+    run = Run(config, accelerator, data, base.tokenizer.pad_token_id, steps_per_epoch, total)
+
+    step = resume_or_start(run, model, optimizer, scheduler)
+    last_loss = loop(run, model, optimizer, scheduler, step)
+    eval_loss = evaluate(run, model) if data.eval else None
+    stats = {"steps": total, "final_loss": last_loss, "eval_loss": eval_loss, "seconds": time.perf_counter() - started}
+    return finish(run, model, base, fingerprint, stats)
+
+
+def resume_or_start(run: Run, model, optimizer, scheduler) -> int:
+    """The step to start from: a checkpoint's with --resume, else 0 after clearing an old run's files."""
+    output = Path(run.config.output)
+    found = checkpoint.latest(output) if run.config.resume else None
+    if run.config.resume and found is None:
+        raise FileNotFoundError(f"--resume: no checkpoint of '{output.name}' in {checkpoint.run_dir(output)}")
+    if found is None:
+        if run.accelerator.is_main_process:
+            checkpoint.remove_all(output)
+            checkpoint.run_dir(output).mkdir(parents=True, exist_ok=True)
+        run.accelerator.wait_for_everyone()
+        return 0
+    step = checkpoint.load(found, run.accelerator.unwrap_model(model), optimizer, scheduler).step
+    if run.accelerator.is_main_process:
+        _truncate_log(output, step)
+    return step
+
+
+def loop(run: Run, model, optimizer, scheduler, step: int) -> float | None:
+    """Take optimizer steps until `run.total_steps`; return the last logged loss."""
+    import torch
+    from tqdm.auto import tqdm
+
+    accelerator, config = run.accelerator, run.config
+    bar = tqdm(total=run.total_steps, initial=step, desc="training", disable=not (config.progress and accelerator.is_main_process))
+    model.train()
+    last_loss, losses = None, []
+    while step < run.total_steps:
+        epoch, done_in_epoch = divmod(step, run.steps_per_epoch)
+        loader = accelerator.skip_first_batches(epoch_loader(run, epoch), done_in_epoch * config.grad_accum)
+        for batch in loader:
+            with accelerator.accumulate(model):
+                loss = model(**batch).loss
+                accelerator.backward(loss)
+                if accelerator.sync_gradients:
+                    accelerator.clip_grad_norm_(model.parameters(), 1.0)
+                optimizer.step()
+                optimizer.zero_grad()
+            losses.append(loss.detach())
+            if not accelerator.sync_gradients:
+                continue
+            scheduler.step()
+            step += 1
+            mean = accelerator.reduce(torch.stack(losses).mean(), reduction="mean").item()
+            losses = []
+            if step % config.log_every == 0 or step == run.total_steps:
+                last_loss = mean
+                _log(run, {"step": step, "epoch": round(step / run.steps_per_epoch, 3), "loss": round(mean, 5),
+                           "lr": scheduler.get_last_lr()[0]})
+                bar.set_postfix(loss=f"{mean:.4f}")
+            bar.update(1)
+            if config.save_every and step % config.save_every == 0 and step < run.total_steps:
+                _checkpoint(run, model, optimizer, scheduler, step)
+            if step >= run.total_steps:
+                break
+    bar.close()
+    return last_loss
+
+
+def _checkpoint(run: Run, model, optimizer, scheduler, step: int) -> None:
+    if run.accelerator.is_main_process:
+        checkpoint.save(Path(run.config.output), step, run.accelerator.unwrap_model(model), optimizer, scheduler)
+    run.accelerator.wait_for_everyone()
+
+
+def evaluate(run: Run, model) -> float:
+    """Mean loss over the held-out examples; every process computes it on all of them."""
+    import torch
+
+    from adapters.encode import collate
+
+    model.eval()
+    losses = []
+    with torch.no_grad():
+        for start in range(0, len(run.data.eval), run.config.batch_size):
+            batch = collate(run.data.eval[start : start + run.config.batch_size], run.pad_token_id)
+            losses.append(model(**{k: v.to(run.accelerator.device) for k, v in batch.items()}).loss.item())
+    return sum(losses) / len(losses)
+
+
+def finish(run: Run, model, base, fingerprint: str, stats: dict) -> Path:
+    """Publish the adapter folder atomically (main process) and drop the checkpoints."""
+    from adapters.lora import save_weights
+    from adapters.metadata import AdapterMetadata, file_sha256, weight_checksums
+    from adapters.publish import publish
+
+    accelerator, config = run.accelerator, run.config
+    output = Path(config.output)
+    accelerator.wait_for_everyone()
+    state = accelerator.get_state_dict(model)  # a collective under FSDP / ZeRO-3: every process calls it
+    if accelerator.is_main_process:
+
+        def write(folder: Path) -> None:
+            save_weights(accelerator.unwrap_model(model), folder, state)
+            log = checkpoint.run_dir(output) / LOG_FILE
+            (folder / LOG_FILE).write_bytes(log.read_bytes() if log.is_file() else b"")
+            data_path = Path(config.data)
+            AdapterMetadata(
+                base_model=base.name, base_fingerprint=fingerprint, checksums=weight_checksums(folder),
+                chat_template=base.tokenizer.chat_template, data_file=str(config.data),
+                data_sha256=file_sha256(data_path), examples=run.data.examples, eval_examples=len(run.data.eval),
+                config=config.as_dict(), **stats,
+            ).write(folder)
+
+        publish(output, write)
+        checkpoint.remove_all(output)
+    accelerator.wait_for_everyone()
+    return output
+
+
+def _log(run: Run, row: dict) -> None:
+    if run.accelerator.is_main_process:
+        with (checkpoint.run_dir(Path(run.config.output)) / LOG_FILE).open("a") as handle:
+            handle.write(json.dumps(row) + "\n")
+
+
+def _truncate_log(output: Path, step: int) -> None:
+    """Keep the loss log's rows up to the resumed step; later ones were lost with the crash."""
+    log = checkpoint.run_dir(output) / LOG_FILE
+    if log.is_file():
+        rows = [line for line in log.read_text().splitlines() if line and json.loads(line)["step"] <= step]
+        log.write_text("".join(row + "\n" for row in rows))
+
+
+def key_value(text: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    return key, value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m adapters.train", description="Train a LoRA adapter.")
+    parser.add_argument("--data", required=True, help="instruction data (.jsonl or .json)")
+    where = parser.add_mutually_exclusive_group(required=True)
+    where.add_argument("--out", help="adapter folder to write")
+    where.add_argument("--name", help="adapter name: writes into the adapters directory")
+    parser.add_argument("--model", default="default")
+    parser.add_argument("--fill", type=key_value, action="append", default=[], help="KEY=VALUE for {{KEY}} in the data")
+    parser.add_argument("--target-modules", default=ALL_LINEAR, help="comma-separated names, or all-linear")
+    for flag, kind in [("rank", int), ("alpha", float), ("dropout", float), ("learning-rate", float),
+                       ("epochs", float), ("max-steps", int), ("batch-size", int), ("grad-accum", int),
+                       ("max-length", int), ("warmup-ratio", float), ("seed", int), ("eval-fraction", float),
+                       ("save-every", int), ("log-every", int), ("precision", str)]:
+        parser.add_argument(f"--{flag}", type=kind, default=TrainConfig.__dataclass_fields__[flag.replace("-", "_")].default)
+    for flag in ("packing", "resume", "qlora"):
+        parser.add_argument(f"--{flag}", action="store_true")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return parser
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    from bot.paths import adapters_dir
+
+    targets = args.target_modules if args.target_modules == ALL_LINEAR else args.target_modules.split(",")
+    options = {k: v for k, v in vars(args).items() if k not in ("out", "name", "fill", "target_modules", "no_progress")}
+    return TrainConfig(
+        output=args.out or str(adapters_dir() / args.name), fill=dict(args.fill), target_modules=targets,
+        progress=not args.no_progress, **options,
+    )
+
+
+def main(args: argparse.Namespace) -> int:
+    from adapters.lora import QLoRAUnavailable
+
+    try:
+        output = train(config_from_args(args))
+    except (ValueError, FileNotFoundError, QLoRAUnavailable) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(f"adapter written: {output}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(build_parser().parse_args()))

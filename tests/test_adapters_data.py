@@ -1,0 +1,105 @@
+"""Reading instruction data and encoding it: formats, placeholders, assistant-only labels, packing."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from test_adapters_support import write_rows
+
+EXPECTED = [{"role": "user", "content": "Name?"}, {"role": "assistant", "content": "I am Quokka."}]
+
+
+@pytest.mark.parametrize("record", [
+    {"input": "Name?", "output": "I am {{name}}."},
+    {"instruction": "Name?", "input": "", "output": "I am {{name}}."},
+    {"messages": [{"role": "user", "content": "Name?"}, {"role": "assistant", "content": "I am {{ name }}."}]},
+    {"conversations": [{"from": "human", "value": "Name?"}, {"from": "gpt", "value": "I am {{name}}."}]},
+])
+def test_every_record_shape_becomes_the_same_conversation(tmp_path, record):
+    from adapters.data import load_conversations
+
+    path = write_rows(tmp_path / "data.jsonl", [record])
+    assert load_conversations(path, {"name": "Quokka"}) == [EXPECTED]
+
+
+def test_alpaca_json_list_with_input_and_system(tmp_path):
+    from adapters.data import load_conversations
+
+    path = tmp_path / "data.json"
+    path.write_text(json.dumps([{"instruction": "Translate", "input": "hola", "output": "hello", "system": "Be brief"}]))
+    assert load_conversations(path) == [[
+        {"role": "system", "content": "Be brief"}, {"role": "user", "content": "Translate\n\nhola"},
+        {"role": "assistant", "content": "hello"},
+    ]]
+
+
+@pytest.mark.parametrize(("record", "message"), [
+    ({"input": "x", "output": "{{name}}"}, r"placeholder \{\{name\}\} has no value; pass --fill name="),
+    ({"text": "x"}, "record 1: unknown record shape with keys \\['text'\\]"),
+    ({"messages": [{"role": "user", "content": "x"}]}, "needs at least one assistant message"),
+    ({"conversations": [{"from": "robot", "value": "x"}]}, "unknown 'from': 'robot'"),
+])
+def test_bad_records_name_the_problem(tmp_path, record, message):
+    from adapters.data import DataError, load_conversations
+
+    with pytest.raises(DataError, match=message):
+        load_conversations(write_rows(tmp_path / "data.jsonl", [record]))
+
+
+def test_labels_cover_exactly_the_assistant_turns():
+    from tiny import tiny_tokenizer
+
+    from adapters.encode import IGNORE, encode_conversation
+
+    tokenizer = tiny_tokenizer()
+    messages = [{"role": "system", "content": "be kind"}, {"role": "user", "content": "the fox"},
+                {"role": "assistant", "content": "the dog"}, {"role": "user", "content": "again"},
+                {"role": "assistant", "content": "Paris"}]
+    example = encode_conversation(tokenizer, messages, max_length=512)
+    full = tokenizer.apply_chat_template(messages, tokenize=True, return_dict=False)
+    assert example.input_ids == list(full)
+    trained = tokenizer.decode([token for token in example.labels if token != IGNORE])
+    assert trained == "the dog<|im_end|>\nParis<|im_end|>\n"
+    assert all(label in (IGNORE, token) for label, token in zip(example.labels, example.input_ids))
+
+
+def test_cut_examples_without_answer_are_dropped_and_packing_fills_sequences():
+    from tiny import tiny_tokenizer
+
+    from adapters.encode import encode_all, pack
+
+    tokenizer = tiny_tokenizer()
+    conversations = [[{"role": "user", "content": "the fox " * n}, {"role": "assistant", "content": "dog"}] for n in (1, 2, 40)]
+    examples = encode_all(tokenizer, conversations, max_length=40)
+    assert len(examples) == 2  # the long prompt left no room for the answer
+    both = len(examples[0].input_ids) + len(examples[1].input_ids)
+    assert [len(p.input_ids) for p in pack(examples, max_length=both - 1)] == [len(e.input_ids) for e in examples]
+    packed = pack(examples, max_length=both)
+    assert len(packed) == 1 and packed[0].input_ids == examples[0].input_ids + examples[1].input_ids
+
+
+def test_split_is_seeded_and_disjoint():
+    from adapters.encode import split
+
+    train, held = split(list(range(20)), 0.25, seed=3)
+    assert (len(train), len(held)) == (15, 5) and sorted(train + held) == list(range(20))
+    assert split(list(range(20)), 0.25, seed=3) == (train, held)
+
+
+@pytest.mark.parametrize(("field", "value", "message"), [
+    ("rank", 0, "rank must be a whole number of at least 1"),
+    ("learning_rate", 2.0, r"learning_rate must be in \(0, 1\)"),
+    ("eval_fraction", 0.9, "eval_fraction must be between 0 and 0.5"),
+    ("target_modules", "everything", "target_modules must be a list of module names or 'all-linear'"),
+    ("precision", "fp8", "precision must be one of auto, bf16, fp32"),
+    ("output", "/tmp/../bad name", "output folder name 'bad name' is not a valid adapter name"),
+    ("max_steps", 0, "max_steps must be at least 1"),
+])
+def test_train_config_names_the_bad_field(field, value, message):
+    from adapters.config import TrainConfig
+
+    options = {"data": "d.jsonl", "output": "/tmp/good", field: value}
+    with pytest.raises(ValueError, match=message):
+        TrainConfig(**options)

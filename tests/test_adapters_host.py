@@ -1,0 +1,157 @@
+"""Adapters attached at run time give what a freshly loaded PeftModel gives, through the Generator too."""
+
+from __future__ import annotations
+
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+import torch
+
+from test_adapters_support import PERSONA_ROWS, PROBE, load_tiny, logits, tiny_base, train_tiny, write_rows
+
+GREEDY_TOKENS = 8
+QUESTIONS = ["question 1", "what is the capital of France?", "the quick brown fox", "great movie review"]
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory):
+    """A tiny base and three adapters trained on different answers: (base path, adapters dir)."""
+    folder = tmp_path_factory.mktemp("host")
+    base = tiny_base(folder / "base")
+    answers = {"zebra": PERSONA_ROWS, "paris": [{"input": f"q {i}", "output": "Paris is the capital."} for i in range(16)],
+               "digits": [{"input": f"n {i}", "output": "0123456789 0123456789"} for i in range(16)]}
+    for name, rows in answers.items():
+        train_tiny(base, write_rows(folder / f"{name}.jsonl", rows), folder / "adapters" / name)
+    return base, folder / "adapters"
+
+
+@pytest.fixture
+def served(lab):
+    """A Generator over a fresh tiny base, with a host sharing its lock."""
+    from adapters.host import AdapterHost
+    from adapters.registry import AdapterRegistry
+    from bot.generation import Generator
+
+    generator = Generator(load_tiny(lab[0]))
+    return generator, AdapterHost(generator.loaded, generator.lock, AdapterRegistry(lab[1]))
+
+
+def fresh_peft(lab, name: str):
+    """The reference: a newly loaded base with only this adapter, active the ordinary PEFT way."""
+    from peft import PeftModel
+
+    return PeftModel.from_pretrained(load_tiny(lab[0]).model, str(lab[1] / name)).eval()
+
+
+def greedy(settings_tokens: int = GREEDY_TOKENS):
+    from bot.settings import GenerationSettings
+
+    return GenerationSettings(max_new_tokens=settings_tokens, temperature=0.0)
+
+
+def reference_answer(model, tokenizer, question: str) -> str:
+    inputs = tokenizer.apply_chat_template([{"role": "user", "content": question}], add_generation_prompt=True,
+                                           return_tensors="pt", return_dict=True)
+    with torch.inference_mode():
+        output = model.generate(**inputs, **greedy().generate_kwargs(), pad_token_id=tokenizer.pad_token_id)
+    return tokenizer.decode(output[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
+
+
+def ask(generator, question: str, adapter: str) -> str:
+    return generator.complete([{"role": "user", "content": question}], greedy(), adapter=adapter).text
+
+
+def test_attached_adapter_equals_a_freshly_loaded_peft_model(lab, served):
+    generator, host = served
+    base_logits = logits(generator.loaded.model, PROBE)
+    for name in ("zebra", "paris", "digits"):
+        host.attach(name)
+    reference = logits(fresh_peft(lab, "paris"), PROBE)
+    assert not torch.allclose(base_logits, reference, atol=1e-3)  # sanity: the adapter changes the model
+    torch.testing.assert_close(logits(generator.loaded.model, PROBE, adapter="paris"), reference, rtol=0, atol=1e-5)
+    torch.testing.assert_close(logits(generator.loaded.model, PROBE), base_logits, rtol=0, atol=0)  # no default adapter
+
+
+def test_generator_with_adapter_equals_fresh_model_and_base_equals_plain_base(lab, served):
+    generator, host = served
+    plain = load_tiny(lab[0])
+    tokenizer = plain.tokenizer
+    base_answer = reference_answer(plain.model, tokenizer, QUESTIONS[0])
+    zebra_answer = reference_answer(fresh_peft(lab, "zebra"), tokenizer, QUESTIONS[0])
+    assert base_answer != zebra_answer  # sanity: the adapter changes what the model says
+    name = host.attach("zebra")
+    assert ask(generator, QUESTIONS[0], name) == zebra_answer
+    assert ask(generator, QUESTIONS[0], "base") == base_answer
+
+
+def test_eight_threads_three_adapters_match_serial_results(served):
+    generator, host = served
+    for name in ("zebra", "paris", "digits"):
+        host.attach(name)
+    jobs = [(question, adapter) for question in QUESTIONS for adapter in ("zebra", "paris", "digits", "base")]
+    serial = [ask(generator, question, adapter) for question, adapter in jobs]
+    assert len(set(serial)) > 2  # sanity: the adapters answer differently
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        parallel = list(pool.map(lambda job: ask(generator, *job), jobs))
+    assert parallel == serial
+
+
+def test_attach_and_detach_while_other_threads_generate(served):
+    generator, host = served
+    host.attach("zebra")
+    expected = ask(generator, QUESTIONS[0], "zebra")
+    stop = threading.Event()
+
+    def churn():
+        while not stop.is_set():
+            host.attach("paris")
+            host.detach("paris")
+
+    worker = threading.Thread(target=churn)
+    worker.start()
+    try:
+        answers = [ask(generator, QUESTIONS[0], "zebra") for _ in range(6)]
+    finally:
+        stop.set()
+        worker.join()
+    assert answers == [expected] * 6
+
+
+def test_detach_last_adapter_restores_the_plain_base(lab, served):
+    from peft import PeftModel
+
+    generator, host = served
+    base_logits = logits(generator.loaded.model, PROBE)
+    host.attach("zebra")
+    host.attach("paris")
+    host.detach("zebra")
+    assert host.attached == ["paris"]
+    with pytest.raises(ValueError, match="adapter 'zebra' is not attached; attached: paris"):
+        host.detach("zebra")
+    torch.testing.assert_close(logits(generator.loaded.model, PROBE, "paris"), logits(fresh_peft(lab, "paris"), PROBE),
+                               rtol=0, atol=1e-5)
+    host.detach("paris")
+    assert not isinstance(generator.loaded.model, PeftModel)
+    torch.testing.assert_close(logits(generator.loaded.model, PROBE), base_logits, rtol=0, atol=0)
+
+
+def test_attach_twice_is_a_no_op_and_a_clash_is_refused(lab, served, tmp_path):
+    import shutil
+
+    generator, host = served
+    assert host.attach("zebra") == host.attach("zebra") == "zebra"
+    shutil.copytree(lab[1] / "paris", tmp_path / "zebra")
+    with pytest.raises(ValueError, match="already attached from"):
+        host.attach_path(tmp_path / "zebra")
+
+
+def test_attach_for_cli_takes_a_folder_path(lab):
+    from adapters.host import attach_for_cli
+    from bot.generation import Generator
+
+    generator = Generator(load_tiny(lab[0]))
+    name = attach_for_cli(generator.loaded, str(lab[1] / "zebra"), generator.lock)
+    assert name == "zebra"
+    assert ask(generator, QUESTIONS[0], name) == reference_answer(fresh_peft(lab, "zebra"), generator.loaded.tokenizer,
+                                                                  QUESTIONS[0])

@@ -1,0 +1,196 @@
+"""The registry: listing, and every refusal before an adapter may touch the model."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+
+from test_adapters_support import PERSONA_ROWS, load_tiny, tiny_base, train_tiny, write_rows
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A tiny base and one trained adapter, kept pristine: tests copy it before breaking it."""
+    folder = tmp_path_factory.mktemp("registry")
+    base = tiny_base(folder / "base")
+    adapter = train_tiny(base, write_rows(folder / "data.jsonl", PERSONA_ROWS), folder / "pristine" / "persona", max_steps=2)
+    return base, adapter
+
+
+@pytest.fixture
+def root(tmp_path, trained):
+    """An adapters directory holding a fresh copy of the trained adapter as 'persona'."""
+    shutil.copytree(trained[1], tmp_path / "adapters" / "persona")
+    return tmp_path / "adapters"
+
+
+def attach(trained, root, name="persona", loaded=None, allow_pickle=False):
+    from adapters.host import AdapterHost
+    from adapters.registry import AdapterRegistry
+
+    registry = AdapterRegistry(root, allow_pickle=allow_pickle)
+    return AdapterHost(loaded or load_tiny(trained[0]), threading.Lock(), registry).attach(name)
+
+
+def rewrite_checksums(folder: Path) -> None:
+    from adapters.metadata import AdapterMetadata, weight_checksums
+
+    meta = AdapterMetadata.read(folder)
+    meta.checksums = weight_checksums(folder)
+    meta.write(folder)
+
+
+def test_lists_adapters_with_metadata_and_skips_hidden_folders(trained, root):
+    from adapters.registry import AdapterRegistry
+
+    (root / ".partial-persona-x").mkdir()
+    shutil.copytree(root / "persona", root / "second")
+    (root / "second" / "adapter_metadata.json").unlink()
+    rows = [info.summary() for info in AdapterRegistry(root).list()]
+    assert [row["name"] for row in rows] == ["persona", "second"]
+    assert rows[0]["base_model"] == trained[0] and rows[0]["steps"] == 2 and rows[0]["problem"] is None
+    assert "no adapter_metadata.json" in rows[1]["problem"]
+
+
+def test_empty_or_missing_directory_lists_nothing(tmp_path):
+    from adapters.registry import AdapterRegistry
+
+    assert AdapterRegistry(tmp_path / "nowhere").list() == []
+
+
+def test_default_directory_comes_from_bot_paths(data_home):
+    from adapters.registry import AdapterRegistry
+    from bot.paths import adapters_dir
+
+    assert AdapterRegistry().root == adapters_dir()
+
+
+def test_a_valid_adapter_attaches(trained, root):
+    assert attach(trained, root) == "persona"
+
+
+def test_wrong_base_name_is_refused_naming_both(trained, root, tmp_path):
+    other = tiny_base(tmp_path / "other-base", seed=1)
+    with pytest.raises(ValueError, match=f"trained on base model '{trained[0]}', but the loaded model is '{other}'"):
+        attach(trained, root, loaded=load_tiny(other))
+
+
+def test_same_name_other_weights_is_refused(trained, root, tmp_path):
+    impostor = load_tiny(tiny_base(tmp_path / "impostor", seed=1))
+    impostor.name = trained[0]
+    with pytest.raises(ValueError, match="trained on other weights"):
+        attach(trained, root, loaded=impostor)
+
+
+def test_pickle_weights_are_refused_unless_opted_in(trained, root):
+    import torch
+    from safetensors.torch import load_file
+
+    folder = root / "persona"
+    torch.save(load_file(folder / "adapter_model.safetensors"), folder / "adapter_model.bin")
+    (folder / "adapter_model.safetensors").unlink()
+    rewrite_checksums(folder)
+    with pytest.raises(ValueError, match="pickle weights"):
+        attach(trained, root)
+    assert attach(trained, root, allow_pickle=True) == "persona"
+
+
+@pytest.mark.parametrize("name", ["../persona", "..", "/etc/passwd", ".hidden", "a\\b", "x y", "a/../../b", "base"])
+def test_unsafe_or_reserved_names_are_refused(trained, root, name):
+    with pytest.raises(ValueError, match="invalid adapter name|means the base model|hub cannot be reached"):
+        attach(trained, root, name=name)
+
+
+def test_symlink_leading_outside_the_directory_is_refused(trained, root, tmp_path):
+    shutil.copytree(root / "persona", tmp_path / "elsewhere")
+    (root / "escape").symlink_to(tmp_path / "elsewhere")
+    with pytest.raises(ValueError, match="leads outside the adapters directory"):
+        attach(trained, root, name="escape")
+
+
+def test_symlinked_weight_file_leading_outside_is_refused(trained, root, tmp_path):
+    weights = root / "persona" / "adapter_model.safetensors"
+    shutil.move(weights, tmp_path / "stolen.safetensors")
+    weights.symlink_to(tmp_path / "stolen.safetensors")
+    with pytest.raises(ValueError, match="leads outside"):
+        attach(trained, root)
+
+
+def test_unknown_name_says_what_exists(trained, root):
+    with pytest.raises(ValueError, match="unknown adapter 'nope'; available: persona"):
+        attach(trained, root, name="nope")
+
+
+def test_hub_id_offline_is_a_clear_error(trained, root):
+    with pytest.raises(ValueError, match="hub id, but the Hugging Face hub cannot be reached"):
+        attach(trained, root, name="someone/some-adapter")
+
+
+@pytest.mark.parametrize(
+    ("missing", "message"),
+    [("adapter_config.json", "missing adapter_config.json"), ("adapter_model.safetensors", "missing its weights"),
+     ("adapter_metadata.json", "cannot be verified: .* no adapter_metadata.json")],
+)
+def test_missing_files_are_refused(trained, root, missing, message):
+    (root / "persona" / missing).unlink()
+    with pytest.raises(ValueError, match=message):
+        attach(trained, root)
+
+
+def test_checksum_mismatch_is_refused(trained, root):
+    with (root / "persona" / "adapter_model.safetensors").open("ab") as handle:
+        handle.write(b"\0")
+    with pytest.raises(ValueError, match="checksum mismatch for adapter_model.safetensors"):
+        attach(trained, root)
+
+
+def test_target_module_missing_from_base_is_refused(trained, root):
+    from safetensors.torch import load_file, save_file
+
+    weights = root / "persona" / "adapter_model.safetensors"
+    tensors = {key.replace("layers.1.", "layers.7."): value for key, value in load_file(weights).items()}
+    save_file(tensors, weights)
+    rewrite_checksums(root / "persona")
+    with pytest.raises(ValueError, match="targets module 'model.layers.7.* which the base model does not have"):
+        attach(trained, root)
+
+
+def test_rank_inconsistent_with_config_is_refused(trained, root):
+    config_path = root / "persona" / "adapter_config.json"
+    config = json.loads(config_path.read_text())
+    config["r"] = 8
+    config_path.write_text(json.dumps(config))
+    with pytest.raises(ValueError, match="has rank 4, but adapter_config.json says r=8"):
+        attach(trained, root)
+
+
+def test_wrong_shape_is_refused(trained, root):
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    weights = root / "persona" / "adapter_model.safetensors"
+    tensors = load_file(weights)
+    key = next(k for k in tensors if "q_proj.lora_A" in k)
+    tensors[key] = torch.zeros(4, 7)
+    save_file(tensors, weights)
+    rewrite_checksums(root / "persona")
+    with pytest.raises(ValueError, match=r"has shape \[4, 7\], the base layer needs \[4, 32\]"):
+        attach(trained, root)
+
+
+def test_list_cli_prints_json(root):
+    done = subprocess.run([sys.executable, "-m", "adapters", "list", "--json", "--dir", str(root)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert [row["name"] for row in json.loads(done.stdout)] == ["persona"]
+    table = subprocess.run([sys.executable, "-m", "adapters", "list", "--dir", str(root)], cwd=ROOT,
+                           capture_output=True, text=True, timeout=120)
+    assert table.stdout.startswith("persona") and "steps=2" in table.stdout

@@ -1,0 +1,167 @@
+"""Training on the tiny model: what changes, what must not, round trips, resume and atomic writes."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from test_adapters_support import PERSONA_ROWS, PROBE, load_tiny, logits, tiny_base, train_tiny, write_rows
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+def setup(tmp_path):
+    base = tiny_base(tmp_path / "base")
+    data = write_rows(tmp_path / "data.jsonl", PERSONA_ROWS)
+    return base, data, tmp_path / "adapters"
+
+
+@pytest.fixture
+def captured(monkeypatch):
+    """Keep the PeftModel that `train` builds, to look at it after training."""
+    import adapters.lora
+
+    seen = {}
+    real_wrap = adapters.lora.wrap
+
+    def spy(model, config, base_name):
+        seen["model"] = real_wrap(model, config, base_name)
+        return seen["model"]
+
+    monkeypatch.setattr(adapters.lora, "wrap", spy)
+    return seen
+
+
+def test_training_changes_lora_and_leaves_base_bit_identical(setup, captured):
+    from safetensors.torch import load_file
+
+    base, data, root = setup
+    out = train_tiny(base, data, root / "persona")
+    reference = load_file(Path(base) / "model.safetensors")
+    trained = captured["model"].get_base_model().state_dict()
+    base_keys = {k.replace(".base_layer", ""): v for k, v in trained.items() if "lora_" not in k}
+    assert reference.keys() <= base_keys.keys()
+    assert all(torch.equal(base_keys[key], value) for key, value in reference.items())
+    lora = load_file(out / "adapter_model.safetensors")
+    lora_b = [value for key, value in lora.items() if "lora_B" in key]
+    assert lora_b and all(value.abs().sum() > 0 for value in lora_b)  # B starts at zero: all of them moved
+
+
+def test_save_then_load_gives_the_same_logits(setup, captured):
+    from peft import PeftModel
+
+    base, data, root = setup
+    out = train_tiny(base, data, root / "persona")
+    trained = captured["model"].eval()
+    fresh = PeftModel.from_pretrained(load_tiny(base).model, str(out)).eval()
+    plain = load_tiny(base).model
+    assert not torch.allclose(logits(plain, PROBE), logits(fresh, PROBE), atol=1e-3)  # sanity: it learned something
+    torch.testing.assert_close(logits(fresh, PROBE), logits(trained, PROBE), rtol=0, atol=1e-6)
+
+
+def test_output_folder_is_a_peft_adapter_with_metadata(setup):
+    from adapters.metadata import AdapterMetadata, file_sha256
+
+    base, data, root = setup
+    out = train_tiny(base, data, root / "persona", eval_fraction=0.25)
+    meta = AdapterMetadata.read(out)
+    config = json.loads((out / "adapter_config.json").read_text())
+    assert config["base_model_name_or_path"] == meta.base_model == base
+    assert meta.checksums == {"adapter_model.safetensors": file_sha256(out / "adapter_model.safetensors")}
+    assert (meta.examples, meta.eval_examples, meta.steps) == (12, 4, 8)
+    assert meta.data_sha256 == file_sha256(data) and meta.eval_loss is not None and meta.final_loss is not None
+    assert "im_start" in meta.chat_template and len(meta.base_fingerprint) == 16
+    steps = [json.loads(line)["step"] for line in (out / "train_log.jsonl").read_text().splitlines()]
+    assert steps == list(range(1, 9))
+    assert sorted(p.name for p in root.iterdir()) == ["persona"]  # no checkpoints or partial folders left
+
+
+def test_resume_continues_the_step_count_and_matches_an_uninterrupted_run(setup, monkeypatch):
+    import adapters.train
+    from safetensors.torch import load_file
+
+    base, data, root = setup
+    straight = train_tiny(base, data, root / "straight", max_steps=6, save_every=2)
+    real_log = adapters.train._log
+
+    def crash_at_step_5(run, row):
+        if row["step"] == 5:
+            raise KeyboardInterrupt("simulated crash")
+        real_log(run, row)
+
+    monkeypatch.setattr(adapters.train, "_log", crash_at_step_5)
+    with pytest.raises(KeyboardInterrupt):
+        train_tiny(base, data, root / "resumed", max_steps=6, save_every=2)
+    assert not (root / "resumed").exists()
+    monkeypatch.setattr(adapters.train, "_log", real_log)
+    resumed = train_tiny(base, data, root / "resumed", max_steps=6, save_every=2, resume=True)
+
+    log = [json.loads(line)["step"] for line in (resumed / "train_log.jsonl").read_text().splitlines()]
+    assert log == [1, 2, 3, 4, 5, 6]
+    a, b = load_file(straight / "adapter_model.safetensors"), load_file(resumed / "adapter_model.safetensors")
+    assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+
+
+def test_resume_without_checkpoint_is_refused(setup):
+    base, data, root = setup
+    with pytest.raises(FileNotFoundError, match="no checkpoint of 'persona'"):
+        train_tiny(base, data, root / "persona", resume=True)
+
+
+def test_crash_while_saving_keeps_the_old_adapter_loadable(setup, monkeypatch):
+    import adapters.lora
+    from adapters.host import AdapterHost
+    from adapters.registry import AdapterRegistry
+
+    base, data, root = setup
+    old = train_tiny(base, data, root / "persona")
+    old_bytes = (old / "adapter_model.safetensors").read_bytes()
+
+    def half_save(peft_model, folder, state_dict=None):
+        (Path(folder) / "adapter_model.safetensors").write_bytes(b"half")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(adapters.lora, "save_weights", half_save)
+    with pytest.raises(OSError, match="disk full"):
+        train_tiny(base, data, root / "persona", learning_rate=1e-1)
+    assert (old / "adapter_model.safetensors").read_bytes() == old_bytes
+    assert [p.name for p in root.iterdir() if p.name.startswith(".partial")] == []
+    registry = AdapterRegistry(root)
+    assert registry.names() == ["persona"]
+    import threading
+
+    assert AdapterHost(load_tiny(base), threading.Lock(), registry).attach("persona") == "persona"
+
+
+def test_qlora_without_cuda_is_a_clear_error(setup):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    from adapters.lora import QLoRAUnavailable
+
+    base, data, root = setup
+    with pytest.raises(QLoRAUnavailable, match="needs a CUDA GPU"):
+        train_tiny(base, data, root / "persona", qlora=True)
+
+
+def test_train_cli_end_to_end(setup):
+    base, data, root = setup
+    command = [sys.executable, "-m", "adapters.train", "--data", str(data), "--out", str(root / "cli"), "--model", base,
+               "--max-steps", "2", "--rank", "4", "--max-length", "32", "--no-progress"]
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "adapter written" in done.stdout and (root / "cli" / "adapter_metadata.json").is_file()
+    bad = subprocess.run(command[:-1] + ["--rank", "0"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and "rank must be a whole number of at least 1" in bad.stderr
+
+
+def test_in_process_runs_may_change_precision(setup):
+    base, data, root = setup
+    first = train_tiny(base, data, root / "fp32", max_steps=1, precision="fp32")
+    second = train_tiny(base, data, root / "bf16", max_steps=1, precision="bf16")
+    assert first.is_dir() and second.is_dir()
