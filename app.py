@@ -18,15 +18,20 @@ import gradio as gr
 from bot.backend import add_backend_flags
 from ui.chat import chat_tab
 from ui.compare import compare_tab
+from ui.lab import lab_tab
 from ui.pools import pools_tab
+from ui.train import train_tab
 from ui.text import I18N, t
 
 MAX_UPLOAD = "20mb"
 """Largest file the app accepts (pool uploads); the pool library checks its own limit too."""
 
 
-def build_app(service) -> gr.Blocks:
-    """The whole UI around a ready service (tests build it around a tiny model)."""
+def build_app(service, model_spec: str = "default") -> gr.Blocks:
+    """The whole UI around a ready service (tests build it around a tiny model).
+
+    `model_spec` is what the Lab and Train tabs load or train on (they run their own fp32 copy).
+    """
     with gr.Blocks(title="ICL & LoRA chat") as demo:
         with gr.Row():
             gr.Markdown(t("title"), elem_id="title")
@@ -38,6 +43,11 @@ def build_app(service) -> gr.Blocks:
         if service.library is not None:
             with gr.Tab(t("tab_pools")):
                 pools_tab(service, pickers["pool"])
+            with gr.Tab(t("tab_lab")):
+                lab_tab(service, model_spec)
+        if service.adapters is not None:
+            with gr.Tab(t("tab_train")):
+                train_tab(model_spec)
         demo.load(lambda: gr.update(choices=service.adapter_choices()), outputs=compare_models, api_name=False)
     return demo
 
@@ -65,14 +75,15 @@ def create_service(args: argparse.Namespace):
     return ChatService(generator, PoolLibrary(), adapters)
 
 
-def create_server(service, api_key: str | None = None, users: list[tuple[str, str]] | None = None):
+def create_server(service, api_key: str | None = None, users: list[tuple[str, str]] | None = None,
+                  model_spec: str = "default"):
     """One ASGI app: the OpenAI-compatible API under /v1 and the Gradio UI at /.
 
     `users` turns on a login page for the UI; the API is guarded by `api_key` instead.
     """
     from bot.api import create_api
 
-    demo = build_app(service).queue(default_concurrency_limit=16)
+    demo = build_app(service, model_spec).queue(default_concurrency_limit=16)
     return gr.mount_gradio_app(
         create_api(service, api_key), demo, path="/", i18n=I18N, max_file_size=MAX_UPLOAD, auth=users or None
     )
@@ -94,7 +105,8 @@ def main(argv=None) -> None:
 
     args = parse_args(argv)
     users = users_from_env(os.environ.get("ICL_BOT_USERS"))
-    server = create_server(create_service(args), api_key=os.environ.get("ICL_BOT_API_KEY"), users=users)
+    server = create_server(create_service(args), api_key=os.environ.get("ICL_BOT_API_KEY"), users=users,
+                           model_spec=args.model)
     print(f"serving http://{args.host}:{args.port}/ (API at /v1)", flush=True)
     uvicorn.run(server, host=args.host, port=args.port, log_level="warning")
 

@@ -1,0 +1,74 @@
+"""The Lab tab: run an in-context-learning experiment (lab/) on the served model and show its
+table and plot; earlier runs are listed. One experiment runs at a time, with a progress bar."""
+
+from __future__ import annotations
+
+import time
+
+import gradio as gr
+
+from ui.text import t
+
+
+def pool_files() -> dict[str, str]:
+    """Built-in pools by name -> file path."""
+    from retrieval.pool import builtin_pools
+
+    return {name: str(path) for name, path in builtin_pools().items()}
+
+
+def runs_table(folder) -> list[list]:
+    from lab.runner import list_runs
+
+    return [[r["created"], r["experiment"], r["model"], r["train"], r["test"], r["seconds"], r["path"]]
+            for r in list_runs(folder)]
+
+
+def lab_tab(service, model_spec: str) -> None:
+    from bot.paths import data_home
+    from lab.runner import EXPERIMENTS
+
+    runs = data_home() / "runs"
+    pools = pool_files()
+    with gr.Row():
+        with gr.Column():
+            experiment = gr.Dropdown(list(EXPERIMENTS), value="order", label=t("experiment"), elem_id="lab-experiment")
+            description = gr.Markdown(EXPERIMENTS["order"])
+            train = gr.Dropdown(list(pools), value="sentiment", label=t("train_pool"))
+            test = gr.Dropdown(list(pools), value="sentiment", label=t("test_pool"))
+            with gr.Row():
+                train_file = gr.File(label=t("train_file"), file_types=[".jsonl"], type="filepath")
+                test_file = gr.File(label=t("test_file"), file_types=[".jsonl"], type="filepath")
+        with gr.Column():
+            k = gr.Slider(0, 8, value=4, step=1, label=t("k"))
+            n_test = gr.Slider(4, 500, value=40, step=1, label=t("n_test"))
+            seeds = gr.Textbox("0 1", label=t("seeds"))
+            permutations = gr.Slider(1, 120, value=24, step=1, label=t("permutations"))
+            adapter = gr.Dropdown(service.adapter_choices(), value="base", label=t("adapter"))
+            run = gr.Button(t("run_experiment"), variant="primary", elem_id="lab-run")
+    report = gr.Markdown(elem_id="lab-report")
+    plot = gr.Image(label=t("plot"), type="filepath", interactive=False)
+    table = gr.Dataframe(runs_table(runs), headers=["created", "experiment", "model", "train", "test", "seconds", "path"],
+                         label=t("earlier_runs"), interactive=False)
+
+    def start(experiment, train, test, train_file, test_file, k, n_test, seeds, permutations, adapter,
+              progress=gr.Progress()):
+        from lab.config import LabConfig
+        from lab.runner import run_experiment
+
+        try:
+            config = LabConfig(
+                train=train_file or pools[train], test=test_file or pools[test], model=model_spec,
+                adapter=None if adapter == "base" else str(service.adapters.registry.resolve(adapter).path),
+                k=int(k), n_test=int(n_test), seeds=[int(s) for s in seeds.replace(",", " ").split()],
+                permutations=int(permutations), embedder="default", out=None,
+            )
+            config.out = str(runs / f"{experiment}-{time.strftime('%Y%m%d-%H%M%S')}")
+            folder = run_experiment(experiment, config, progress=lambda fraction, what: progress(fraction, desc=what))
+        except ValueError as error:
+            raise gr.Error(str(error)) from error
+        return (folder / "report.md").read_text(), str(folder / "plot.png"), runs_table(runs)
+
+    experiment.change(lambda name: EXPERIMENTS[name], experiment, description, api_name=False)
+    run.click(start, [experiment, train, test, train_file, test_file, k, n_test, seeds, permutations, adapter],
+              [report, plot, table], api_name="lab", concurrency_limit=1)

@@ -1,0 +1,111 @@
+"""The Train tab: start `python -m adapters.train` in a background process and follow its loss.
+
+Training is off unless the operator sets `ICL_BOT_ENABLE_TRAINING=1` (a hosted Space should not
+let visitors spend its CPU). Data comes from the bundled demo sets or an uploaded file; the new
+adapter lands in the adapters folder, where the adapter pickers find it after a refresh.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import gradio as gr
+
+from ui.text import t
+
+DEMO_DATA = Path(__file__).resolve().parent.parent / "adapters" / "data"
+
+
+def training_enabled() -> bool:
+    return os.environ.get("ICL_BOT_ENABLE_TRAINING", "0").lower() in ("1", "true", "yes")
+
+
+class TrainingJob:
+    """One background training process at a time, and its loss log."""
+
+    def __init__(self):
+        self.process: subprocess.Popen | None = None
+        self.output: Path | None = None
+        self.lock = threading.Lock()
+
+    def start(self, data: str, name: str, model: str, steps: int, learning_rate: float, rank: int) -> Path:
+        from adapters.config import TrainConfig
+        from bot.paths import adapters_dir
+
+        output = adapters_dir() / name
+        TrainConfig(data=data, output=str(output), max_steps=steps, learning_rate=learning_rate, rank=rank)
+        with self.lock:
+            if self.running:
+                raise ValueError("a training run is already going; wait for it to finish")
+            command = [sys.executable, "-m", "adapters.train", "--data", data, "--out", str(output), "--model", model,
+                       "--max-steps", str(steps), "--learning-rate", str(learning_rate), "--rank", str(rank),
+                       "--alpha", str(2 * rank), "--no-progress"]
+            self.process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+            self.output = output
+        return output
+
+    @property
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def losses(self) -> list[dict]:
+        from adapters.checkpoint import run_dir
+        from adapters.train import LOG_FILE
+
+        if self.output is None:
+            return []
+        for log in (run_dir(self.output) / LOG_FILE, self.output / LOG_FILE):
+            if log.is_file():
+                return [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
+        return []
+
+    def status(self) -> str:
+        if self.process is None:
+            return ""
+        if self.running:
+            return f"training **{self.output.name}**…"
+        if self.process.returncode == 0:
+            return f"done: **{self.output.name}** is in the adapters folder; press *Refresh adapters*"
+        tail = (self.process.stdout.read() or "").strip().splitlines()[-1:] if self.process.stdout else []
+        return f"training failed ({self.process.returncode}): {tail[0] if tail else 'no output'}"
+
+
+def train_tab(model_spec: str) -> None:
+    if not training_enabled():
+        gr.Markdown(t("training_disabled"))
+        return
+    job = TrainingJob()
+    demos = {path.stem: str(path) for path in sorted(DEMO_DATA.glob("*.jsonl"))}
+    with gr.Row():
+        with gr.Column():
+            data = gr.Dropdown(list(demos), value=next(iter(demos), None), label=t("train_data"))
+            upload = gr.File(label=t("train_file"), file_types=[".jsonl", ".json"], type="filepath")
+            name = gr.Textbox("my-adapter", label=t("adapter_name"))
+            steps = gr.Slider(1, 2000, value=60, step=1, label=t("max_steps"))
+            learning_rate = gr.Number(2e-3, label=t("learning_rate"))
+            rank = gr.Slider(1, 64, value=8, step=1, label=t("rank"))
+            start = gr.Button(t("start_training"), variant="primary")
+        with gr.Column():
+            status = gr.Markdown()
+            loss = gr.LinePlot(x="step", y="loss", label=t("loss"))
+
+    def begin(data, upload, name, steps, learning_rate, rank):
+        try:
+            job.start(upload or demos[data], name.strip(), model_spec, int(steps), float(learning_rate), int(rank))
+        except (ValueError, KeyError) as error:
+            raise gr.Error(str(error)) from error
+        return job.status()
+
+    def poll():
+        import pandas as pd
+
+        rows = [row for row in job.losses() if "loss" in row]
+        return job.status(), pd.DataFrame(rows or {"step": [], "loss": []})
+
+    start.click(begin, [data, upload, name, steps, learning_rate, rank], status, api_name=False)
+    gr.Timer(2).tick(poll, outputs=[status, loss], api_name=False)
