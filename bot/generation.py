@@ -101,7 +101,8 @@ class Generator:
         room = self.loaded.context_window - fitted.prompt_tokens
         if settings.max_new_tokens > room:
             settings = replace(settings, max_new_tokens=room)
-        streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True, timeout=600)
+        # No timeout: a request may wait its turn behind others for long; the worker always ends the stream.
+        streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
         result: dict = {}
 
         def work():
