@@ -6,7 +6,10 @@ import numpy as np
 import pytest
 
 import retrieval.storage
-from retrieval.ann import build_ann, build_exact, recall_at_k
+from retrieval.ann import (
+    assign_two_level, build_ann, build_exact, build_ivf, recall_at_k, recall_per_query, tune_nprobe,
+    two_level_centroids,
+)
 from retrieval.embedder import Embedder, HashEmbedder, normalise
 from retrieval.index import DemoIndex, IndexMismatch
 from retrieval.pool import Example, Pool
@@ -26,6 +29,11 @@ def brute_force(vectors: np.ndarray, queries: np.ndarray, k: int):
     scores = queries @ vectors.T
     ids = np.argsort(-scores, axis=1, kind="stable")[:, :k]
     return np.take_along_axis(scores, ids, axis=1), ids
+
+
+def without_self(ids: np.ndarray, own: np.ndarray) -> np.ndarray:
+    """Each row's ids other than its own query's id, first 8."""
+    return np.stack([row[row != me][:8] for row, me in zip(ids, own)])
 
 
 def clustered(n: int, centres: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -98,6 +106,37 @@ def test_approximate_recall_on_clustered_data():
     truth = build_exact(vectors).search(queries, 8)[1]
     assert recall_at_k(ann.search(queries, 8)[1], truth) >= 0.95
     assert ann.nprobe < ann.index.nlist  # sanity check: it is not just scanning everything
+
+
+def test_tuning_picks_the_smallest_nprobe_that_meets_the_target():
+    rng = np.random.default_rng(4)
+    vectors = clustered(20_000, rng.standard_normal((200, 32)), rng)
+    own = np.arange(0, 20_000, 40)  # 500 stored vectors, each left out of its own results
+    ann = tune_nprobe(build_ivf(vectors), own, vectors, k=8)
+    assert 1 < ann.nprobe < ann.index.nlist  # sanity check: tuning had something to decide
+
+    def held_out_recall(nprobe: int) -> np.ndarray:
+        ann.nprobe = nprobe
+        found, truth = ann.search(vectors[own], 9)[1], build_exact(vectors).search(vectors[own], 9)[1]
+        return recall_per_query(without_self(found, own), without_self(truth, own))
+
+    def lower_bound(per_query: np.ndarray) -> float:
+        return per_query.mean() - 2 * per_query.std() / np.sqrt(len(per_query))
+
+    chosen = ann.nprobe
+    assert lower_bound(held_out_recall(chosen)) >= 0.95
+    assert lower_bound(held_out_recall(chosen - 1)) < 0.95
+
+
+def test_two_level_assignment_mostly_picks_the_nearest_bucket():
+    rng = np.random.default_rng(5)
+    vectors = clustered(20_000, rng.standard_normal((200, 32)), rng)
+    coarse, fine, first_fine = two_level_centroids(vectors, 256, seed=0)
+    assert 200 <= len(fine) <= 300 and np.array_equal(first_fine[[0, -1]], [0, len(fine)])
+    lists = assign_two_level(vectors, coarse, fine, first_fine)
+    nearest = np.argmax(vectors @ fine.T, axis=1)
+    assert not np.all(lists == nearest)  # sanity check: the shortcut is an approximation
+    assert np.mean(lists == nearest) >= 0.9
 
 
 def test_large_pool_gets_an_approximate_index_that_survives_a_reload(tmp_path, embedder):
