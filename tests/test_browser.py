@@ -64,3 +64,43 @@ def test_typed_message_gets_a_streamed_reply():
     extensions = sum(later.startswith(earlier) for earlier, later in zip(states, states[1:]))
     assert extensions >= len(states) // 2
     assert len(states[-1].split()) > 10
+
+
+@pytest.fixture(scope="module")
+def adapters_url():
+    import app
+    from tiny import tiny_loaded, with_lora_adapters
+
+    service = ChatService(Generator(with_lora_adapters(tiny_loaded(), ["pirate", "poet"])))
+    demo = app.build_app(service)
+    port = free_port()
+    demo.queue().launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, i18n=app.I18N)
+    yield service, f"http://127.0.0.1:{port}/"
+    demo.close()
+
+
+def test_compare_tab_shows_each_adapter_side_by_side(adapters_url):
+    from bot.conversation import build_messages
+    from bot.settings import GenerationSettings
+
+    service, url = adapters_url
+    prompt = "the quick brown fox"
+    expected = {name: service.generator.complete(build_messages(prompt), GenerationSettings(max_new_tokens=12), name).text
+                for name in ["base", "pirate", "poet"]}
+    assert len(set(expected.values())) == 3, "sanity check: base and adapters answer differently"
+    with browser() as chromium:
+        page = chromium.new_page(viewport={"width": 1400, "height": 1000})
+        page.goto(url)
+        page.get_by_role("tab", name="Compare").click()
+        page.locator("#compare-input textarea").fill(prompt)
+        for name in ["pirate", "poet"]:
+            page.locator("#compare-models").get_by_label(name).check()
+        page.locator("#compare-models input[type=checkbox]").first.wait_for()
+        slider = page.get_by_label("Max new tokens").last
+        slider.fill("12")
+        slider.press("Enter")
+        page.locator("#compare-run").click()
+        page.wait_for_function("document.querySelector('#compare-answer-2 textarea')?.value.length > 0", timeout=60_000)
+        shown = {page.locator(f"#compare-answer-{i} label").first.inner_text().strip():
+                 page.locator(f"#compare-answer-{i} textarea").input_value() for i in range(3)}
+    assert shown == expected
