@@ -1,0 +1,315 @@
+"""LoRA training throughput on a GPU: the stock peft + transformers loop against improved variants.
+
+    python -m bench train_gpu                                  # Qwen2.5-1.5B and -7B shapes, every variant
+    python -m bench train_gpu --models 1.5b --variants stock compile --json
+    python -m bench train_gpu --tiny                           # tiny shapes on CPU: checks the script runs
+
+Models are built from Qwen2.5's public config values with random bf16 weights (nothing is
+downloaded); throughput does not depend on the weights' values. Every variant trains LoRA r=16 on
+all linear layers of the blocks, batch 8 x 1024 tokens, SDPA attention, AdamW, and reports tokens/s
+(real tokens, pads excluded), peak memory and MFU (model FLOPs per token: 4 x frozen params for the
+forward and the activation gradients, 6 x LoRA params, 12 x layers x hidden x seq for attention).
+
+Variants:
+- stock: `model(input_ids, labels=labels).loss`, which materialises (batch, seq, vocab) logits in fp32;
+- compile: each decoder block compiled with `torch.compile` (regional compilation);
+- chunked_ce: the loss over 1024-token chunks, each chunk's logits recomputed in the backward pass
+  instead of stored, so full-vocabulary fp32 logits never exist at once;
+- compile_chunked_ce: both;
+- checkpointing: activation checkpointing on every block (less memory, more compute);
+- padded / packed: documents of random lengths (64..seq) one per row with pads, or concatenated
+  into full rows; their ratio is what packing buys;
+- qlora: the stock loop on bitsandbytes NF4 base weights (skipped, with a message, without
+  bitsandbytes or CUDA).
+Each variant runs on a fresh model; a variant that runs out of memory is reported, not fatal.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from dataclasses import asdict, dataclass
+
+QWEN_SHAPES = {
+    # Public values from Qwen/Qwen2.5-1.5B and Qwen/Qwen2.5-7B config.json.
+    "1.5b": dict(hidden_size=1536, intermediate_size=8960, num_hidden_layers=28, num_attention_heads=12,
+                 num_key_value_heads=2, vocab_size=151936, tie_word_embeddings=True),
+    "7b": dict(hidden_size=3584, intermediate_size=18944, num_hidden_layers=28, num_attention_heads=28,
+               num_key_value_heads=4, vocab_size=152064, tie_word_embeddings=False),
+    "tiny": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                 num_key_value_heads=2, vocab_size=512, tie_word_embeddings=True),
+}
+COMMON = dict(max_position_embeddings=32768, rope_theta=1000000.0, rms_norm_eps=1e-6, hidden_act="silu")
+VARIANTS = ("stock", "compile", "chunked_ce", "compile_chunked_ce", "checkpointing", "padded", "packed", "qlora")
+PEAK_BF16_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L40S": 362e12, "A10G": 125e12}
+"""Dense bf16 tensor-core peak by GPU name fragment (FLOP/s), for MFU."""
+LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+CE_CHUNK = 1024
+"""Tokens per chunk of the chunked cross-entropy."""
+
+
+@dataclass(frozen=True)
+class Run:
+    """How to measure: shapes and step counts."""
+
+    batch: int = 8
+    """Sequences per step."""
+    seq: int = 1024
+    """Tokens per sequence."""
+    warmup: int = 3
+    """Untimed steps first (compilation happens here)."""
+    steps: int = 10
+    """Timed steps."""
+    device: str = "cuda"
+    """`cuda`, or `cpu` for --tiny."""
+
+
+@dataclass
+class Result:
+    model: str
+    variant: str
+    tokens_per_s: float | None = None
+    peak_mem_gib: float | None = None
+    mfu: float | None = None
+    loss: float | None = None
+    note: str | None = None
+
+
+def build_model(shape: str, run: Run, qlora: bool = False):
+    """A Qwen2 causal LM with random bf16 weights on the device, wrapped by peft LoRA r=16."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, Qwen2Config
+
+    config = Qwen2Config(**QWEN_SHAPES[shape], **COMMON)
+    config._attn_implementation = "sdpa"
+    torch.manual_seed(0)
+    with torch.device(run.device):
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16, attn_implementation="sdpa")
+    if qlora:
+        to_nf4(model)
+    model.config.use_cache = False
+    lora = LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0, target_modules=LORA_TARGETS, task_type="CAUSAL_LM")
+    return get_peft_model(model, lora)
+
+
+def to_nf4(model) -> None:
+    """Replace every block linear layer by a bitsandbytes NF4 layer (bf16 compute), in place."""
+    import bitsandbytes as bnb
+    import torch
+
+    for parent in list(model.model.layers.modules()):
+        for name, child in list(parent.named_children()):
+            if isinstance(child, torch.nn.Linear):
+                layer = bnb.nn.Linear4bit(child.in_features, child.out_features, bias=child.bias is not None,
+                                          compute_dtype=torch.bfloat16, quant_type="nf4")
+                layer.weight = bnb.nn.Params4bit(child.weight.data.cpu(), requires_grad=False, quant_type="nf4")
+                if child.bias is not None:
+                    layer.bias = torch.nn.Parameter(child.bias.data, requires_grad=False)
+                parent.add_module(name, layer.to(child.weight.device))
+    torch.cuda.empty_cache()
+
+
+def chunked_ce(hidden, head_weight, labels):
+    """Mean next-token cross-entropy from final hidden states (batch, seq, hidden), chunk by chunk.
+
+    Each chunk's logits are computed in fp32 and recomputed in the backward pass (checkpoint), so
+    at most CE_CHUNK x vocab logits exist at once.
+    """
+    import torch
+    from torch.utils.checkpoint import checkpoint
+
+    flat = hidden[:, :-1].reshape(-1, hidden.shape[-1])
+    targets = labels[:, 1:].reshape(-1)
+    total = hidden.new_zeros((), dtype=torch.float32)
+    for start in range(0, flat.shape[0], CE_CHUNK):
+        part = slice(start, start + CE_CHUNK)
+        total = total + checkpoint(_chunk_loss, flat[part], head_weight, targets[part], use_reentrant=False)
+    return total / (targets != -100).sum().clamp(min=1)
+
+
+def _chunk_loss(hidden, weight, targets):
+    import torch.nn.functional as F
+
+    return F.cross_entropy((hidden @ weight.T).float(), targets, ignore_index=-100, reduction="sum")
+
+
+def make_batches(run: Run, vocab: int, variant: str, count: int, seed: int = 0) -> list[dict]:
+    """Input ids, labels and masks for `count` steps: full random rows, or documents padded or packed."""
+    import torch
+
+    generator = torch.Generator().manual_seed(seed)
+    if variant not in ("padded", "packed"):
+        rows = [torch.randint(1, vocab, (run.batch, run.seq), generator=generator) for _ in range(count)]
+        return [{"input_ids": r, "labels": r.clone(), "attention_mask": torch.ones_like(r)} for r in rows]
+    lengths = torch.randint(64, run.seq + 1, (count * run.batch * 4,), generator=generator).tolist()
+    docs = [torch.randint(1, vocab, (n,), generator=generator) for n in lengths]
+    return _packed(docs, run, count) if variant == "packed" else _padded(docs, run, count)
+
+
+def _padded(docs, run: Run, count: int) -> list[dict]:
+    import torch
+
+    batches = []
+    for step in range(count):
+        ids = torch.zeros(run.batch, run.seq, dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        for row, doc in enumerate(docs[step * run.batch:(step + 1) * run.batch]):
+            ids[row, :len(doc)], mask[row, :len(doc)] = doc, 1
+        batches.append({"input_ids": ids, "labels": ids.masked_fill(mask == 0, -100), "attention_mask": mask})
+    return batches
+
+
+def _packed(docs, run: Run, count: int) -> list[dict]:
+    import torch
+
+    stream = torch.cat(docs)[: count * run.batch * run.seq].view(count, run.batch, run.seq)
+    return [{"input_ids": s, "labels": s.clone(), "attention_mask": torch.ones_like(s)} for s in stream]
+
+
+def flops_per_token(model, seq: int) -> float:
+    """Model FLOPs per trained token for LoRA (see the module docstring)."""
+    frozen = sum(p.numel() for n, p in model.named_parameters() if not p.requires_grad and "embed_tokens" not in n)
+    if model.config.tie_word_embeddings:
+        frozen += model.get_input_embeddings().weight.numel()  # the output head reuses it
+    lora = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    config = model.config
+    return 4 * frozen + 6 * lora + 12 * config.num_hidden_layers * config.hidden_size * seq
+
+
+def peak_flops(device: str, override: float | None) -> float | None:
+    if override:
+        return override * 1e12
+    if device != "cuda":
+        return None
+    import torch
+
+    name = torch.cuda.get_device_name()
+    return next((peak for key, peak in PEAK_BF16_FLOPS.items() if key in name), None)
+
+
+def train_step(model, batch: dict, optimizer, chunked: bool) -> float:
+    """One forward, backward and AdamW step; returns the loss."""
+    if chunked:
+        inner = model.get_base_model()
+        hidden = inner.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
+        loss = chunked_ce(hidden, inner.lm_head.weight, batch["labels"])
+    else:
+        loss = model(**batch).loss
+    loss.backward()
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return loss.item()
+
+
+def measure(shape: str, variant: str, run: Run, peak_override: float | None) -> Result:
+    """Build a fresh model for one variant, train `warmup + steps` steps, time the last `steps`."""
+    import torch
+
+    model = build_model(shape, run, qlora=variant == "qlora")
+    if variant.startswith("compile"):
+        for block in model.get_base_model().model.layers:
+            block.compile()
+    if variant == "checkpointing":
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.enable_input_require_grads()
+    model.train()
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+    batches = [{k: v.to(run.device) for k, v in b.items()}
+               for b in make_batches(run, model.config.vocab_size, variant, run.warmup + run.steps)]
+    chunked = "chunked_ce" in variant
+    for batch in batches[:run.warmup]:
+        train_step(model, batch, optimizer, chunked)
+    _sync(run.device)
+    if run.device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    start = time.perf_counter()
+    losses = [train_step(model, batch, optimizer, chunked) for batch in batches[run.warmup:]]
+    _sync(run.device)
+    seconds = time.perf_counter() - start
+    tokens = sum(int((b["labels"] != -100).sum()) for b in batches[run.warmup:])
+    peak = peak_flops(run.device, peak_override)
+    rate = tokens / seconds
+    return Result(
+        model=shape, variant=variant, tokens_per_s=rate, loss=losses[-1],
+        peak_mem_gib=torch.cuda.max_memory_allocated() / 2**30 if run.device == "cuda" else None,
+        mfu=rate * flops_per_token(model, run.seq) / peak if peak else None,
+    )
+
+
+def _sync(device: str) -> None:
+    import torch
+
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def guarded(shape: str, variant: str, run: Run, peak_override: float | None) -> Result:
+    """`measure`, turning a missing dependency or an out-of-memory error into a note."""
+    import gc
+    import importlib.util
+
+    import torch
+
+    if variant == "qlora" and (run.device != "cuda" or importlib.util.find_spec("bitsandbytes") is None):
+        return Result(model=shape, variant=variant, note="skipped: QLoRA needs bitsandbytes and a CUDA GPU")
+    try:
+        return measure(shape, variant, run, peak_override)
+    except torch.OutOfMemoryError as error:
+        return Result(model=shape, variant=variant, note=f"out of memory: {str(error).splitlines()[0]}")
+    finally:
+        gc.collect()
+        if run.device == "cuda":
+            torch.cuda.empty_cache()
+
+
+def table(results: list[Result]) -> str:
+    lines = [f"{'model':6} {'variant':20} {'tok/s':>10} {'vs stock':>8} {'peak GiB':>9} {'MFU':>6}  note"]
+    stock = {r.model: r.tokens_per_s for r in results if r.variant == "stock" and r.tokens_per_s}
+    for r in results:
+        base = stock.get(r.model)
+        ratio = f"{r.tokens_per_s / base:8.2f}" if r.tokens_per_s and base else f"{'':8}"
+        rate = f"{r.tokens_per_s:10.0f}" if r.tokens_per_s else f"{'-':>10}"
+        mem = f"{r.peak_mem_gib:9.1f}" if r.peak_mem_gib is not None else f"{'-':>9}"
+        mfu = f"{100 * r.mfu:5.1f}%" if r.mfu is not None else f"{'-':>6}"
+        lines.append(f"{r.model:6} {r.variant:20} {rate} {ratio} {mem} {mfu}  {r.note or ''}")
+    return "\n".join(lines)
+
+
+def parse(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m bench train_gpu", description=__doc__.splitlines()[0])
+    parser.add_argument("--models", nargs="+", choices=["1.5b", "7b"], default=["1.5b", "7b"])
+    parser.add_argument("--variants", nargs="+", choices=VARIANTS, default=list(VARIANTS))
+    parser.add_argument("--steps", type=int, default=10, help="timed steps per variant")
+    parser.add_argument("--peak-tflops", type=float, help="bf16 peak of this GPU, when its name is not known")
+    parser.add_argument("--tiny", action="store_true", help="tiny shapes, 2 steps, on CPU unless CUDA is present")
+    parser.add_argument("--json", action="store_true", help="JSON on stdout instead of a table")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse(sys.argv[1:] if argv is None else argv)
+    import torch
+
+    cuda = torch.cuda.is_available()
+    if not cuda and not args.tiny:
+        print("python -m bench train_gpu: error: no CUDA GPU; use --tiny to check the script on CPU", file=sys.stderr)
+        return 2
+    if args.tiny:
+        run, shapes = Run(batch=2, seq=64, warmup=1, steps=2, device="cuda" if cuda else "cpu"), ["tiny"]
+    else:
+        run, shapes = Run(steps=args.steps), args.models
+    results = [guarded(shape, variant, run, args.peak_tflops) for shape in shapes for variant in args.variants]
+    if args.json:
+        print(json.dumps([asdict(r) for r in results], indent=2))
+    else:
+        device = torch.cuda.get_device_name() if run.device == "cuda" else "CPU"
+        print(f"LoRA r=16 training, batch {run.batch} x seq {run.seq}, bf16, {device}")
+        print(table(results))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
