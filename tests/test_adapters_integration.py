@@ -26,7 +26,7 @@ def identity_adapter(tmp_path_factory):
     out = tmp_path_factory.mktemp("identity") / "quokka"
     config = TrainConfig(
         data=str(IDENTITY), output=str(out), fill={"name": NAME, "author": "ICL Lab"}, rank=8, alpha=16.0,
-        dropout=0.0, learning_rate=4e-3, max_steps=30, batch_size=4, max_length=64, precision="bf16", progress=False,
+        dropout=0.0, learning_rate=6e-3, max_steps=40, batch_size=4, max_length=64, precision="bf16", progress=False,
     )
     return train(config)
 
