@@ -1,0 +1,58 @@
+"""Demonstration sets for experiments, chosen with `retrieval.select` and `retrieval.order`.
+
+- `random_set`: one random set per seed, shared by every test item (so its KV cache is shared);
+- `for_query`: per-query kNN or MMR from a `DemoIndex` (most similar last, next to the query),
+  or the seed's random set.
+The index is built lazily, once per run, because embedding the pool is the slow part.
+"""
+
+from __future__ import annotations
+
+from lab.errors import LabError
+from lab.prompt import Demo
+from retrieval.order import order_demos
+from retrieval.pool import Pool
+from retrieval.select import SelectionError, select_demos
+
+SELECTIONS = ("random", "knn", "mmr")
+
+
+def as_demos(chosen) -> tuple[Demo, ...]:
+    return tuple(Demo(item.input, item.output) for item in chosen)
+
+
+def random_set(pool: Pool, k: int, seed: int) -> tuple[Demo, ...]:
+    try:
+        return as_demos(select_demos(pool, "", k, strategy="random", seed=seed))
+    except SelectionError as error:
+        raise LabError(str(error)) from error
+
+
+class DemoChooser:
+    """Chooses demonstrations per query; owns the lazily built index."""
+
+    def __init__(self, pool: Pool, embedder_spec: str, diversity: float = 0.5):
+        self.pool = pool
+        self.embedder_spec = embedder_spec
+        self.diversity = diversity
+        self._index = None
+
+    @property
+    def index(self):
+        if self._index is None:
+            from retrieval.embedder import load_embedder
+            from retrieval.index import DemoIndex
+
+            self._index = DemoIndex.build(self.pool, load_embedder(self.embedder_spec))
+        return self._index
+
+    def for_query(self, query: str, k: int, selection: str, seed: int) -> tuple[Demo, ...]:
+        if selection not in SELECTIONS:
+            raise LabError(f"unknown selection '{selection}'; choose one of: {', '.join(SELECTIONS)}")
+        if selection == "random" or k == 0:
+            return random_set(self.pool, k, seed)
+        try:
+            chosen = select_demos(self.index, query, k, strategy=selection, diversity=self.diversity)
+        except SelectionError as error:
+            raise LabError(str(error)) from error
+        return as_demos(order_demos(chosen, "nearest-last"))

@@ -1,0 +1,11 @@
+"""The one error type of the ICL lab: a bad config, pool or model input, with a message for the user.
+
+Anything raised as `LabError` is shown to the user as it is (CLI: one line on stderr, exit 2;
+UI: the run's error text), so every message names the flag or file at fault and what is allowed.
+"""
+
+from __future__ import annotations
+
+
+class LabError(ValueError):
+    """A lab run that cannot start or go on; the message says why and what is allowed."""

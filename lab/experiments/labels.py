@@ -1,0 +1,60 @@
+"""Do demonstration labels need to be right? (Min et al. 2022, "Rethinking the Role of Demonstrations".)
+
+Per seed, one random set of k demonstrations is shown with its gold labels and with labels drawn
+uniformly at random from the label set; zero-shot ("none") is the floor. Zero-shot does not
+depend on the seed, so it runs once and is listed under every seed.
+"""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+from lab import plots
+from lab.context import LabContext
+from lab.demos import random_set
+from lab.errors import LabError
+from lab.prompt import Demo
+
+CONDITIONS = ("gold", "random", "none")
+
+
+def run(ctx: LabContext) -> dict:
+    config = ctx.config
+    if config.k < 1:
+        raise LabError("the labels experiment needs k >= 1")
+    none = ctx.evaluate(())
+    results = []
+    for index, seed in enumerate(config.seeds):
+        demos = random_set(ctx.data.train, config.k, seed)
+        rng = random.Random(seed)
+        shuffled = tuple(Demo(d.input, rng.choice(ctx.data.labels)) for d in demos)
+        flipped = sum(a.output != b.output for a, b in zip(demos, shuffled))
+        for condition, shown in (("gold", demos), ("random", shuffled)):
+            outcome = ctx.evaluate(shown)
+            results.append({"condition": condition, "seed": seed, "accuracy": outcome["accuracy"],
+                            "seconds": outcome["seconds"], "wrong_labels": flipped if condition == "random" else 0})
+        results.append({"condition": "none", "seed": seed, "accuracy": none["accuracy"], "seconds": none["seconds"],
+                        "wrong_labels": 0})
+        ctx.progress((index + 1) / len(config.seeds), f"seed {seed} done")
+    return {"results": results, "means": _means(results)}
+
+
+def _means(results: list[dict]) -> dict:
+    return {c: sum(r["accuracy"] for r in results if r["condition"] == c) / sum(r["condition"] == c for r in results)
+            for c in CONDITIONS}
+
+
+def table(result: dict) -> str:
+    seeds = list(dict.fromkeys(r["seed"] for r in result["results"]))
+    lines = ["| condition | " + " | ".join(f"seed {s}" for s in seeds) + " | mean |",
+             "|---|" + "---|" * (len(seeds) + 1)]
+    for condition in CONDITIONS:
+        values = [r["accuracy"] for r in result["results"] if r["condition"] == condition]
+        lines.append(f"| {condition} | " + " | ".join(f"{v:.3f}" for v in values) + f" | {result['means'][condition]:.3f} |")
+    return "\n".join(lines)
+
+
+def plot(result: dict, path: Path) -> None:
+    groups = {c: [r["accuracy"] for r in result["results"] if r["condition"] == c] for c in CONDITIONS}
+    plots.bars(groups, path, "gold vs random demonstration labels vs none")

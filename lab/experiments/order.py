@@ -1,0 +1,76 @@
+"""Order sensitivity: the same demonstrations in every order (or a sample), and Lu et al.'s remedy.
+
+For each seed a random set of k demonstrations is drawn; every chosen permutation of it is scored
+on the test items. Then GlobalE and LocalE (see `lab.entropy`) pick an order from a probe set the
+model wrote itself, and the chosen orders' accuracies are set against the permutation mean.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from pathlib import Path
+
+from lab import plots
+from lab.context import LabContext
+from lab.demos import random_set
+from lab.entropy import probe_inputs, rank_orders
+from lab.permutations import choose_orders
+from lab.stats import summary
+
+
+def run(ctx: LabContext) -> dict:
+    config = ctx.config
+    orders = choose_orders(config.k, config.permutations, seed=config.seeds[0])
+    sets, everything = [], []
+    for set_index, seed in enumerate(config.seeds):
+        demos = random_set(ctx.data.train, config.k, seed)
+        permutations = []
+        for order_index, order in enumerate(orders):
+            result = ctx.evaluate(tuple(demos[i] for i in order))
+            permutations.append({"order": list(order), "accuracy": result["accuracy"], "seconds": result["seconds"]})
+            done = (set_index * len(orders) + order_index + 1) / (len(config.seeds) * len(orders))
+            ctx.progress(done * 0.9, f"set {seed}: order {order_index + 1}/{len(orders)}")
+        entry = {"seed": seed, "demos": [asdict(d) for d in demos], "permutations": permutations,
+                 **summary([p["accuracy"] for p in permutations])}
+        if ctx.data.task == "classify":
+            entry["lu"] = _lu_remedy(ctx, demos, orders, permutations, seed)
+        sets.append(entry)
+        everything += [{"set": seed, **p} for p in permutations]
+    return {"permutations": everything, **summary([p["accuracy"] for p in everything]),
+            "orders_per_set": len(orders), "sets": sets}
+
+
+def _lu_remedy(ctx: LabContext, demos, orders, permutations: list[dict], seed: int) -> dict:
+    ctx.progress(0.9, f"set {seed}: GlobalE/LocalE probes")
+    probes = probe_inputs(ctx.predictor, demos, ctx.config.probe_size, seed)
+    ranking = rank_orders(ctx.predictor, demos, orders, probes)
+    accuracy = {tuple(p["order"]): p["accuracy"] for p in permutations}
+    mean = sum(accuracy.values()) / len(accuracy)
+    return {
+        "probes": probes,
+        "globale_scores": ranking["globale"],
+        "locale_scores": ranking["locale"],
+        "globale": {"order": ranking["globale_order"], "accuracy": accuracy[tuple(ranking["globale_order"])]},
+        "locale": {"order": ranking["locale_order"], "accuracy": accuracy[tuple(ranking["locale_order"])]},
+        "permutation_mean": mean,
+    }
+
+
+def table(result: dict) -> str:
+    lines = ["| set (seed) | orders | mean | std | min | max | GlobalE pick | LocalE pick |",
+             "|---|---|---|---|---|---|---|---|"]
+    for entry in result["sets"]:
+        lu = entry.get("lu")
+        picks = (f"{lu['globale']['accuracy']:.3f} | {lu['locale']['accuracy']:.3f}" if lu else "– | –")
+        lines.append(f"| {entry['seed']} | {len(entry['permutations'])} | {entry['mean']:.3f} | {entry['std']:.3f} "
+                     f"| {entry['min']:.3f} | {entry['max']:.3f} | {picks} |")
+    lines.append(f"| all | {len(result['permutations'])} | {result['mean']:.3f} | {result['std']:.3f} "
+                 f"| {result['min']:.3f} | {result['max']:.3f} | | |")
+    return "\n".join(lines)
+
+
+def plot(result: dict, path: Path) -> None:
+    groups = {f"set {e['seed']}": [p["accuracy"] for p in e["permutations"]] for e in result["sets"]}
+    marks = {f"set {e['seed']}": {"GlobalE": e["lu"]["globale"]["accuracy"], "LocalE": e["lu"]["locale"]["accuracy"]}
+             for e in result["sets"] if "lu" in e}
+    plots.box(groups, path, f"accuracy over {result['orders_per_set']} orders per demonstration set", marks=marks)

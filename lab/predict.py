@@ -1,0 +1,75 @@
+"""Predictions for lab cases: label scoring for classification, generation for the rest.
+
+A `Case` is the demonstrations, the query and its gold answer. `Predictor.label_logprobs` gives
+each case's log-probabilities over the label set (contextually calibrated when asked, with the
+content-free inputs run after the same demonstrations); `predict` turns them, or generated
+answers, into predicted labels. This module decides nothing about which demonstrations to show.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from lab.calibrate import CONTENT_FREE, calibrate, normalise_rows
+from lab.generate import generate_lines
+from lab.prompt import Demo, Prompt, PromptFormat
+from lab.scorer import CachedScorer
+
+Scorer = Callable[[Sequence[Prompt], Sequence[str]], np.ndarray]
+"""(prompts, continuations) -> (n, L) summed log-probabilities; `CachedScorer.score` or `naive_score`."""
+
+
+@dataclass(frozen=True)
+class Case:
+    demos: tuple[Demo, ...]
+    query: str
+    gold: str
+
+
+class Predictor:
+    """Runs cases on one model with one prompt format and label set."""
+
+    def __init__(self, model, tokenizer, fmt: PromptFormat, labels: list[str], task: str = "classify",
+                 calibrated: bool = False, batch_size: int = 32, max_new_tokens: int = 16,
+                 scorer: Scorer | None = None):
+        self.model = model
+        self.tokenizer = tokenizer
+        self.fmt = fmt
+        self.labels = labels
+        self.task = task
+        self.calibrated = calibrated
+        self.batch_size = batch_size
+        self.max_new_tokens = max_new_tokens
+        self.scorer = scorer or CachedScorer(model, tokenizer, batch_size).score
+
+    def prompts(self, cases: Sequence[Case]) -> list[Prompt]:
+        return [self.fmt.build(self.tokenizer, case.demos, case.query) for case in cases]
+
+    def label_logprobs(self, cases: Sequence[Case]) -> np.ndarray:
+        """(len(cases), len(labels)) log-probabilities renormalised over the labels."""
+        continuations = [self.fmt.continuation(label) for label in self.labels]
+        demo_sets = list(dict.fromkeys(case.demos for case in cases)) if self.calibrated else []
+        free = [Case(demos, text, "") for demos in demo_sets for text in CONTENT_FREE]
+        scores = self.scorer(self.prompts(list(cases) + free), continuations)
+        real = normalise_rows(scores[: len(cases)])
+        if not self.calibrated:
+            return real
+        n_free = len(CONTENT_FREE)
+        position = {demos: i for i, demos in enumerate(demo_sets)}
+        out = np.empty_like(real)
+        for row, case in enumerate(cases):
+            start = len(cases) + position[case.demos] * n_free
+            out[row] = calibrate(real[row : row + 1], scores[start : start + n_free])[0]
+        return out
+
+    def predict(self, cases: Sequence[Case]) -> list[str]:
+        if not cases:
+            return []
+        if self.task == "classify":
+            best = self.label_logprobs(cases).argmax(axis=1)
+            return [self.labels[i] for i in best]
+        texts = [prompt.text for prompt in self.prompts(cases)]
+        return generate_lines(self.model, self.tokenizer, texts, self.max_new_tokens, self.batch_size)

@@ -1,0 +1,97 @@
+"""Run a named experiment into a result folder, and list earlier runs.
+
+    path = run_experiment("order", LabConfig(train=..., test=...), progress=callback)
+
+writes `result.json` (config, model, timing and every raw number), `report.md` (a table) and
+`plot.png` into `config.out` (default: a new `runs/<experiment>-<time>` folder) and returns the
+folder. It blocks; the UI runs it in a background thread and passes a progress callback.
+`list_runs(folder)` reads the `result.json` files below a folder, newest first.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import time
+from datetime import datetime
+from pathlib import Path
+
+from lab.config import LabConfig
+from lab.context import Progress, no_progress, open_context
+from lab.errors import LabError
+
+EXPERIMENTS = {
+    "shots": "accuracy for k in ks, random vs kNN selection, over seeds (ks, seeds, embedder)",
+    "order": "accuracy of every order of k demonstrations per seed, plus GlobalE/LocalE (k, permutations, probe_size)",
+    "labels": "gold vs random demonstration labels vs none (k, seeds)",
+    "select": "kNN vs MMR vs random at the same k (k, seeds, embedder, diversity)",
+    "finetune": "kNN prompting vs a LoRA adapter trained on the pool vs both (k, train_steps)",
+}
+"""Experiment names and the config fields each reads besides the common ones."""
+DEFAULT_RUNS = Path("runs")
+
+
+def experiment_module(name: str):
+    if name not in EXPERIMENTS:
+        raise LabError(f"unknown experiment '{name}'; available: {', '.join(EXPERIMENTS)}")
+    return importlib.import_module(f"lab.experiments.{name}")
+
+
+def run_experiment(name: str, config: LabConfig, progress: Progress = no_progress, loaded=None) -> Path:
+    """Run experiment `name`; returns the folder holding result.json, report.md and plot.png.
+
+    `loaded` is an already loaded `bot.models.LoadedModel` to use instead of loading `config.model`.
+    """
+    module = experiment_module(name)
+    started = time.perf_counter()
+    out = Path(config.out) if config.out else DEFAULT_RUNS / f"{name}-{datetime.now():%Y%m%d-%H%M%S}"
+    ctx = open_context(config, name, out, progress, loaded)
+    out.mkdir(parents=True, exist_ok=True)
+    result = module.run(ctx)
+    record = {
+        "experiment": name,
+        "created": datetime.now().isoformat(timespec="seconds"),
+        "config": config.to_dict(),
+        "model": ctx.loaded.name,
+        "dtype": ctx.loaded.dtype,
+        "task": ctx.data.task,
+        "labels": ctx.data.labels,
+        "n_test": len(ctx.data.test),
+        "train_size": len(ctx.data.train),
+        "train_sha256": ctx.data.train.sha256,
+        "seconds": time.perf_counter() - started,
+        **result,
+    }
+    (out / "result.json").write_text(json.dumps(record, indent=1, ensure_ascii=False) + "\n")
+    (out / "report.md").write_text(render_report(record, module.table(result)))
+    module.plot(result, out / "plot.png")
+    progress(1.0, f"done: {out}")
+    return out
+
+
+def render_report(record: dict, table: str) -> str:
+    config = record["config"]
+    return (
+        f"# {record['experiment']}: {Path(config['train']).parent.name or config['train']}\n\n"
+        f"{EXPERIMENTS[record['experiment']]}\n\n"
+        f"- model: {record['model']} ({record['dtype']}), task: {record['task']}, labels: {', '.join(record['labels'][:20])}\n"
+        f"- train: {config['train']} ({record['train_size']} examples), test: {config['test']} ({record['n_test']} items)\n"
+        f"- k={config['k']}, seeds={config['seeds']}, style={config['style']}, calibrate={config['calibrate']}\n"
+        f"- run time: {record['seconds']:.0f} s\n\n{table}\n\n![plot](plot.png)\n"
+    )
+
+
+def list_runs(folder: str | Path = DEFAULT_RUNS) -> list[dict]:
+    """Earlier runs below `folder`, newest first: path, experiment, model, created, train, test, seconds."""
+    runs = []
+    for path in Path(folder).glob("**/result.json"):
+        try:
+            record = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError):
+            continue
+        runs.append({
+            "path": str(path.parent), "experiment": record.get("experiment"), "model": record.get("model"),
+            "created": record.get("created", ""), "train": record.get("config", {}).get("train"),
+            "test": record.get("config", {}).get("test"), "seconds": record.get("seconds"),
+        })
+    return sorted(runs, key=lambda run: run["created"], reverse=True)

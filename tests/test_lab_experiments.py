@@ -1,0 +1,165 @@
+"""Every experiment end to end on a tiny model and pool, with the model-free hash embedder."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from lab.config import LabConfig
+from lab.errors import LabError
+from lab.runner import list_runs, run_experiment
+
+TRAIN = [
+    ("the quick brown fox", "positive"), ("a lazy dog", "negative"), ("great film", "positive"),
+    ("terrible movie", "negative"), ("the capital of France", "positive"), ("what is the dog", "negative"),
+    ("great review", "positive"), ("lazy film", "negative"),
+]
+TEST = [("quick fox", "positive"), ("terrible dog", "negative"), ("great movie", "positive"), ("lazy review", "negative")]
+
+
+def write_pool(path, rows):
+    path.write_text("".join(json.dumps({"input": i, "output": o}) + "\n" for i, o in rows))
+    return str(path)
+
+
+def tiny_files(tmp_path, train=TRAIN, test=TEST):
+    return write_pool(tmp_path / "train.jsonl", train), write_pool(tmp_path / "test.jsonl", test)
+
+
+def config(tmp_path, name, **overrides):
+    train, test = tiny_files(tmp_path)
+    fields = dict(train=train, test=test, k=2, ks=[0, 1, 2], seeds=[0, 1], embedder="hash",
+                  probe_size=3, out=str(tmp_path / "runs" / name))
+    fields.update(overrides)
+    return LabConfig(**fields)
+
+
+def run(tmp_path, tiny, name, **overrides):
+    seen = []
+    folder = run_experiment(name, config(tmp_path, name, **overrides), progress=lambda f, m: seen.append(f), loaded=tiny)
+    for artefact in ("result.json", "report.md", "plot.png"):
+        assert (folder / artefact).stat().st_size > 0
+    assert seen[-1] == 1.0
+    return json.loads((folder / "result.json").read_text())
+
+
+def test_order(tmp_path, tiny):
+    result = run(tmp_path, tiny, "order", k=3, permutations=6)
+    assert len(result["permutations"]) == 12  # 3! orders x 2 seeds
+    accuracies = [p["accuracy"] for p in result["permutations"]]
+    assert result["min"] == min(accuracies) and result["max"] == max(accuracies)
+    assert result["mean"] == pytest.approx(sum(accuracies) / 12)
+    lu = result["sets"][0]["lu"]
+    assert lu["globale"]["order"] in [p["order"] for p in result["sets"][0]["permutations"]]
+    assert len(lu["globale_scores"]) == 6
+
+
+def test_order_samples_when_k_is_large(tmp_path, tiny):
+    result = run(tmp_path, tiny, "order", k=4, permutations=5, seeds=[0])
+    assert len({tuple(p["order"]) for p in result["permutations"]}) == 5
+
+
+def test_shots(tmp_path, tiny):
+    result = run(tmp_path, tiny, "shots")
+    rows = {(r["k"], r["selection"], r["seed"]) for r in result["results"]}
+    assert (0, "random", None) in rows and (2, "random", 1) in rows and (2, "knn", None) in rows
+
+
+def test_labels(tmp_path, tiny):
+    result = run(tmp_path, tiny, "labels")
+    conditions = [r["condition"] for r in result["results"]]
+    assert conditions.count("gold") == conditions.count("random") == conditions.count("none") == 2
+
+
+def test_select(tmp_path, tiny):
+    result = run(tmp_path, tiny, "select")
+    assert {r["selection"] for r in result["results"]} == {"knn", "mmr", "random"}
+
+
+def test_calibrated_run(tmp_path, tiny):
+    result = run(tmp_path, tiny, "labels", calibrate=True, seeds=[0])
+    assert result["config"]["calibrate"] is True
+
+
+def test_generation_task(tmp_path, tiny):
+    result = run(tmp_path, tiny, "labels", task="generate", seeds=[0], max_new_tokens=3)
+    assert result["task"] == "generate"
+
+
+def test_list_runs(tmp_path, tiny):
+    run(tmp_path, tiny, "labels", seeds=[0])
+    runs = list_runs(tmp_path / "runs")
+    assert [r["experiment"] for r in runs] == ["labels"]
+
+
+def test_unknown_experiment(tmp_path, tiny):
+    with pytest.raises(LabError, match="unknown experiment 'shuffle'; available: shots, order"):
+        run_experiment("shuffle", config(tmp_path, "x"), loaded=tiny)
+
+
+def test_k_larger_than_pool(tmp_path, tiny):
+    with pytest.raises(LabError, match="k=9 is larger than the training pool"):
+        run_experiment("order", config(tmp_path, "x", k=9), loaded=tiny)
+
+
+def test_test_label_outside_train_labels(tmp_path, tiny):
+    train, test = tiny_files(tmp_path, test=[("quick fox", "neutral")])
+    with pytest.raises(LabError, match="test label 'neutral' does not occur in the training pool"):
+        run_experiment("labels", LabConfig(train=train, test=test), loaded=tiny)
+
+
+def test_empty_test_file(tmp_path, tiny):
+    train, test = tiny_files(tmp_path, test=[])
+    with pytest.raises(LabError, match="--test .*test.jsonl: the pool file is empty"):
+        run_experiment("labels", LabConfig(train=train, test=test), loaded=tiny)
+
+
+def test_bad_config_field():
+    with pytest.raises(LabError, match="n_test must be a whole number >= 1"):
+        LabConfig(train="a", test="b", n_test=0)
+
+
+def test_cli_end_to_end(tmp_path):
+    from tiny import save_tiny
+
+    model = save_tiny(tmp_path / "model")
+    train, test = tiny_files(tmp_path)
+    out = tmp_path / "cli"
+    command = [sys.executable, "-m", "lab", "labels", "--train", train, "--test", test, "--model", model,
+               "--k", "2", "--seeds", "0", "--out", str(out)]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == str(out)
+    assert json.loads((out / "result.json").read_text())["results"]
+
+
+def test_cli_bad_input_exits_2(tmp_path):
+    train, test = tiny_files(tmp_path, test=[])
+    done = subprocess.run([sys.executable, "-m", "lab", "order", "--train", train, "--test", test],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2
+    assert "the pool file is empty" in done.stderr
+
+
+def test_finetune(tmp_path, tiny):
+    from tiny import save_tiny
+
+    from lab.context import with_adapter
+
+    model = save_tiny(tmp_path / "model")
+    folder = run_experiment("finetune", config(tmp_path, "finetune", model=model, train_steps=2))
+    result = json.loads((folder / "result.json").read_text())
+    rows = {r["condition"]: r for r in result["results"]}
+    assert set(rows) == {"prompting", "finetuned", "both"}
+    assert rows["both"]["prompt_tokens"] > rows["finetuned"]["prompt_tokens"]
+    assert (folder / "adapter" / "adapter_config.json").is_file()
+    # Attaching the adapter leaves the caller's model alone (it may be the one the bot serves).
+    tuned = with_adapter(tiny, folder / "adapter")
+    assert any("lora" in name for name, _ in tuned.model.named_modules())
+    assert not any("lora" in name for name, _ in tiny.model.named_modules())
+
+
+def test_adapter_folder_must_hold_an_adapter(tmp_path, tiny):
+    with pytest.raises(LabError, match="not a LoRA adapter folder"):
+        run_experiment("labels", config(tmp_path, "x", adapter=str(tmp_path)), loaded=tiny)
