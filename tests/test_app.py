@@ -60,3 +60,23 @@ def test_real_app_answers_through_gradio_client():
             api_name="/chat",
         )
     assert "Paris" in answer
+
+
+def test_lab_tab_runs_an_experiment_and_lists_it(tmp_path):
+    import app
+    from bot.models import load_model
+    from retrieval.library import PoolLibrary
+    from tiny import save_tiny
+
+    folder = save_tiny(tmp_path / "tiny")
+    service = ChatService(Generator(load_model(folder, dtype="float32")), PoolLibrary())
+    demo = app.build_app(service, model_spec=folder)
+    port = free_port()
+    demo.queue().launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, i18n=app.I18N)
+    try:
+        report, plot, runs = Client(f"http://127.0.0.1:{port}/").predict(
+            "labels", "sentiment", "sentiment", None, None, 2, 6, "0", 2, "base", api_name="/lab")
+    finally:
+        demo.close()
+    assert "gold" in report and "random" in report and "none" in report
+    assert plot and runs["data"][0][1] == "labels"

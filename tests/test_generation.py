@@ -109,3 +109,27 @@ def test_batched_answers_equal_one_by_one_answers(tiny):
 def test_unknown_adapter_is_refused_by_name(tiny):
     with pytest.raises(ValueError, match="unknown adapter 'pirate'; available: base"):
         Generator(tiny).complete(build_messages("hello"), GenerationSettings(max_new_tokens=2), adapter="pirate")
+
+
+def test_concurrent_adapters_never_cross_in_bf16():
+    """bf16 is the default dtype on CPU: each request must get its own adapter's answer."""
+    from tiny import tiny_loaded, with_lora_adapters
+
+    loaded = with_lora_adapters(tiny_loaded(), ["pirate", "poet", "sage"])
+    loaded.model.to(torch.bfloat16)
+    generator = Generator(loaded)
+    settings = GenerationSettings(max_new_tokens=8)
+    names = ["base", "pirate", "poet", "sage"] * 2
+    alone = {name: generator.complete(build_messages("hello"), settings, name).text for name in set(names)}
+    assert len(set(alone.values())) == 4, "sanity check: the adapters are easy to tell apart"
+    results = [None] * len(names)
+
+    def ask(i):
+        results[i] = generator.complete(build_messages("hello"), settings, names[i]).text
+
+    threads = [threading.Thread(target=ask, args=(i,)) for i in range(len(names))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert results == [alone[name] for name in names]
