@@ -36,5 +36,9 @@ test: install browser
 test-fast: install
 	$(PY) -m pytest -q -m "not integration and not browser" $(PYTEST_ARGS)
 
+# Load test at full size: 16 users x 5 turns on the default model (about 4 minutes on 2 cores).
+stress: install
+	$(PY) tests/stress.py --users 16 --turns 5
+
 clean:
 	rm -rf $(VENV) .data .pytest_cache

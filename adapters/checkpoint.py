@@ -41,6 +41,15 @@ def trainable_state(model) -> dict:
     return {name: p.detach().cpu().clone() for name, p in model.named_parameters() if p.requires_grad}
 
 
+def _numpy_rng_state() -> tuple:
+    """numpy's global RNG state with its key array as a tensor, so the checkpoint loads without pickle."""
+    import numpy as np
+    import torch
+
+    kind, keys, position, has_gauss, cached = np.random.get_state()
+    return kind, torch.from_numpy(keys.astype(np.int64)), int(position), int(has_gauss), float(cached)
+
+
 def save(output: Path, step: int, model, optimizer, scheduler) -> Path:
     """Write the checkpoint of `step` (call on the main process only) and keep just the newest two."""
     import numpy as np
@@ -51,7 +60,7 @@ def save(output: Path, step: int, model, optimizer, scheduler) -> Path:
         "weights": trainable_state(model),
         "optimizer": optimizer.state_dict(),
         "scheduler": scheduler.state_dict(),
-        "rng": {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state()},
+        "rng": {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": _numpy_rng_state()},
     }
     folder = run_dir(output) / f"step-{step:06d}"
     publish(folder, lambda staging: torch.save(state, staging / STATE_FILE))
@@ -65,8 +74,8 @@ def load(folder: Path, model, optimizer, scheduler) -> Resumed:
     import numpy as np
     import torch
 
-    # The file holds optimizer state and RNG tuples besides tensors; it is one this trainer wrote.
-    state = torch.load(Path(folder) / STATE_FILE, map_location="cpu", weights_only=False)
+    # Tensors, numbers and tuples only: weights_only=True refuses anything that would run code.
+    state = torch.load(Path(folder) / STATE_FILE, map_location="cpu", weights_only=True)
     parameters = dict(model.named_parameters())
     missing = sorted(set(state["weights"]) - set(parameters))
     if missing:
@@ -78,7 +87,8 @@ def load(folder: Path, model, optimizer, scheduler) -> Resumed:
     scheduler.load_state_dict(state["scheduler"])
     torch.set_rng_state(state["rng"]["torch"])
     random.setstate(state["rng"]["python"])
-    np.random.set_state(state["rng"]["numpy"])
+    kind, keys, position, has_gauss, cached = state["rng"]["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), position, has_gauss, cached))
     return Resumed(step=state["step"], folder=Path(folder))
 
 

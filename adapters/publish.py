@@ -1,13 +1,18 @@
 """Write a folder atomically: readers see the old complete folder or the new complete one, never half.
 
 The new content is written into a hidden temporary folder beside the target (same file system, so
-renames are atomic). Only when it is complete does the old folder move aside and the new one take
-its name; a crash while writing leaves the old folder untouched and at most a hidden `.partial-*`
-folder, which the registry never lists. This module knows nothing about what is in the folder.
+renames are atomic). Only when it is complete does it take the target's name: on Linux the two
+folders trade names in one atomic `renameat2(RENAME_EXCHANGE)`; elsewhere the old folder moves
+aside to `.retired-*` first, and `recover` (which the registry calls before it reads) puts it back
+if a crash fell between the two renames. A crash while writing leaves the old folder untouched
+and at most a hidden `.partial-*` folder, which the registry never lists. This module knows
+nothing about what is in the folder.
 """
 
 from __future__ import annotations
 
+import ctypes
+import errno
 import os
 import shutil
 import tempfile
@@ -38,6 +43,9 @@ def _swap(staging: Path, target: Path) -> None:
     if not target.exists():
         os.replace(staging, target)
         return
+    if _exchange(staging, target):
+        shutil.rmtree(staging, ignore_errors=True)  # it now holds the old folder
+        return
     retired = Path(tempfile.mkdtemp(prefix=f"{RETIRED_PREFIX}{target.name}-", dir=target.parent))
     os.replace(target, retired / target.name)
     try:
@@ -46,6 +54,30 @@ def _swap(staging: Path, target: Path) -> None:
         os.replace(retired / target.name, target)  # put the old one back
         raise
     finally:
+        shutil.rmtree(retired, ignore_errors=True)
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two paths' names atomically (Linux renameat2); False where the system cannot."""
+    try:
+        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    if renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
+        return True
+    code = ctypes.get_errno()
+    if code in (errno.EINVAL, errno.ENOSYS, errno.EPERM):  # file system or kernel without the flag
+        return False
+    raise OSError(code, os.strerror(code), str(b))
+
+
+def recover(parent: Path) -> None:
+    """Put back folders a crash left in `.retired-*` without a successor under their name."""
+    for retired in Path(parent).glob(f"{RETIRED_PREFIX}*"):
+        for folder in retired.iterdir() if retired.is_dir() else []:
+            if not (Path(parent) / folder.name).exists():
+                os.replace(folder, Path(parent) / folder.name)
         shutil.rmtree(retired, ignore_errors=True)
 
 

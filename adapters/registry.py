@@ -17,6 +17,7 @@ from adapters.checks import (
 )
 from adapters.config import NAME_PATTERN
 from adapters.metadata import CONFIG_FILE, AdapterMetadata, MetadataError
+from adapters.publish import recover
 
 HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$")
 RESERVED = ("base", "__base__")
@@ -56,6 +57,7 @@ class AdapterRegistry:
         """Every adapter folder in the directory, sorted by name; hidden and oddly named folders are skipped."""
         if not self.root.is_dir():
             return []
+        recover(self.root)
         folders = [p for p in sorted(self.root.iterdir()) if NAME_PATTERN.match(p.name) and (p / CONFIG_FILE).is_file()]
         return [self._describe(folder) for folder in folders]
 
@@ -74,6 +76,8 @@ class AdapterRegistry:
             return self._from_hub(name)
         self._check_name(name)
         folder = self.root / name
+        if not folder.exists() and self.root.is_dir():
+            recover(self.root)
         if not folder.exists():
             available = ", ".join(self.names()) or "none"
             raise AdapterError(f"unknown adapter '{name}'; available: {available}")
