@@ -103,7 +103,11 @@ def users_from_env(text: str | None) -> list[tuple[str, str]]:
 def main(argv=None) -> None:
     import uvicorn
 
+    from bot.paths import data_home
+
     args = parse_args(argv)
+    # Uploads land inside the data home too, so the app writes nowhere else.
+    os.environ.setdefault("GRADIO_TEMP_DIR", str(data_home() / "uploads"))
     users = users_from_env(os.environ.get("ICL_BOT_USERS"))
     server = create_server(create_service(args), api_key=os.environ.get("ICL_BOT_API_KEY"), users=users,
                            model_spec=args.model)

@@ -121,3 +121,23 @@ def test_ui_is_served_beside_the_api(api):
     _, url = api
     page = urllib.request.urlopen(f"{url}/").read().decode()
     assert "<html" in page.lower()
+
+
+def test_sixteen_concurrent_streaming_clients_get_their_own_answers(api):
+    """Load: 16 streaming clients at once over the base and two adapters; bounded, stops by itself."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    service, url = api
+    jobs = [(["tiny-llama", *ADAPTERS][i % 3], f"question {i} about the lazy dog") for i in range(16)]
+    adapter_of = {"tiny-llama": "base", **{name: name for name in ADAPTERS}}
+    serial = [expected(service, adapter_of[model], text, 10) for model, text in jobs]
+
+    def stream(job):
+        model, text = job
+        chunks = client(url).chat.completions.create(
+            model=model, messages=[{"role": "user", "content": text}], max_tokens=10, stream=True, timeout=120)
+        return "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        answers = list(pool.map(stream, jobs, timeout=300))
+    assert answers == serial
