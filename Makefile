@@ -10,7 +10,7 @@ PORT ?= 7860
 MODEL ?= default
 PYTEST_ARGS ?=
 
-.PHONY: install run test test-fast browser stress clean
+.PHONY: install run test test-fast test-llamacpp browser stress clean
 
 install: $(STAMP)
 
@@ -35,6 +35,11 @@ test: install browser
 # Unit tests only: tiny models, no browser, no real model.
 test-fast: install
 	$(PY) -m pytest -q -m "not integration and not browser" $(PYTEST_ARGS)
+
+# Optional: our remote backend against llama.cpp's server (compiles llama-cpp-python: minutes).
+test-llamacpp: install
+	$(PY) -m pip install --quiet 'llama-cpp-python[server]'
+	$(PY) -m pytest -q -m llamacpp tests/test_llamacpp.py
 
 # Load test at full size: 16 users x 5 turns on the default model (about 4 minutes on 2 cores).
 stress: install

@@ -26,6 +26,7 @@ def pytest_configure(config):
     os.environ.pop("ICL_BOT_ADAPTERS", None)
     config.addinivalue_line("markers", "integration: uses the real default model (slower)")
     config.addinivalue_line("markers", "browser: drives headless chromium")
+    config.addinivalue_line("markers", "llamacpp: needs llama-cpp-python[server] (make test-llamacpp)")
 
 
 @pytest.fixture(scope="session")
