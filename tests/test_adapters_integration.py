@@ -59,7 +59,7 @@ def test_bot_cli_answers_with_the_adapter(identity_adapter):
     if "--adapter" not in help_text.stdout:
         pytest.skip("python -m bot ask has no --adapter flag yet")
     command = [sys.executable, "-m", "bot", "ask", "--dtype", "float32", "--json", "Who are you?"]
-    with_adapter = subprocess.run(command[:3] + ["--adapter", str(identity_adapter)] + command[3:], cwd=ROOT,
+    with_adapter = subprocess.run(command[:4] + ["--adapter", str(identity_adapter)] + command[4:], cwd=ROOT,
                                   capture_output=True, text=True, timeout=300)
     base = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert with_adapter.returncode == 0, with_adapter.stderr
