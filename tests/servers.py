@@ -71,3 +71,17 @@ def serving(asgi_app):
     finally:
         server.should_exit = True
         thread.join(timeout=10)
+
+
+@contextlib.contextmanager
+def launched(service, model_spec: str = "default"):
+    """The Gradio UI around `service`, launched in-process on a free port; yield its URL."""
+    import app
+
+    demo = app.build_app(service, model_spec)
+    port = free_port()
+    demo.queue().launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, i18n=app.I18N)
+    try:
+        yield f"http://127.0.0.1:{port}/"
+    finally:
+        demo.close()

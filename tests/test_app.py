@@ -7,19 +7,14 @@ from bot.conversation import build_messages
 from bot.generation import Generator
 from bot.service import ChatService
 from bot.settings import GenerationSettings
-from servers import free_port, running_app
+from servers import launched, running_app
 
 
 @pytest.fixture(scope="module")
 def tiny_app(tiny):
-    import app
-
     service = ChatService(Generator(tiny))
-    demo = app.build_app(service)
-    port = free_port()
-    demo.queue().launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, i18n=app.I18N)
-    yield service, f"http://127.0.0.1:{port}/"
-    demo.close()
+    with launched(service) as url:
+        yield service, url
 
 
 def test_chat_endpoint_answers_like_the_service(tiny_app):
@@ -63,20 +58,14 @@ def test_real_app_answers_through_gradio_client():
 
 
 def test_lab_tab_runs_an_experiment_and_lists_it(tmp_path):
-    import app
     from bot.models import load_model
     from retrieval.library import PoolLibrary
     from tiny import save_tiny
 
     folder = save_tiny(tmp_path / "tiny")
     service = ChatService(Generator(load_model(folder, dtype="float32")), PoolLibrary())
-    demo = app.build_app(service, model_spec=folder)
-    port = free_port()
-    demo.queue().launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, i18n=app.I18N)
-    try:
-        report, plot, runs = Client(f"http://127.0.0.1:{port}/").predict(
+    with launched(service, model_spec=folder) as url:
+        report, plot, runs = Client(url).predict(
             "labels", "sentiment", "sentiment", None, None, 2, 6, "0", 2, "base", api_name="/lab")
-    finally:
-        demo.close()
     assert "gold" in report and "random" in report and "none" in report
     assert plot and runs["data"][0][1] == "labels"

@@ -7,7 +7,7 @@ import pytest
 from bot.generation import Generator
 from bot.service import ChatService
 from browser import CHROMIUM, browser, send_chat, watch_reply
-from servers import free_port, running_app
+from servers import launched, running_app
 
 pytestmark = [
     pytest.mark.browser,
@@ -17,13 +17,8 @@ pytestmark = [
 
 @pytest.fixture(scope="module")
 def tiny_url(tiny):
-    import app
-
-    demo = app.build_app(ChatService(Generator(tiny)))
-    port = free_port()
-    demo.queue().launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, i18n=app.I18N)
-    yield f"http://127.0.0.1:{port}/"
-    demo.close()
+    with launched(ChatService(Generator(tiny))) as url:
+        yield url
 
 
 @pytest.mark.parametrize("locale, title, tab", [("en-US", "In-context learning", "Chat"), ("zh-CN", "上下文学习", "对话")])
@@ -68,15 +63,11 @@ def test_typed_message_gets_a_streamed_reply():
 
 @pytest.fixture(scope="module")
 def adapters_url():
-    import app
     from tiny import tiny_loaded, with_lora_adapters
 
     service = ChatService(Generator(with_lora_adapters(tiny_loaded(), ["pirate", "poet"])))
-    demo = app.build_app(service)
-    port = free_port()
-    demo.queue().launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, i18n=app.I18N)
-    yield service, f"http://127.0.0.1:{port}/"
-    demo.close()
+    with launched(service) as url:
+        yield service, url
 
 
 def test_compare_tab_shows_each_adapter_side_by_side(adapters_url):
