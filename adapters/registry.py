@@ -103,14 +103,21 @@ class AdapterRegistry:
             )
 
     def _from_hub(self, hub_id: str) -> AdapterInfo:
+        """Download a hub adapter's files, or, offline, use the copy in the local hub cache."""
+        from huggingface_hub import snapshot_download
+        from huggingface_hub.errors import LocalEntryNotFoundError
+
         from bot.models import hub_reachable
 
-        if not hub_reachable():
-            raise AdapterError(f"adapter '{hub_id}' is a hub id, but the Hugging Face hub cannot be reached (offline?)")
-        from huggingface_hub import snapshot_download
-
         patterns = [CONFIG_FILE, "*.safetensors", "adapter_metadata.json"] + (["*.bin"] if self.allow_pickle else [])
-        folder = Path(snapshot_download(hub_id, allow_patterns=patterns))
+        online = hub_reachable()
+        try:
+            folder = Path(snapshot_download(hub_id, allow_patterns=patterns, local_files_only=not online))
+        except LocalEntryNotFoundError:
+            raise AdapterError(
+                f"adapter '{hub_id}' is a hub id, but the Hugging Face hub cannot be reached (offline?) "
+                "and the local hub cache has no copy of it"
+            ) from None
         name = hub_id.replace("/", "--").replace(".", "_")[:64]
         info = self._describe(folder)
         return AdapterInfo(name=name, path=folder, metadata=info.metadata)

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import shutil
 import threading
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pytest
 import torch
@@ -155,3 +157,39 @@ def test_attach_for_cli_takes_a_folder_path(lab):
     assert name == "zebra"
     assert ask(generator, QUESTIONS[0], name) == reference_answer(fresh_peft(lab, "zebra"), generator.loaded.tokenizer,
                                                                   QUESTIONS[0])
+
+
+def cache_as_hub_download(adapter: Path, cache: Path, hub_id: str) -> None:
+    """Lay an adapter folder out as huggingface_hub's cache holds a download: blobs, symlinks, refs/main."""
+    repo = cache / f"models--{hub_id.replace('/', '--')}"
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    snapshot = repo / "snapshots" / commit
+    (repo / "blobs").mkdir(parents=True)
+    snapshot.mkdir(parents=True)
+    for index, file in enumerate(sorted(adapter.iterdir())):
+        blob = repo / "blobs" / f"blob{index}"
+        shutil.copyfile(file, blob)
+        (snapshot / file.name).symlink_to(Path("..", "..", "blobs", blob.name))
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+
+
+def test_hub_id_loads_from_the_hub_cache_offline(lab, served, tmp_path, monkeypatch):
+    """A hub adapter downloaded earlier loads by its id offline and answers as the same folder does."""
+    import huggingface_hub.constants
+
+    generator, host = served
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    cache_as_hub_download(lab[1] / "zebra", tmp_path / "hub", "someone/zebra-lora")
+
+    by_id = host.attach("someone/zebra-lora")
+    by_folder = host.attach("zebra")
+    assert by_id != by_folder
+    messages = [{"role": "user", "content": "question 1"}]
+    base = generator.complete(messages, greedy()).text
+    answer = generator.complete(messages, greedy(), adapter=by_id).text
+    assert answer != base
+    assert answer == generator.complete(messages, greedy(), adapter=by_folder).text
+
+    with pytest.raises(ValueError, match="local hub cache has no copy"):
+        host.attach("someone/never-downloaded")
