@@ -3,6 +3,8 @@
     GET  /v1/models              the base model and every adapter (each naming its parent)
     POST /v1/chat/completions    `model` picks the base or an adapter per request; `stream: true`
                                  answers with server-sent events as the OpenAI API does
+    POST /v1/completions         raw text or token ids, no chat template; `logprobs` and `echo`
+                                 score tokens (the prompt's too), as vLLM's endpoint does
 
 Few-shot settings ride in the namespaced extra field `icl`:
 `{"icl": {"pool": "sentiment", "mode": "few", "k": 4, "select": "knn", "order": "nearest-last"}}`.
@@ -74,6 +76,20 @@ class ChatRequest(BaseModel):
     """This service's extension: few-shot demonstrations for the last user message."""
 
 
+class CompletionRequest(BaseModel):
+    model: str
+    prompt: str | list[int] | list[list[int]] | list[str]
+    max_tokens: int = Field(default=16, ge=0)
+    temperature: float | None = None
+    top_p: float | None = None
+    seed: int | None = None
+    echo: bool = False
+    logprobs: int | None = None
+    stop: str | list[str] | None = None
+    stream: bool = False
+    n: int = 1
+
+
 def create_api(service, api_key: str | None = None) -> FastAPI:
     """A FastAPI app holding the /v1 routes; the Gradio UI is mounted beside them by app.py."""
     api = FastAPI(title="ICL & LoRA chat API")
@@ -120,7 +136,82 @@ def _routes(service, api_key: str | None) -> APIRouter:
             pass
         return _completion_body(body.model, result)
 
+    @router.post("/completions")
+    def completions(body: CompletionRequest):
+        return _text_completions(service, body)
+
     return router
+
+
+def _adapter_for(service, model: str) -> str:
+    """The adapter a request's `model` names (BASE for the base model's own name); 404 if none."""
+    if model not in (BASE, service.model_name) and model not in service.adapter_choices():
+        available = ", ".join([service.model_name, *service.adapter_choices()[1:]])
+        raise APIError(404, f"unknown model '{model}'; available: {available}", param="model", code="model_not_found")
+    return BASE if model == service.model_name else model
+
+
+def _text_completions(service, body: CompletionRequest) -> dict:
+    from bot.completions import complete_tokens
+    from bot.settings import GenerationSettings
+
+    if body.n != 1:
+        raise APIError(400, "only n=1 is supported", param="n")
+    if body.stream:
+        raise APIError(400, "streaming is supported on /v1/chat/completions only", param="stream")
+    adapter = _adapter_for(service, body.model)
+    generator = service.generator
+    if not hasattr(generator, "loaded"):
+        raise APIError(400, "raw completions need a local model; this server generates through a remote backend")
+    tokenizer = generator.tokenizer
+    prompts = body.prompt if isinstance(body.prompt, list) and body.prompt and not isinstance(body.prompt[0], int) \
+        else [body.prompt]
+    if not prompts:
+        raise APIError(400, "prompt is empty", param="prompt")
+    rows = [list(tokenizer(p)["input_ids"]) if isinstance(p, str) else list(p) for p in prompts]
+    vocab = len(tokenizer)
+    if any(not 0 <= token < vocab for row in rows for token in row):
+        raise APIError(400, f"prompt token ids must be between 0 and {vocab - 1}", param="prompt")
+    stops = [body.stop] if isinstance(body.stop, str) else list(body.stop or [])
+    try:
+        settings = GenerationSettings(
+            temperature=0.0 if body.temperature is None else body.temperature,
+            top_p=1.0 if body.top_p is None else body.top_p, seed=body.seed,
+        )
+        done = complete_tokens(generator, rows, body.max_tokens, settings, adapter, body.logprobs, body.echo)
+    except ValueError as error:
+        raise APIError(400, str(error)) from error
+    choices = [_text_choice(tokenizer, index, item, body.echo, stops) for index, item in enumerate(done)]
+    prompt_tokens = sum(len(item.prompt_ids) for item in done)
+    completion_tokens = sum(len(item.new_ids) for item in done)
+    return {
+        "id": f"cmpl-{uuid.uuid4().hex}", "object": "text_completion", "created": int(time.time()),
+        "model": body.model, "choices": choices,
+        "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+                  "total_tokens": prompt_tokens + completion_tokens},
+    }
+
+
+def _text_choice(tokenizer, index: int, item, echo: bool, stops: list[str]) -> dict:
+    text = tokenizer.decode(item.new_ids, skip_special_tokens=True)
+    finish = item.finish_reason
+    cuts = [text.index(stop) for stop in stops if stop and stop in text]
+    if cuts:
+        text, finish = text[: min(cuts)], "stop"
+    prompt_text = tokenizer.decode(item.prompt_ids) if echo else ""
+    logprobs = None
+    if item.scores is not None:
+        pieces = [tokenizer.decode([token]) for token in item.scores.ids]
+        offsets, at = [], 0 if echo else len(tokenizer.decode(item.prompt_ids))
+        for piece in pieces:
+            offsets.append(at)
+            at += len(piece)
+        logprobs = {
+            "tokens": pieces, "token_logprobs": item.scores.logprobs, "text_offset": offsets,
+            "top_logprobs": [None if top is None else {tokenizer.decode([t]): lp for t, lp in top.items()}
+                             for top in item.scores.top],
+        }
+    return {"index": index, "text": prompt_text + text, "logprobs": logprobs, "finish_reason": finish}
 
 
 def _plan(service, body: ChatRequest):
@@ -130,11 +221,7 @@ def _plan(service, body: ChatRequest):
 
     if body.n != 1:
         raise APIError(400, "only n=1 is supported", param="n")
-    if body.model not in (BASE, service.model_name) and body.model not in service.adapter_choices():
-        available = ", ".join([service.model_name, *service.adapter_choices()[1:]])
-        raise APIError(404, f"unknown model '{body.model}'; available: {available}", param="model",
-                       code="model_not_found")
-    adapter = BASE if body.model == service.model_name else body.model
+    adapter = _adapter_for(service, body.model)
     system = "\n\n".join(m.text() for m in body.messages if m.role in ("system", "developer")) or None
     turns = [{"role": m.role, "content": m.text()} for m in body.messages if m.role in ("user", "assistant")]
     if not turns or turns[-1]["role"] != "user":

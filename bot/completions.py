@@ -1,0 +1,135 @@
+"""Raw-text completions with token log-probabilities: the engine behind `POST /v1/completions`.
+
+Chat requests go through the chat template; these do not. A prompt is token ids (or text the
+tokenizer turns into ids), the model continues it, and with `logprobs` each token gets its
+log-probability given everything before it, plus the `top` most likely alternatives. With
+`echo` the prompt's own tokens are scored too, which is how a remote client measures the
+probability of a label after a few-shot prompt (what `lab.remote` does, and what lm-eval's
+`local-completions` does against vLLM: `echo=True, logprobs=1, max_tokens=1`).
+
+    rows = complete_tokens(generator, [ids_a, ids_b], 1, settings, adapter="base", logprobs=1, echo=True)
+
+All rows run as one left-padded batch under the generator's lock, each with the same adapter.
+Scores come from one extra forward pass over prompt + answer with the real tokens' positions,
+so they equal scoring each row alone (up to float rounding of the batch shape).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+from bot.generation import BASE, PEFT_BASE
+from bot.settings import GenerationSettings
+
+MAX_TOP_LOGPROBS = 20
+
+
+@dataclass
+class TokenScores:
+    """Log-probabilities for a run of tokens: `logprobs[i]` is None for a sequence's first token."""
+
+    ids: list[int]
+    logprobs: list[float | None]
+    top: list[dict[int, float] | None]
+
+
+@dataclass
+class TokenCompletion:
+    prompt_ids: list[int]
+    new_ids: list[int]
+    finish_reason: str
+    """`stop` (end of sequence) or `length` (max_tokens reached)."""
+    scores: TokenScores | None = None
+    """The prompt's and the answer's tokens with `echo`, the answer's alone without; None without logprobs."""
+
+
+def complete_tokens(generator, rows: list[list[int]], max_tokens: int, settings: GenerationSettings,
+                    adapter: str = BASE, logprobs: int | None = None, echo: bool = False) -> list[TokenCompletion]:
+    """Continue every row of token ids by up to `max_tokens` tokens (0: score only).
+
+    `settings` gives the sampling (temperature, top_p, seed); its max_new_tokens is not used.
+    """
+    if not rows or any(not row for row in rows):
+        raise ValueError("every prompt needs at least one token")
+    if logprobs is not None and not 0 <= logprobs <= MAX_TOP_LOGPROBS:
+        raise ValueError(f"logprobs must be between 0 and {MAX_TOP_LOGPROBS}, got {logprobs}")
+    window = generator.context_window
+    longest = max(len(row) for row in rows)
+    if max_tokens < 0:
+        raise ValueError(f"max_tokens must be at least 0, got {max_tokens}")
+    if longest + max_tokens > window:
+        raise ValueError(
+            f"prompt of {longest} tokens plus max_tokens {max_tokens} exceeds the model's "
+            f"context window of {window} tokens"
+        )
+    with generator.lock:
+        if max_tokens:
+            new = _generate(generator, rows, replace(settings, max_new_tokens=max_tokens), adapter)
+        else:
+            new = [[] for _ in rows]
+        finished = [_cut_at_eos(generator, ids, max_tokens) for ids in new]
+        scored = None
+        if logprobs is not None:
+            scored = score_rows(generator, [row + ids for row, (ids, _) in zip(rows, finished)], adapter, logprobs)
+    completions = []
+    for index, (row, (ids, finish)) in enumerate(zip(rows, finished)):
+        scores = None
+        if scored is not None:
+            scores = scored[index] if echo else _tail(scored[index], len(ids))
+        completions.append(TokenCompletion(row, ids, finish, scores))
+    return completions
+
+
+def _generate(generator, rows: list[list[int]], settings: GenerationSettings, adapter: str) -> list[list[int]]:
+    inputs = generator._left_pad(rows)
+    output = generator._generate(inputs, settings, [adapter] * len(rows))
+    return output[:, inputs["input_ids"].shape[1]:].tolist()
+
+
+def _cut_at_eos(generator, ids: list[int], max_new_tokens: int) -> tuple[list[int], str]:
+    """A row's new tokens through its first end-of-sequence token (later ones are batch padding)."""
+    eos = generator.loaded.model.generation_config.eos_token_id
+    eos_ids = set(eos if isinstance(eos, list) else [eos])
+    for position, token in enumerate(ids):
+        if token in eos_ids:
+            return ids[: position + 1], "stop"
+    return ids, "length" if max_new_tokens and len(ids) >= max_new_tokens else "stop"
+
+
+def _tail(scores: TokenScores, n: int) -> TokenScores:
+    if n == 0:
+        return TokenScores([], [], [])
+    return TokenScores(scores.ids[-n:], scores.logprobs[-n:], scores.top[-n:])
+
+
+def score_rows(generator, rows: list[list[int]], adapter: str, top: int) -> list[TokenScores]:
+    """Every token's log-probability given the tokens before it; call with the generator's lock held."""
+    import torch
+
+    resident = generator.resident_adapters()
+    if adapter != BASE and adapter not in resident:
+        raise ValueError(f"unknown adapter '{adapter}'; available: {', '.join([BASE, *resident])}")
+    inputs = generator._left_pad(rows)
+    mask = inputs["attention_mask"]
+    extra = {"adapter_names": [PEFT_BASE if adapter == BASE else adapter] * len(rows)} if resident else {}
+    with torch.inference_mode():
+        logits = generator.loaded.model(
+            **inputs, position_ids=(mask.cumsum(-1) - 1).clamp(min=0), use_cache=False, **extra
+        ).logits
+    logprobs = torch.log_softmax(logits.float(), dim=-1)
+    width = mask.shape[1]
+    results = []
+    for b, row in enumerate(rows):
+        start = width - len(row)
+        # position p predicts token p + 1: row token j (j >= 1) is scored at position start + j - 1
+        predicted = logprobs[b, start : width - 1]
+        ids = torch.tensor(row[1:], device=predicted.device)
+        chosen = predicted.gather(-1, ids[:, None])[:, 0].tolist()
+        tops: list[dict[int, float] | None] = [None]
+        if top:
+            values, indices = predicted.topk(top, dim=-1)
+            tops += [dict(zip(i.tolist(), v.tolist())) for i, v in zip(indices, values)]
+        else:
+            tops += [{} for _ in chosen]
+        results.append(TokenScores(list(row), [None, *chosen], tops))
+    return results

@@ -1,0 +1,126 @@
+"""Raw completions with log-probabilities (`/v1/completions`), against one-row-at-a-time references."""
+
+import openai
+import pytest
+import torch
+
+from bot.completions import complete_tokens
+from bot.generation import PEFT_BASE, Generator
+from bot.service import ChatService
+from bot.settings import GenerationSettings
+from servers import serving
+from tiny import tiny_loaded, with_lora_adapters
+
+ROWS = [[5, 17, 33, 8, 91, 4], [12, 60], [7, 7, 7, 40, 41, 42, 43, 44, 45, 46]]
+"""Prompts of different lengths, so the batch is padded."""
+GREEDY = GenerationSettings(temperature=0.0)
+
+
+@pytest.fixture(scope="module")
+def generator():
+    return Generator(with_lora_adapters(tiny_loaded(), ["pirate", "poet"]))
+
+
+def reference_logprobs(generator, row, adapter):
+    """Each token's log-probability from the row alone (no padding, no batch)."""
+    name = PEFT_BASE if adapter == "base" else adapter
+    with torch.inference_mode():
+        logits = generator.loaded.model(input_ids=torch.tensor([row]), adapter_names=[name]).logits[0]
+    logprobs = torch.log_softmax(logits.float(), dim=-1)
+    return [logprobs[j - 1, row[j]].item() for j in range(1, len(row))]
+
+
+def reference_greedy(generator, row, adapter, tokens):
+    name = PEFT_BASE if adapter == "base" else adapter
+    with torch.inference_mode():
+        out = generator.loaded.model.generate(
+            input_ids=torch.tensor([row]), attention_mask=torch.ones(1, len(row), dtype=torch.long),
+            adapter_names=[name], max_new_tokens=tokens, do_sample=False, pad_token_id=0,
+        )
+    return out[0, len(row):].tolist()
+
+
+@pytest.mark.parametrize("adapter", ["base", "pirate"])
+def test_echo_scores_equal_each_row_scored_alone(generator, adapter):
+    done = complete_tokens(generator, ROWS, 0, GREEDY, adapter, logprobs=3, echo=True)
+    for row, item in zip(ROWS, done):
+        expected = reference_logprobs(generator, row, adapter)
+        assert item.new_ids == [] and item.scores.ids == row
+        assert item.scores.logprobs[0] is None
+        assert item.scores.logprobs[1:] == pytest.approx(expected, abs=1e-4)
+        assert all(len(top) == 3 and max(top.values()) >= lp - 1e-6
+                   for top, lp in zip(item.scores.top[1:], item.scores.logprobs[1:]))
+
+
+def test_adapters_score_differently(generator):
+    """Sanity check for the test above: an adapter's scores are not the base's."""
+    base = reference_logprobs(generator, ROWS[0], "base")
+    assert reference_logprobs(generator, ROWS[0], "pirate") != pytest.approx(base, abs=1e-3)
+
+
+@pytest.mark.parametrize("adapter", ["base", "poet"])
+def test_generated_tokens_equal_the_row_alone_and_are_scored(generator, adapter):
+    done = complete_tokens(generator, ROWS, 5, GREEDY, adapter, logprobs=0, echo=False)
+    for row, item in zip(ROWS, done):
+        assert item.new_ids == reference_greedy(generator, row, adapter, 5)
+        assert item.scores.ids == item.new_ids
+        whole = reference_logprobs(generator, row + item.new_ids, adapter)
+        assert item.scores.logprobs == pytest.approx(whole[-len(item.new_ids):], abs=1e-4)
+
+
+def test_bad_arguments_are_refused(generator):
+    with pytest.raises(ValueError, match="at least one token"):
+        complete_tokens(generator, [[]], 1, GREEDY)
+    with pytest.raises(ValueError, match="exceeds the model's context window"):
+        complete_tokens(generator, [[5] * 1020], 8, GREEDY)
+    with pytest.raises(ValueError, match="logprobs must be between 0 and 20"):
+        complete_tokens(generator, ROWS, 1, GREEDY, logprobs=21)
+    with pytest.raises(ValueError, match="unknown adapter 'nope'"):
+        complete_tokens(generator, ROWS, 0, GREEDY, "nope", logprobs=0)
+
+
+@pytest.fixture(scope="module")
+def api(generator):
+    import app
+
+    with serving(app.create_server(ChatService(generator))) as url:
+        yield openai.OpenAI(base_url=f"{url}/v1", api_key="none", max_retries=0)
+
+
+def test_openai_client_gets_prompt_logprobs_the_vllm_way(api, generator):
+    """echo=True, logprobs=1, max_tokens=1: the request lm-eval sends vLLM to score a prompt."""
+    response = api.completions.create(model="pirate", prompt=ROWS, echo=True, logprobs=1, max_tokens=1)
+    assert [c.index for c in response.choices] == [0, 1, 2]
+    for row, choice in zip(ROWS, response.choices):
+        scores = choice.logprobs.token_logprobs
+        assert len(scores) == len(row) + 1 and scores[0] is None
+        assert scores[1:len(row)] == pytest.approx(reference_logprobs(generator, row, "pirate"), abs=1e-4)
+        assert choice.logprobs.text_offset[0] == 0
+        assert choice.text == "".join(choice.logprobs.tokens)
+    assert response.usage.prompt_tokens == sum(map(len, ROWS)) and response.usage.completion_tokens == 3
+
+
+def test_text_prompt_without_echo_continues_the_text(api, generator):
+    prompt = "the quick brown fox"
+    ids = list(generator.tokenizer(prompt)["input_ids"])
+    response = api.completions.create(model="tiny-llama", prompt=prompt, max_tokens=6, temperature=0)
+    new = reference_greedy(generator, ids, "base", 6)
+    assert response.choices[0].text == generator.tokenizer.decode(new, skip_special_tokens=True)
+    assert response.choices[0].logprobs is None and response.choices[0].finish_reason == "length"
+
+
+@pytest.mark.parametrize(
+    "body, status, message",
+    [({"model": "nope", "prompt": "hi"}, 404, "unknown model 'nope'"),
+     ({"model": "poet", "prompt": "hi", "stream": True}, 400, "streaming is supported on /v1/chat/completions"),
+     ({"model": "poet", "prompt": "hi", "logprobs": 50}, 400, "logprobs must be between 0 and 20"),
+     ({"model": "poet", "prompt": [[1, 2], [10**9]]}, 400, "token ids must be between 0 and"),
+     ({"model": "poet", "prompt": [5] * 1020, "max_tokens": 16}, 400, "exceeds the model's context window"),
+     ({"model": "poet", "prompt": "hi", "max_tokens": -1}, 422, "max_tokens")],
+)
+def test_bad_requests_get_openai_style_errors(api, body, status, message):
+    extra = {k: v for k, v in body.items() if k not in ("model", "prompt")}
+    with pytest.raises(openai.APIStatusError) as caught:
+        api.completions.create(model=body["model"], prompt=body["prompt"], extra_body=extra)
+    assert caught.value.status_code == status
+    assert message in caught.value.body["message"]
