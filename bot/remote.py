@@ -31,10 +31,8 @@ class RemoteError(ValueError):
 class RemoteGenerator:
     def __init__(self, base_url: str, api_key: str | None = None, tokenizer=None, context_window: int = 8192,
                  timeout: float = 600):
-        import httpx
-
-        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-        self.client = httpx.Client(base_url=base_url.rstrip("/"), headers=headers, timeout=timeout)
+        self.client = open_client(base_url, api_key, timeout)
+        self.api_key = api_key
         self.tokenizer = tokenizer
         self.context_window = context_window
         self.lock = threading.Lock()
@@ -42,11 +40,7 @@ class RemoteGenerator:
         self.name, self._adapters = self._read_models()
 
     def _read_models(self) -> tuple[str, list[str]]:
-        models = self._request("GET", "/models")["data"]
-        bases = [m["id"] for m in models if not m.get("parent")]
-        if not bases:
-            raise RemoteError(f"the server at {self.client.base_url} lists no base model")
-        return bases[0], [m["id"] for m in models if m.get("parent")]
+        return read_models(self.client)
 
     def resident_adapters(self) -> list[str]:
         with self.lock:
@@ -73,7 +67,7 @@ class RemoteGenerator:
         with self.client.stream("POST", "/chat/completions", json=body) as response:
             if response.status_code >= 400:
                 response.read()
-                raise RemoteError(self._error_message(response))
+                raise RemoteError(error_message(response))
             for chunk in _sse_payloads(response.iter_lines()):
                 usage = chunk.get("usage") or usage
                 for choice in chunk.get("choices", []):
@@ -114,23 +108,43 @@ class RemoteGenerator:
             body["seed"] = settings.seed
         return body
 
-    def _request(self, method: str, path: str) -> dict:
-        import httpx
 
-        try:
-            response = self.client.request(method, path)
-        except httpx.HTTPError as error:
-            raise RemoteError(f"cannot reach {self.client.base_url}: {error}") from error
-        if response.status_code >= 400:
-            raise RemoteError(self._error_message(response))
-        return response.json()
+def open_client(base_url: str, api_key: str | None = None, timeout: float = 600):
+    """An httpx client for an OpenAI-compatible base URL (`.../v1`), with the bearer key if given."""
+    import httpx
 
-    def _error_message(self, response) -> str:
-        try:
-            message = response.json()["error"]["message"]
-        except (ValueError, KeyError, TypeError):
-            message = response.text[:300]
-        return f"remote server answered {response.status_code}: {message}"
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    return httpx.Client(base_url=base_url.rstrip("/"), headers=headers, timeout=timeout)
+
+
+def request_json(client, method: str, path: str, body: dict | None = None) -> dict:
+    """One request's JSON answer; RemoteError with the server's own message on failure."""
+    import httpx
+
+    try:
+        response = client.request(method, path, json=body)
+    except httpx.HTTPError as error:
+        raise RemoteError(f"cannot reach {client.base_url}: {error}") from error
+    if response.status_code >= 400:
+        raise RemoteError(error_message(response))
+    return response.json()
+
+
+def read_models(client) -> tuple[str, list[str]]:
+    """The server's base model name and its adapters (models that name a parent)."""
+    models = request_json(client, "GET", "/models")["data"]
+    bases = [m["id"] for m in models if not m.get("parent")]
+    if not bases:
+        raise RemoteError(f"the server at {client.base_url} lists no base model")
+    return bases[0], [m["id"] for m in models if m.get("parent")]
+
+
+def error_message(response) -> str:
+    try:
+        message = response.json()["error"]["message"]
+    except (ValueError, KeyError, TypeError):
+        message = response.text[:300]
+    return f"remote server answered {response.status_code}: {message}"
 
 
 def _sse_payloads(lines) -> Iterator[dict]:

@@ -1,8 +1,10 @@
 """Command line of the ICL lab.
 
     python -m lab EXPERIMENT --train TRAIN.jsonl --test TEST.jsonl [--model M] [--adapter A] [--k K]
-                  [--n-test N] [--seeds S ...] [--out DIR] [...]
+                  [--n-test N] [--seeds S ...] [--out DIR] [--backend openai --base-url URL] [...]
 
+With `--backend openai` the model runs on an OpenAI-compatible server that scores prompt tokens
+on /v1/completions (this project's app, or vLLM); see `lab.remote`.
 EXPERIMENT is one of shots, order, labels, select, finetune (see `lab.runner.EXPERIMENTS`).
 Prints the result folder; a bad input prints one line on stderr and exits with status 2.
 """
@@ -12,6 +14,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from bot.backend import add_backend_flags
 from lab.config import DTYPES, TASKS, LabConfig
 from lab.prompt import STYLES
 from lab.runner import EXPERIMENTS
@@ -23,7 +26,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--train", required=True, help="pool JSONL the demonstrations come from")
     parser.add_argument("--test", required=True, help="labelled test JSONL; its outputs are the label set")
     parser.add_argument("--model", default="default")
-    parser.add_argument("--adapter", default=None, help="LoRA adapter folder applied to the model")
+    parser.add_argument("--adapter", default=None,
+                        help="LoRA adapter folder applied to the model (with --backend openai: a model name on the server)")
     parser.add_argument("--dtype", default="float32", choices=DTYPES)
     parser.add_argument("--k", type=int, default=4)
     parser.add_argument("--ks", type=int, nargs="+", default=[0, 1, 2, 4, 8], help="shot counts (shots)")
@@ -40,6 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-new-tokens", type=int, default=16)
     parser.add_argument("--train-steps", type=int, default=200, help="LoRA steps (finetune)")
     parser.add_argument("--out", default=None, help="result folder (default: runs/EXPERIMENT-TIME)")
+    add_backend_flags(parser)
     return parser
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
+from bot.backend import BACKENDS
 from lab.errors import LabError
 from lab.prompt import STYLES
 
@@ -57,6 +58,13 @@ class LabConfig:
     """LoRA optimizer steps for the finetune experiment."""
     out: str | None = None
     """Result folder; a new one under runs/ when not given."""
+    backend: str = "local"
+    """`local` runs `model` here; `openai` scores and generates on `base_url` (`lab.remote`), with
+    `model` only for its tokenizer and `adapter` naming a model on that server."""
+    base_url: str | None = None
+    """An OpenAI-compatible server (`.../v1`) for the openai backend."""
+    api_key: str | None = None
+    """Bearer key for `base_url` (default: $OPENAI_API_KEY); never written to result files."""
 
     def __post_init__(self):
         self.ks = sorted(set(self.ks))
@@ -75,11 +83,17 @@ class LabConfig:
         _one_of("style", self.style, STYLES)
         _one_of("task", self.task, TASKS)
         _one_of("dtype", self.dtype, DTYPES)
+        _one_of("backend", self.backend, BACKENDS)
+        if self.backend == "openai" and not self.base_url:
+            raise LabError("the openai backend needs base_url (--base-url)")
         if not 0.0 <= self.diversity <= 1.0:
             raise LabError(f"diversity must be between 0 and 1, got {self.diversity}")
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        """The config as result.json records it (without the API key)."""
+        fields = asdict(self)
+        fields.pop("api_key")
+        return fields
 
 
 def _at_least(name: str, value, low: int) -> None:

@@ -61,19 +61,47 @@ def open_context(config: LabConfig, experiment: str, out: Path, progress: Progre
     """Load data (checked), then the model (unless `loaded` is given) and its adapter."""
     data = load_data(config.train, config.test, config.n_test, config.task)
     check_fits(data, max_k(config, experiment))
-    if loaded is None:
+    options = dict(calibrated=config.calibrate, batch_size=config.batch_size, max_new_tokens=config.max_new_tokens)
+    if config.backend == "openai":
+        loaded, remote = open_remote(config)
+        options.update(scorer=remote.score, generator=remote.generate)
+    elif loaded is None:
         from bot.models import load_model
 
         progress(0.0, f"loading model {config.model}")
         loaded = load_model(config.model, dtype=config.dtype)
-    if config.adapter:
+    if config.adapter and config.backend == "local":
         loaded = with_adapter(loaded, config.adapter)
-    predictor = Predictor(
-        loaded.model, loaded.tokenizer, PromptFormat(config.style), data.labels, data.task,
-        calibrated=config.calibrate, batch_size=config.batch_size, max_new_tokens=config.max_new_tokens,
-    )
+    predictor = Predictor(loaded.model, loaded.tokenizer, PromptFormat(config.style), data.labels, data.task, **options)
     chooser = DemoChooser(data.train, config.embedder, config.diversity)
     return LabContext(config, loaded, data, predictor, chooser, progress, out)
+
+
+@dataclass
+class RemoteLoaded:
+    """Stands in for a LoadedModel when the model runs on a server: a name and a local tokenizer."""
+
+    name: str
+    tokenizer: object
+    dtype: str = "remote"
+    model: None = None
+
+
+def open_remote(config: LabConfig):
+    """(RemoteLoaded, RemoteModel) for the openai backend; `config.adapter` names a model on the server."""
+    import os
+
+    from bot.models import ModelError, load_tokenizer
+    from lab.errors import LabError
+    from lab.remote import RemoteModel
+
+    try:
+        tokenizer = load_tokenizer(config.model)
+    except (ModelError, OSError) as error:
+        raise LabError(f"the openai backend scores with a local copy of the model's tokenizer: {error}") from error
+    remote = RemoteModel(config.base_url, tokenizer, model=config.adapter,
+                         api_key=config.api_key or os.environ.get("OPENAI_API_KEY"), batch_size=config.batch_size)
+    return RemoteLoaded(name=remote.name, tokenizer=tokenizer), remote
 
 
 def with_adapter(loaded, adapter: str | Path):

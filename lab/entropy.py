@@ -16,7 +16,6 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from lab.generate import generate_lines
 from lab.predict import Case, Predictor
 from lab.prompt import Demo
 
@@ -32,10 +31,7 @@ def probe_inputs(predictor: Predictor, demos: Sequence[Demo], size: int, seed: i
         order = list(demos)
         rng.shuffle(order)
         texts.append(predictor.fmt.probe_prefix(order))
-    lines = generate_lines(
-        predictor.model, predictor.tokenizer, texts, PROBE_TOKENS, predictor.batch_size,
-        temperature=PROBE_TEMPERATURE, seed=seed,
-    )
+    lines = predictor.lines(texts, PROBE_TOKENS, temperature=PROBE_TEMPERATURE, seed=seed)
     probes = list(dict.fromkeys(line for line in lines if line))
     return probes or [demo.input for demo in demos]
 

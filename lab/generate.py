@@ -27,9 +27,13 @@ def generate_lines(
                 **encoded, max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id, **sampling
             )
         new = output[:, encoded["input_ids"].shape[1]:]
-        for text in tokenizer.batch_decode(new, skip_special_tokens=True):
-            answers.append(text.strip("\n").split("\n")[0].strip())
+        answers += [first_line(text) for text in tokenizer.batch_decode(new, skip_special_tokens=True)]
     return answers
+
+
+def first_line(text: str) -> str:
+    """An answer as the lab reads it: the first line, after any leading newlines."""
+    return text.strip("\n").split("\n")[0].strip()
 
 
 def _left_padded(tokenizer, texts: list[str]) -> dict:

@@ -20,6 +20,8 @@ from lab.scorer import CachedScorer
 
 Scorer = Callable[[Sequence[Prompt], Sequence[str]], np.ndarray]
 """(prompts, continuations) -> (n, L) summed log-probabilities; `CachedScorer.score` or `naive_score`."""
+LineGenerator = Callable[[Sequence[str], int, float, int], list[str]]
+"""(texts, max_new_tokens, temperature, seed) -> the first line written after each text."""
 
 
 @dataclass(frozen=True)
@@ -34,7 +36,8 @@ class Predictor:
 
     def __init__(self, model, tokenizer, fmt: PromptFormat, labels: list[str], task: str = "classify",
                  calibrated: bool = False, batch_size: int = 32, max_new_tokens: int = 16,
-                 scorer: Scorer | None = None):
+                 scorer: Scorer | None = None, generator: LineGenerator | None = None):
+        """`model` may be None when `scorer` and `generator` run elsewhere (`lab.remote`)."""
         self.model = model
         self.tokenizer = tokenizer
         self.fmt = fmt
@@ -44,6 +47,14 @@ class Predictor:
         self.batch_size = batch_size
         self.max_new_tokens = max_new_tokens
         self.scorer = scorer or CachedScorer(model, tokenizer, batch_size).score
+        self.generator = generator or self._generate_locally
+
+    def _generate_locally(self, texts: Sequence[str], max_new_tokens: int, temperature: float, seed: int) -> list[str]:
+        return generate_lines(self.model, self.tokenizer, texts, max_new_tokens, self.batch_size, temperature, seed)
+
+    def lines(self, texts: Sequence[str], max_new_tokens: int, temperature: float = 0.0, seed: int = 0) -> list[str]:
+        """The first line the model writes after each text: greedy when temperature is 0."""
+        return self.generator(texts, max_new_tokens, temperature, seed)
 
     def prompts(self, cases: Sequence[Case]) -> list[Prompt]:
         return [self.fmt.build(self.tokenizer, case.demos, case.query) for case in cases]
@@ -72,4 +83,4 @@ class Predictor:
             best = self.label_logprobs(cases).argmax(axis=1)
             return [self.labels[i] for i in best]
         texts = [prompt.text for prompt in self.prompts(cases)]
-        return generate_lines(self.model, self.tokenizer, texts, self.max_new_tokens, self.batch_size)
+        return self.lines(texts, self.max_new_tokens)

@@ -24,6 +24,17 @@ def runs_table(folder) -> list[list]:
             for r in list_runs(folder)]
 
 
+def model_fields(service, adapter: str) -> dict:
+    """LabConfig fields that run experiments where the chat runs: here, or on the chat's remote server."""
+    from bot.remote import RemoteGenerator
+
+    generator = service.generator
+    if isinstance(generator, RemoteGenerator):
+        return {"backend": "openai", "base_url": str(generator.client.base_url).rstrip("/"), "api_key": generator.api_key,
+                "adapter": None if adapter == "base" else adapter}
+    return {"adapter": None if adapter == "base" else str(service.adapters.registry.resolve(adapter).path)}
+
+
 def lab_tab(service, model_spec: str) -> None:
     from bot.paths import data_home
     from lab.runner import EXPERIMENTS
@@ -59,9 +70,8 @@ def lab_tab(service, model_spec: str) -> None:
         try:
             config = LabConfig(
                 train=train_file or pools[train], test=test_file or pools[test], model=model_spec,
-                adapter=None if adapter == "base" else str(service.adapters.registry.resolve(adapter).path),
                 k=int(k), n_test=int(n_test), seeds=[int(s) for s in seeds.replace(",", " ").split()],
-                permutations=int(permutations), embedder="default", out=None,
+                permutations=int(permutations), embedder="default", out=None, **model_fields(service, adapter),
             )
             config.out = str(runs / f"{experiment}-{time.strftime('%Y%m%d-%H%M%S')}")
             folder = run_experiment(experiment, config, progress=lambda fraction, what: progress(fraction, desc=what))

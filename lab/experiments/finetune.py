@@ -48,6 +48,8 @@ def train_adapter(ctx: LabContext) -> tuple[Path, float]:
 
 def run(ctx: LabContext) -> dict:
     config = ctx.config
+    if config.backend != "local":
+        raise LabError("the finetune experiment trains an adapter here; run it with the local backend")
     if config.k < 1:
         raise LabError("the finetune experiment needs k >= 1 (prompting needs demonstrations)")
     if ctx.data.task != "classify":
