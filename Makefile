@@ -41,9 +41,11 @@ test-llamacpp: install
 	$(PY) -m pip install --quiet 'llama-cpp-python[server]'
 	$(PY) -m pytest -q -m llamacpp tests/test_llamacpp.py
 
-# Load test at full size: 16 users x 5 turns on the default model (about 4 minutes on 2 cores).
+# Load test at full size: 16 users x 5 turns on the default model (about 4 minutes on 2 cores),
+# as chat sessions, then as streaming API clients.
 stress: install
 	$(PY) tests/stress.py --users 16 --turns 5
+	$(PY) tests/stress.py --users 16 --turns 5 --client api
 
 clean:
 	rm -rf $(VENV) .data .pytest_cache

@@ -3,6 +3,7 @@
     .venv/bin/python tests/stress.py                          # 16 users x 5 turns, the default model
     .venv/bin/python tests/stress.py --users 4 --turns 2      # a quicker look
     .venv/bin/python tests/stress.py --model ./tiny-folder    # any model folder, adapters made for it
+    .venv/bin/python tests/stress.py --client api             # streaming clients of /v1/chat/completions
 
 It starts `python app.py --dtype float32` on a loopback port with two LoRA adapters made for the
 run (random, distinct seeds, saved the way training saves them, so the registry vets them), and a
@@ -12,7 +13,9 @@ greedy fp32 answers are the reference. Then all users send a warm-up round toget
 server's resident memory is measured, all users send their turns together, and memory is
 measured again. It passes when no request failed, every answer and prompt equals the serial one
 for its settings, and memory grew less than `max_growth`. Every request has a timeout and the
-run a fixed number of requests, so it always ends. tests/test_stress.py runs a short version on a
+run a fixed number of requests, so it always ends. With `--client api` each user is an `openai`
+client streaming from the OpenAI-compatible API (few-shot settings in `icl`, its own history)
+instead of a gradio_client session; answers are compared, as the API returns no prompt. tests/test_stress.py runs a short version on a
 tiny model; this module holds no pytest test itself.
 """
 
@@ -149,6 +152,28 @@ def ask(url: str, kinds: list[Kind], max_new_tokens: int, timeout: float) -> lis
     return answers
 
 
+def ask_api(url: str, kinds: list[Kind], max_new_tokens: int, timeout: float) -> list[tuple[str, str]]:
+    """One user's conversation as an `openai` client streaming each answer; [(answer, "")]."""
+    import openai
+
+    client = openai.OpenAI(base_url=f"{url.rstrip('/')}/v1", api_key="unused", max_retries=0, timeout=timeout)
+    history, answers = [], []
+    for kind in kinds:
+        messages = [{"role": "system", "content": SYSTEM}, *history, {"role": "user", "content": kind.message}]
+        icl = {"pool": kind.pool, "mode": kind.mode, "k": 3, "select": "knn", "order": "nearest-last"}
+        stream = client.chat.completions.create(
+            model=kind.adapter, messages=messages, max_tokens=max_new_tokens, temperature=0, stream=True,
+            extra_body={} if kind.pool == "(none)" else {"icl": icl},
+        )
+        answer = "".join(chunk.choices[0].delta.content or "" for chunk in stream if chunk.choices)
+        history += [{"role": "user", "content": kind.message}, {"role": "assistant", "content": answer}]
+        answers.append((answer, ""))
+    return answers
+
+
+ASKERS = {"ui": ask, "api": ask_api}
+
+
 def conversations(turns: int) -> list[tuple[Kind, ...]]:
     """As few conversations of `turns` turns as cover every kind of request; users share them."""
     kinds = request_kinds()
@@ -157,10 +182,10 @@ def conversations(turns: int) -> list[tuple[Kind, ...]]:
 
 
 def crowd(url: str, plans: list[tuple[Kind, ...]], reference: dict, report: Report, max_new_tokens: int,
-          timeout: float) -> None:
+          timeout: float, asker=ask) -> None:
     """Every plan (one user's conversation) at once; failures and crossed answers go into the report."""
     with ThreadPoolExecutor(max_workers=len(plans)) as pool:
-        futures = [pool.submit(ask, url, list(plan), max_new_tokens, timeout) for plan in plans]
+        futures = [pool.submit(asker, url, list(plan), max_new_tokens, timeout) for plan in plans]
         for user, (plan, future) in enumerate(zip(plans, futures)):
             report.requests += len(plan)
             try:
@@ -183,8 +208,11 @@ def whose(got: tuple[str, str], reference: dict) -> str:
 
 
 def run(model_spec: str, adapters_dir: Path, home: Path, users: int, turns: int, max_new_tokens: int = 16,
-        timeout: float = 300) -> Report:
-    """Serve `model_spec` with the adapters in `adapters_dir` and run the whole load test."""
+        timeout: float = 300, client: str = "ui") -> Report:
+    """Serve `model_spec` with the adapters in `adapters_dir` and run the whole load test.
+
+    `client`: `ui` (gradio_client sessions of the chat) or `api` (openai streaming clients)."""
+    asker = ASKERS[client]
     from servers import running_app
 
     shared = conversations(turns)
@@ -195,16 +223,16 @@ def run(model_spec: str, adapters_dir: Path, home: Path, users: int, turns: int,
     with running_app("--model", model_spec, "--dtype", "float32", env=env, timeout=300) as url:
         server = server_process(url)
         started = time.perf_counter()
-        reference = {plan: ask(url, list(plan), max_new_tokens, timeout) for plan in shared}
+        reference = {plan: asker(url, list(plan), max_new_tokens, timeout) for plan in shared}
         reference.update({plan[:1]: answers[:1] for plan, answers in list(reference.items())})
         report.seconds["serial"] = time.perf_counter() - started
-        plain = {ask(url, [Kind(name, "(none)", "few", MESSAGES[0])], max_new_tokens, timeout)[0][0]
+        plain = {asker(url, [Kind(name, "(none)", "few", MESSAGES[0])], max_new_tokens, timeout)[0][0]
                  for name in ("base", *ADAPTERS)}
         if len(plain) < 1 + len(ADAPTERS):
             report.errors.append(f"sanity check: base and adapters should answer plain chat differently, got {plain}")
         for name, round_plans in (("warmup", warmup), ("concurrent", plans)):
             started = time.perf_counter()
-            crowd(url, round_plans, reference, report, max_new_tokens, timeout)
+            crowd(url, round_plans, reference, report, max_new_tokens, timeout, asker)
             report.seconds[name] = time.perf_counter() - started
             if name == "warmup":
                 report.rss_after_warmup = server.memory_info().rss
@@ -220,7 +248,8 @@ def main(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory(prefix="icl-bot-stress-") as scratch:
         adapters_dir = Path(scratch) / "adapters"
         save_random_adapters(args.model, adapters_dir)
-        report = run(args.model, adapters_dir, Path(scratch) / "home", args.users, args.turns, args.max_new_tokens)
+        report = run(args.model, adapters_dir, Path(scratch) / "home", args.users, args.turns, args.max_new_tokens,
+                     client=args.client)
     problems = report.problems(args.max_growth)
     summary = {"requests": report.requests, "errors": len(report.errors), "crossed": len(report.crossed),
                "rss_after_warmup_mb": round(report.rss_after_warmup / 2**20, 1),
@@ -238,6 +267,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--users", type=int, default=16)
     parser.add_argument("--turns", type=int, default=5)
     parser.add_argument("--max-new-tokens", type=int, default=16)
+    parser.add_argument("--client", choices=list(ASKERS), default="ui",
+                        help="ui: gradio_client chat sessions; api: openai streaming clients of /v1")
     parser.add_argument("--max-growth", type=float, default=0.15, help="allowed RSS growth after warm-up (0.15 = 15%%)")
     return parser
 
