@@ -56,8 +56,12 @@ STEPS = [
     Step("+ int8 weights", "bfloat16", "loop", compile=True, quantization="int8"),
     Step("generate fp32", "float32", "generate"),
     Step("loop+compile int4-exact fp32", "float32", "loop", compile=True, quantization="int4-exact"),
+    Step("own loop fp32", "float32", "loop"),
+    Step("loop+compile fp32", "float32", "loop", compile=True),
+    Step("loop+compile int8 fp32", "float32", "loop", compile=True, quantization="int8"),
 ]
-STEP_KEYS = {"generate": 0, "static": 1, "loop": 2, "compile": 3, "int8": 4, "fp32": 5, "int4": 6}
+STEP_KEYS = {"generate": 0, "static": 1, "loop": 2, "compile": 3, "int8": 4, "fp32": 5, "int4": 6, "fp32-loop": 7,
+             "fp32-compile": 8, "fp32-int8": 9}
 
 
 @dataclass
