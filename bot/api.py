@@ -76,10 +76,14 @@ class ChatRequest(BaseModel):
     """This service's extension: few-shot demonstrations for the last user message."""
 
 
+MAX_PROMPTS = 256
+"""Most prompts in one /v1/completions request (they run in sub-batches under the generator's lock)."""
+
+
 class CompletionRequest(BaseModel):
     model: str
     prompt: str | list[int] | list[list[int]] | list[str]
-    max_tokens: int = Field(default=16, ge=0)
+    max_tokens: int | None = Field(default=16, ge=0)
     temperature: float | None = None
     top_p: float | None = None
     seed: int | None = None
@@ -159,15 +163,18 @@ def _text_completions(service, body: CompletionRequest) -> dict:
         raise APIError(400, "only n=1 is supported", param="n")
     if body.stream:
         raise APIError(400, "streaming is supported on /v1/chat/completions only", param="stream")
-    adapter = _adapter_for(service, body.model)
     generator = service.generator
     if not hasattr(generator, "loaded"):
         raise APIError(400, "raw completions need a local model; this server generates through a remote backend")
+    try:  # outside the generator's lock: attaching an adapter takes it
+        adapter = service.use_adapter(_adapter_for(service, body.model))
+    except ValueError as error:
+        raise APIError(400, str(error), param="model") from error
     tokenizer = generator.tokenizer
     prompts = body.prompt if isinstance(body.prompt, list) and body.prompt and not isinstance(body.prompt[0], int) \
         else [body.prompt]
-    if not prompts:
-        raise APIError(400, "prompt is empty", param="prompt")
+    if len(prompts) > MAX_PROMPTS:
+        raise APIError(400, f"at most {MAX_PROMPTS} prompts per request, got {len(prompts)}", param="prompt")
     rows = [list(tokenizer(p)["input_ids"]) if isinstance(p, str) else list(p) for p in prompts]
     vocab = len(tokenizer)
     if any(not 0 <= token < vocab for row in rows for token in row):
@@ -178,10 +185,12 @@ def _text_completions(service, body: CompletionRequest) -> dict:
             temperature=0.0 if body.temperature is None else body.temperature,
             top_p=1.0 if body.top_p is None else body.top_p, seed=body.seed,
         )
-        done = complete_tokens(generator, rows, body.max_tokens, settings, adapter, body.logprobs, body.echo)
+        max_tokens = 16 if body.max_tokens is None else body.max_tokens
+        done = complete_tokens(generator, rows, max_tokens, settings, adapter, body.logprobs, body.echo)
     except ValueError as error:
         raise APIError(400, str(error)) from error
-    choices = [_text_choice(tokenizer, index, item, body.echo, stops) for index, item in enumerate(done)]
+    done = [_cut_at_stop(tokenizer, item, stops) for item in done]
+    choices = [_text_choice(tokenizer, index, item, body.echo) for index, item in enumerate(done)]
     prompt_tokens = sum(len(item.prompt_ids) for item in done)
     completion_tokens = sum(len(item.new_ids) for item in done)
     return {
@@ -192,12 +201,33 @@ def _text_completions(service, body: CompletionRequest) -> dict:
     }
 
 
-def _text_choice(tokenizer, index: int, item, echo: bool, stops: list[str]) -> dict:
+def _cut_at_stop(tokenizer, item, stops: list[str]):
+    """The completion through the first token whose text reaches a stop string (its scores cut to match).
+
+    The text shown ends before the stop string, as OpenAI's does; see `_text_choice`.
+    """
+    from dataclasses import replace
+
+    from bot.completions import TokenScores
+
     text = tokenizer.decode(item.new_ids, skip_special_tokens=True)
-    finish = item.finish_reason
-    cuts = [text.index(stop) for stop in stops if stop and stop in text]
+    if not any(stop and stop in text for stop in stops):
+        return item
+    keep = next(n for n in range(1, len(item.new_ids) + 1)
+                if any(stop and stop in tokenizer.decode(item.new_ids[:n], skip_special_tokens=True) for stop in stops))
+    scores = item.scores
+    if scores is not None:
+        drop = len(item.new_ids) - keep
+        end = len(scores.ids) - drop
+        scores = TokenScores(scores.ids[:end], scores.logprobs[:end], scores.top[:end])
+    return replace(item, new_ids=item.new_ids[:keep], finish_reason="stop", scores=scores, stop_strings=tuple(stops))
+
+
+def _text_choice(tokenizer, index: int, item, echo: bool) -> dict:
+    text = tokenizer.decode(item.new_ids, skip_special_tokens=True)
+    cuts = [text.index(stop) for stop in item.stop_strings if stop and stop in text]
     if cuts:
-        text, finish = text[: min(cuts)], "stop"
+        text = text[: min(cuts)]
     prompt_text = tokenizer.decode(item.prompt_ids) if echo else ""
     logprobs = None
     if item.scores is not None:
@@ -208,10 +238,17 @@ def _text_choice(tokenizer, index: int, item, echo: bool, stops: list[str]) -> d
             at += len(piece)
         logprobs = {
             "tokens": pieces, "token_logprobs": item.scores.logprobs, "text_offset": offsets,
-            "top_logprobs": [None if top is None else {tokenizer.decode([t]): lp for t, lp in top.items()}
-                             for top in item.scores.top],
+            "top_logprobs": [None if top is None else _top_by_text(tokenizer, top) for top in item.scores.top],
         }
-    return {"index": index, "text": prompt_text + text, "logprobs": logprobs, "finish_reason": finish}
+    return {"index": index, "text": prompt_text + text, "logprobs": logprobs, "finish_reason": item.finish_reason}
+
+
+def _top_by_text(tokenizer, top: dict[int, float]) -> dict[str, float]:
+    """Alternatives keyed by their text; where two ids read the same, the likelier one is kept."""
+    by_text: dict[str, float] = {}
+    for token, logprob in sorted(top.items(), key=lambda pair: -pair[1]):
+        by_text.setdefault(tokenizer.decode([token]), logprob)
+    return by_text
 
 
 def _plan(service, body: ChatRequest):

@@ -9,9 +9,10 @@ probability of a label after a few-shot prompt (what `lab.remote` does, and what
 
     rows = complete_tokens(generator, [ids_a, ids_b], 1, settings, adapter="base", logprobs=1, echo=True)
 
-All rows run as one left-padded batch under the generator's lock, each with the same adapter.
+Rows run in left-padded sub-batches under the generator's lock, all with the same adapter.
 Scores come from one extra forward pass over prompt + answer with the real tokens' positions,
-so they equal scoring each row alone (up to float rounding of the batch shape).
+so they equal scoring each row alone (up to float rounding of the batch shape). Both the
+generation and the scoring pass run under `spaces.GPU` on a ZeroGPU Space (`bot.zerogpu`).
 """
 
 from __future__ import annotations
@@ -22,6 +23,10 @@ from bot.generation import BASE, PEFT_BASE
 from bot.settings import GenerationSettings
 
 MAX_TOP_LOGPROBS = 20
+GENERATE_ROWS = 16
+"""Rows per generation batch."""
+SCORE_TOKENS = 4096
+"""Padded tokens per scoring batch: bounds the logits held at once (tokens x vocabulary floats)."""
 
 
 @dataclass
@@ -41,6 +46,8 @@ class TokenCompletion:
     """`stop` (end of sequence) or `length` (max_tokens reached)."""
     scores: TokenScores | None = None
     """The prompt's and the answer's tokens with `echo`, the answer's alone without; None without logprobs."""
+    stop_strings: tuple[str, ...] = ()
+    """Stop strings the answer reached (the API cuts the shown text before them)."""
 
 
 def complete_tokens(generator, rows: list[list[int]], max_tokens: int, settings: GenerationSettings,
@@ -63,10 +70,11 @@ def complete_tokens(generator, rows: list[list[int]], max_tokens: int, settings:
             f"context window of {window} tokens"
         )
     with generator.lock:
+        new = [[] for _ in rows]
         if max_tokens:
-            new = _generate(generator, rows, replace(settings, max_new_tokens=max_tokens), adapter)
-        else:
-            new = [[] for _ in rows]
+            sampling = replace(settings, max_new_tokens=max_tokens)
+            new = [ids for start in range(0, len(rows), GENERATE_ROWS)
+                   for ids in _generate(generator, rows[start : start + GENERATE_ROWS], sampling, adapter)]
         finished = [_cut_at_eos(generator, ids, max_tokens) for ids in new]
         scored = None
         if logprobs is not None:
@@ -93,7 +101,7 @@ def _cut_at_eos(generator, ids: list[int], max_new_tokens: int) -> tuple[list[in
     for position, token in enumerate(ids):
         if token in eos_ids:
             return ids[: position + 1], "stop"
-    return ids, "length" if max_new_tokens and len(ids) >= max_new_tokens else "stop"
+    return ids, "length" if len(ids) >= max_new_tokens else "stop"  # max_tokens 0 is "length", as vLLM says
 
 
 def _tail(scores: TokenScores, n: int) -> TokenScores:
@@ -104,32 +112,59 @@ def _tail(scores: TokenScores, n: int) -> TokenScores:
 
 def score_rows(generator, rows: list[list[int]], adapter: str, top: int) -> list[TokenScores]:
     """Every token's log-probability given the tokens before it; call with the generator's lock held."""
-    import torch
-
     resident = generator.resident_adapters()
     if adapter != BASE and adapter not in resident:
         raise ValueError(f"unknown adapter '{adapter}'; available: {', '.join([BASE, *resident])}")
-    inputs = generator._left_pad(rows)
+    name = PEFT_BASE if adapter == BASE else adapter
+    results: list[TokenScores] = []
+    for batch in _token_batches(rows, SCORE_TOKENS):
+        inputs = generator._left_pad(batch)
+        names = [name] * len(batch) if resident else None
+        results += generator.leased(inputs, _ONE_STEP, names, function=_score_rows_now, model=generator.loaded.model,
+                                    rows=batch, top=top)
+    return results
+
+
+_ONE_STEP = GenerationSettings(max_new_tokens=1)
+"""What a scoring pass costs in ZeroGPU's lease arithmetic: one step per row."""
+
+
+def _token_batches(rows: list[list[int]], budget: int) -> list[list[list[int]]]:
+    """Consecutive rows grouped so that rows x longest row stays within `budget` (one row at least)."""
+    batches, current, longest = [], [], 0
+    for row in rows:
+        if current and max(longest, len(row)) * (len(current) + 1) > budget:
+            batches.append(current)
+            current, longest = [], 0
+        current.append(row)
+        longest = max(longest, len(row))
+    return batches + [current] if current else batches
+
+
+def _score_rows_now(inputs: dict, settings: GenerationSettings, adapters: list[str] | None, model,
+                    rows: list[list[int]], top: int) -> list[TokenScores]:
+    """One padded batch's scores as plain Python values (so a ZeroGPU call returns no GPU tensors)."""
+    import torch
+
     mask = inputs["attention_mask"]
-    extra = {"adapter_names": [PEFT_BASE if adapter == BASE else adapter] * len(rows)} if resident else {}
+    extra = {"adapter_names": adapters} if adapters else {}
     with torch.inference_mode():
-        logits = generator.loaded.model(
-            **inputs, position_ids=(mask.cumsum(-1) - 1).clamp(min=0), use_cache=False, **extra
-        ).logits
-    logprobs = torch.log_softmax(logits.float(), dim=-1)
+        logits = model(**inputs, position_ids=(mask.cumsum(-1) - 1).clamp(min=0), use_cache=False, **extra).logits
     width = mask.shape[1]
     results = []
     for b, row in enumerate(rows):
-        start = width - len(row)
         # position p predicts token p + 1: row token j (j >= 1) is scored at position start + j - 1
-        predicted = logprobs[b, start : width - 1]
+        predicted = logits[b, width - len(row) : width - 1].float()
+        normaliser = predicted.logsumexp(dim=-1)
         ids = torch.tensor(row[1:], device=predicted.device)
-        chosen = predicted.gather(-1, ids[:, None])[:, 0].tolist()
+        chosen = (predicted.gather(-1, ids[:, None])[:, 0] - normaliser).tolist()
         tops: list[dict[int, float] | None] = [None]
         if top:
             values, indices = predicted.topk(top, dim=-1)
+            values = values - normaliser[:, None]
             tops += [dict(zip(i.tolist(), v.tolist())) for i, v in zip(indices, values)]
         else:
             tops += [{} for _ in chosen]
         results.append(TokenScores(list(row), [None, *chosen], tops))
     return results
+

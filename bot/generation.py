@@ -54,6 +54,10 @@ class _StopOnEvent:
         return torch.full((input_ids.shape[0],), self.event.is_set(), dtype=torch.bool, device=input_ids.device)
 
 
+def _call(inputs: dict, settings: GenerationSettings, adapters, function, **kwargs):
+    return function(inputs, settings, adapters, **kwargs)
+
+
 class Generator:
     def __init__(self, loaded: LoadedModel):
         from bot.zerogpu import on_gpu
@@ -61,6 +65,9 @@ class Generator:
         self.loaded = loaded
         self.lock = threading.Lock()
         self._generate = on_gpu(self._generate)
+        self.leased = on_gpu(_call)
+        """`leased(inputs, settings, adapters, function=f, ...)` runs f(inputs, settings, adapters, ...) under
+        a GPU lease sized like a generation of `settings.max_new_tokens` (other model calls, e.g. scoring)."""
 
     @property
     def name(self) -> str:

@@ -124,3 +124,51 @@ def test_bad_requests_get_openai_style_errors(api, body, status, message):
         api.completions.create(model=body["model"], prompt=body["prompt"], extra_body=extra)
     assert caught.value.status_code == status
     assert message in caught.value.body["message"]
+
+
+def test_stop_string_cuts_text_scores_and_usage(api):
+    whole = api.completions.create(model="poet", prompt="the quick brown fox", max_tokens=12, temperature=0).choices[0]
+    stop = whole.text.strip()[4:7]
+    assert len(stop) == 3, "sanity check: the answer is long enough to hold a stop string"
+    cut = api.completions.create(model="poet", prompt="the quick brown fox", max_tokens=12, temperature=0, stop=[stop],
+                                 logprobs=0)
+    choice = cut.choices[0]
+    assert choice.text == whole.text[: whole.text.index(stop)] and choice.finish_reason == "stop"
+    assert cut.usage.completion_tokens < 12
+    assert len(choice.logprobs.token_logprobs) == cut.usage.completion_tokens
+
+
+def test_token_batches_respect_the_budget():
+    from bot.completions import _token_batches
+
+    rows = [[1] * n for n in (3, 5, 2, 9, 1, 1)]
+    batches = _token_batches(rows, 10)
+    assert [row for batch in batches for row in batch] == rows
+    assert all(len(batch) == 1 or len(batch) * max(map(len, batch)) <= 10 for batch in batches)
+    assert _token_batches([[1] * 50], 10) == [[[1] * 50]]
+
+
+def test_an_adapter_not_yet_loaded_is_attached_on_first_request(tmp_path):
+    """/v1/models lists adapters of the adapters folder before they are loaded; a request loads one."""
+    import app
+    from adapters.host import AdapterHost
+    from adapters.registry import AdapterRegistry
+    from peft import PeftModel
+    from test_adapters_support import PERSONA_ROWS, load_tiny, tiny_base, train_tiny, write_rows
+
+    base = tiny_base(tmp_path / "base")
+    train_tiny(base, write_rows(tmp_path / "rows.jsonl", PERSONA_ROWS), tmp_path / "adapters" / "zebra")
+    generator = Generator(load_tiny(base))
+    service = ChatService(generator, adapters=AdapterHost(generator.loaded, generator.lock,
+                                                          AdapterRegistry(tmp_path / "adapters")))
+    assert generator.resident_adapters() == []
+    fresh = PeftModel.from_pretrained(load_tiny(base).model, str(tmp_path / "adapters" / "zebra")).eval()
+    row = ROWS[0]
+    with torch.inference_mode():
+        logprobs = torch.log_softmax(fresh(input_ids=torch.tensor([row])).logits[0].float(), dim=-1)
+    expected = [logprobs[j - 1, row[j]].item() for j in range(1, len(row))]
+    with serving(app.create_server(service)) as url:
+        client = openai.OpenAI(base_url=f"{url}/v1", api_key="none", max_retries=0)
+        response = client.completions.create(model="zebra", prompt=[row], echo=True, logprobs=0, max_tokens=0)
+    assert response.choices[0].logprobs.token_logprobs[1:] == pytest.approx(expected, abs=1e-4)
+    assert response.choices[0].finish_reason == "length"

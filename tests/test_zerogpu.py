@@ -3,6 +3,7 @@
 import sys
 import types
 
+from bot.completions import complete_tokens
 from bot.conversation import build_messages
 from bot.generation import Generator
 from bot.settings import GenerationSettings
@@ -36,3 +37,5 @@ def test_with_spaces_each_call_gets_a_lease_sized_to_the_request(tiny, monkeypat
     assert answer.text == plain.complete(build_messages("hello"), settings).text
     generator.complete_many([build_messages("a"), build_messages("b")], settings, ["base", "base"])
     assert leases == [lease_seconds(1, 40), lease_seconds(2, 40)]
+    complete_tokens(generator, [[5, 6, 7], [8, 9]], 0, settings, logprobs=0)  # a scoring pass only
+    assert leases[2:] == [lease_seconds(2, 1)]
