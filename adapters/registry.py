@@ -105,7 +105,7 @@ class AdapterRegistry:
     def _from_hub(self, hub_id: str) -> AdapterInfo:
         """Download a hub adapter's files, or, offline, use the copy in the local hub cache."""
         from huggingface_hub import snapshot_download
-        from huggingface_hub.errors import LocalEntryNotFoundError
+        from huggingface_hub.errors import IncompleteSnapshotError, LocalEntryNotFoundError
 
         from bot.models import hub_reachable
 
@@ -113,6 +113,9 @@ class AdapterRegistry:
         online = hub_reachable()
         try:
             folder = Path(snapshot_download(hub_id, allow_patterns=patterns, local_files_only=not online))
+        except IncompleteSnapshotError:
+            raise AdapterError(f"adapter '{hub_id}': the local hub cache holds an incomplete copy of it "
+                               "and the hub cannot be reached to complete it") from None
         except LocalEntryNotFoundError:
             raise AdapterError(
                 f"adapter '{hub_id}' is a hub id, but the Hugging Face hub cannot be reached (offline?) "

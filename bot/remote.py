@@ -127,7 +127,11 @@ def request_json(client, method: str, path: str, body: dict | None = None) -> di
         raise RemoteError(f"cannot reach {client.base_url}: {error}") from error
     if response.status_code >= 400:
         raise RemoteError(error_message(response))
-    return response.json()
+    try:
+        return response.json()
+    except ValueError as error:
+        raise RemoteError(f"{client.base_url} answered {path} with something other than JSON: "
+                          f"{response.text[:120]!r}") from error
 
 
 def read_models(client) -> tuple[str, list[str]]:

@@ -25,7 +25,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("experiment", choices=list(EXPERIMENTS))
     parser.add_argument("--train", required=True, help="pool JSONL the demonstrations come from")
     parser.add_argument("--test", required=True, help="labelled test JSONL; its outputs are the label set")
-    parser.add_argument("--model", default="default")
+    parser.add_argument("--model", default="default",
+                        help="model spec (with --backend openai: the model the server runs, for its tokenizer)")
     parser.add_argument("--adapter", default=None,
                         help="LoRA adapter folder applied to the model (with --backend openai: a model name on the server)")
     parser.add_argument("--dtype", default="float32", choices=DTYPES)

@@ -63,7 +63,7 @@ class LabConfig:
     `model` only for its tokenizer and `adapter` naming a model on that server."""
     base_url: str | None = None
     """An OpenAI-compatible server (`.../v1`) for the openai backend."""
-    api_key: str | None = None
+    api_key: str | None = field(default=None, repr=False)
     """Bearer key for `base_url` (default: $OPENAI_API_KEY); never written to result files."""
 
     def __post_init__(self):

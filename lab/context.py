@@ -31,7 +31,7 @@ def no_progress(fraction: float, message: str) -> None:
 class LabContext:
     config: LabConfig
     loaded: object
-    """A `bot.models.LoadedModel`, with the config's adapter applied."""
+    """A `bot.models.LoadedModel` with the config's adapter applied, or a `RemoteLoaded` (openai backend)."""
     data: LabData
     predictor: Predictor
     chooser: DemoChooser

@@ -19,8 +19,11 @@ import numpy as np
 
 from lab.errors import LabError
 from lab.generate import first_line
-from lab.prompt import Prompt
+from lab.prompt import Prompt, encode_ids
 from lab.scorer import encode
+
+NO_PROMPT_LOGPROBS = ("the server did not return prompt log-probabilities (it needs echo with logprobs on "
+                      "/v1/completions, as vLLM and this project's server provide)")
 
 
 class RemoteModel:
@@ -34,6 +37,19 @@ class RemoteModel:
         self.tokenizer = tokenizer
         self.batch_size = batch_size
         self.name = model or self._call(read_models, self.client)[0]
+        self._check_tokenizer()
+
+    def _check_tokenizer(self) -> None:
+        """Refuse a server whose tokenizer splits a sample text differently from the local one."""
+        text = "Tokenizer check: The quick brown fox jumps over 13 lazy dogs."
+        body = {"model": self.name, "prompt": text, "echo": True, "logprobs": 0, "max_tokens": 1, "temperature": 0}
+        theirs = (self._post("/completions", body)["choices"][0].get("logprobs") or {}).get("tokens")
+        if theirs is None:
+            raise LabError(NO_PROMPT_LOGPROBS)
+        mine = [self.tokenizer.decode([token]) for token in encode_ids(self.tokenizer, text)]
+        if theirs[: len(mine)] != mine:
+            raise LabError(f"the server's model '{self.name}' splits text into other tokens than the local tokenizer "
+                           "(--model); pass the model the server runs as --model")
 
     def score(self, prompts: Sequence[Prompt], continuations: Sequence[str]) -> np.ndarray:
         """(len(prompts), len(continuations)) summed log-probabilities of each continuation's tokens."""
@@ -51,8 +67,7 @@ class RemoteModel:
                 logprobs = (choice.get("logprobs") or {}).get("token_logprobs") or []
                 span = logprobs[len(prompt_ids) : len(prompt_ids) + len(ids)]
                 if len(span) != len(ids) or any(value is None for value in span):
-                    raise LabError("the server did not return prompt log-probabilities (it needs echo with logprobs "
-                                   "on /v1/completions, as vLLM and this project's server provide)")
+                    raise LabError(NO_PROMPT_LOGPROBS)
                 scores[i, j] = sum(span)
         return scores
 
@@ -63,6 +78,8 @@ class RemoteModel:
             body = {"model": self.name, "prompt": list(texts[start : start + self.batch_size]),
                     "max_tokens": max_new_tokens, "temperature": temperature, "seed": seed}
             choices = sorted(self._post("/completions", body)["choices"], key=lambda c: c["index"])
+            if len(choices) != len(body["prompt"]):
+                raise LabError(f"the server answered {len(choices)} choices for {len(body['prompt'])} prompts")
             answers += [first_line(choice["text"]) for choice in choices]
         return answers
 

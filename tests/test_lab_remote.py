@@ -135,3 +135,13 @@ def test_the_ui_lab_runs_where_the_chat_runs(remote):
     _, url, _ = remote
     fields = model_fields(ChatService(RemoteGenerator(url, api_key="k")), "pirate")
     assert fields == {"backend": "openai", "base_url": url, "api_key": "k", "adapter": "pirate"}
+
+
+def test_a_server_with_another_tokenizer_is_refused(remote):
+    """Token ids only mean the same thing under the same tokenizer: a mismatch is caught up front."""
+    from bot.models import load_tokenizer
+    from lab.remote import RemoteModel
+
+    _, url, _ = remote
+    with pytest.raises(LabError, match="splits text into other tokens than the local tokenizer"):
+        RemoteModel(url, load_tokenizer("default"))
