@@ -37,8 +37,14 @@ test-fast: install
 	$(PY) -m pytest -q -m "not integration and not browser" $(PYTEST_ARGS)
 
 # Optional: our remote backend against llama.cpp's server (compiles llama-cpp-python: minutes).
+# On the 2-core dev VM (AVX-512, AMX advertised) a native build died with "Illegal instruction", with
+# or without AMX; these explicit AVX-512 flags worked. Elsewhere `make test-llamacpp LLAMACPP_CMAKE_ARGS=`
+# builds for the machine it runs on.
+LLAMACPP_CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON \
+	-DGGML_AVX512=ON -DGGML_AVX512_VNNI=ON -DGGML_AVX512_BF16=ON -DGGML_AVX512_VBMI=ON \
+	-DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF
 test-llamacpp: install
-	$(PY) -m pip install --quiet 'llama-cpp-python[server]'
+	CMAKE_ARGS="$(LLAMACPP_CMAKE_ARGS)" $(PY) -m pip install --quiet 'llama-cpp-python[server]'
 	$(PY) -m pytest -q -m llamacpp tests/test_llamacpp.py
 
 # Load test at full size: 16 users x 5 turns on the default model (about 4 minutes on 2 cores),
