@@ -26,16 +26,21 @@ from dataclasses import asdict, dataclass
 CHAT = [{"role": "user", "content": "Explain in-context learning and LoRA to a new student, step by step."}]
 SHOT_REVIEWS = [
     ("The film opens with a long, quiet shot of a harbour at dawn, and from there it never stops surprising. "
-     "The two leads argue, reconcile and argue again, and every scene feels earned.", "positive"),
+     "The two leads argue, reconcile and argue again, and every scene feels earned. The photography makes "
+     "a grey fishing town look like the most beautiful place on earth, and the last scene is perfect.", "positive"),
     ("I wanted to like this one: the cast is strong and the score is lovely. But the plot wanders for two hours, "
-     "the jokes land flat, and the ending simply stops rather than concludes.", "negative"),
+     "the jokes land flat, and the ending simply stops rather than concludes. Several subplots are "
+     "introduced and forgotten, and by the final act I had stopped caring who ended up with whom.", "negative"),
     ("A small, warm story about a baker and her estranged brother. Nothing explodes, nobody is chased, "
-     "and yet I was gripped from the first loaf to the last; I laughed and cried in the same scene.", "positive"),
+     "and yet I was gripped from the first loaf to the last; I laughed and cried in the same scene. "
+     "The dialogue sounds like real people talking, and the two actors have wonderful chemistry.", "positive"),
     ("The effects are expensive and the trailer promised a thrill ride, yet the film is a chore: "
-     "characters explain the plot to each other, the villain has no motive, and it drags.", "negative"),
+     "characters explain the plot to each other, the villain has no motive, and it drags. Even the "
+     "action scenes are edited so fast that you cannot tell who is fighting whom, or why it matters.", "negative"),
 ]
 QUERY = ("Slow to start, but the last hour is among the best cinema I have seen this year; the director trusts "
-         "the audience, the actors disappear into their roles, and the final image stayed with me for days.")
+         "the audience, the actors disappear into their roles, and the final image stayed with me for days. "
+         "Bring patience for the first forty minutes; it is repaid many times over by what follows them.")
 
 
 @dataclass(frozen=True)
