@@ -193,3 +193,40 @@ def test_hub_id_loads_from_the_hub_cache_offline(lab, served, tmp_path, monkeypa
 
     with pytest.raises(ValueError, match="local hub cache has no copy"):
         host.attach("someone/never-downloaded")
+
+
+def test_hub_id_downloads_from_the_hub_then_works_offline(lab, served, tmp_path, monkeypatch):
+    """An adapter pushed to the hub loads by its id: downloaded once (from a stand-in hub on loopback,
+    through huggingface_hub's own download code), then answered from the cache with the hub gone."""
+    import huggingface_hub.constants as hub
+
+    from fakehub import FakeHub
+    from servers import serving
+
+    generator, host = served
+    fake = FakeHub({"someone/zebra-lora": lab[1] / "zebra"})
+    monkeypatch.setattr(hub, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr(hub, "HF_HUB_OFFLINE", False)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    with serving(fake.app()) as url:
+        monkeypatch.setenv("HF_ENDPOINT", url)
+        monkeypatch.setattr(hub, "ENDPOINT", url)
+        monkeypatch.setattr(hub, "HUGGINGFACE_CO_URL_TEMPLATE", url + "/{repo_id}/resolve/{revision}/{filename}")
+        by_id = host.attach("someone/zebra-lora")
+    assert any(r.startswith("GET /someone/zebra-lora/resolve/") and r.endswith("adapter_model.safetensors")
+               for r in fake.requests)
+    messages = [{"role": "user", "content": "question 1"}]
+    answer = generator.complete(messages, greedy(), adapter=by_id).text
+    assert answer != generator.complete(messages, greedy()).text
+    assert answer == generator.complete(messages, greedy(), adapter=host.attach("zebra")).text
+
+    # the hub is gone now: a second host (another app start) finds the download in the cache
+    from adapters.host import AdapterHost
+    from adapters.registry import AdapterRegistry
+    from bot.generation import Generator
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(hub, "HF_HUB_OFFLINE", True)
+    again = Generator(load_tiny(lab[0]))
+    name = AdapterHost(again.loaded, again.lock, AdapterRegistry(lab[1])).attach("someone/zebra-lora")
+    assert again.complete(messages, greedy(), adapter=name).text == answer

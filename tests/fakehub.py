@@ -1,0 +1,75 @@
+"""A stand-in for the Hugging Face hub on loopback, enough for `huggingface_hub.snapshot_download`.
+
+It serves model repositories from local folders: repository info, the file tree, and the files
+under `/{repo}/resolve/{revision}/{path}` with the headers the client reads (commit, ETag, size).
+Every request is recorded, so a test can tell a download from a cache hit. Tests only.
+
+    hub = FakeHub({"someone/zebra-lora": adapter_folder})
+    with serving(hub.app()) as url:
+        ...   # point HF_ENDPOINT (and huggingface_hub.constants.ENDPOINT) at url
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+from fastapi import FastAPI, HTTPException, Request
+from fastapi.responses import Response
+
+COMMIT = "fedcba9876543210fedcba9876543210fedcba98"
+
+
+class FakeHub:
+    def __init__(self, repos: dict[str, Path]):
+        self.repos = {repo: Path(folder) for repo, folder in repos.items()}
+        self.requests: list[str] = []
+
+    def files(self, repo: str) -> dict[str, Path]:
+        folder = self.repos[repo]
+        return {path.relative_to(folder).as_posix(): path for path in sorted(folder.rglob("*")) if path.is_file()}
+
+    def app(self) -> FastAPI:
+        app = FastAPI()
+
+        def repo_of(owner: str, name: str) -> str:
+            repo = f"{owner}/{name}"
+            if repo not in self.repos:
+                raise HTTPException(404, headers={"X-Error-Code": "RepoNotFound"})
+            return repo
+
+        @app.middleware("http")
+        async def record(request: Request, call_next):
+            self.requests.append(f"{request.method} {request.url.path}")
+            return await call_next(request)
+
+        @app.get("/api/models/{owner}/{name}")
+        @app.get("/api/models/{owner}/{name}/revision/{revision}")
+        def info(owner: str, name: str, revision: str = "main"):
+            repo = f"{owner}/{name}"
+            if repo not in self.repos:  # any other id answers as an empty repo (the reachability probe)
+                return {"id": repo, "sha": COMMIT, "siblings": []}
+            return {"id": repo, "sha": COMMIT, "siblings": [{"rfilename": f} for f in self.files(repo)]}
+
+        @app.get("/api/models/{owner}/{name}/tree/{revision}")
+        def tree(owner: str, name: str, revision: str):
+            repo = repo_of(owner, name)
+            return [{"type": "file", "path": f, "size": p.stat().st_size, "oid": _sha1(p)}
+                    for f, p in self.files(repo).items()]
+
+        @app.api_route("/{owner}/{name}/resolve/{revision}/{path:path}", methods=["GET", "HEAD"])
+        def resolve(owner: str, name: str, revision: str, path: str, request: Request):
+            file = self.files(repo_of(owner, name)).get(path)
+            if file is None:
+                raise HTTPException(404, headers={"X-Error-Code": "EntryNotFound"})
+            data = file.read_bytes()
+            headers = {"X-Repo-Commit": COMMIT, "ETag": f'"{hashlib.sha256(data).hexdigest()}"',
+                       "Content-Length": str(len(data))}
+            return Response(b"" if request.method == "HEAD" else data, headers=headers,
+                            media_type="application/octet-stream")
+
+        return app
+
+
+def _sha1(path: Path) -> str:
+    return hashlib.sha1(path.read_bytes()).hexdigest()
