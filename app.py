@@ -60,6 +60,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--dtype", default=os.environ.get("ICL_BOT_DTYPE", "auto"))
     parser.add_argument("--device", default="auto")
     parser.add_argument("--trust-remote-code", action="store_true")
+    parser.add_argument("--fast-decode", action="store_true", default=os.environ.get("ICL_BOT_FAST_DECODE") == "1",
+                        help="greedy base-model answers through a compiled decode loop (CPU; each cache size "
+                             "compiles on first use; the same tokens as generate in fp32)")
     add_backend_flags(parser)
     return parser.parse_args(argv)
 

@@ -26,9 +26,8 @@ def open_generator(args: argparse.Namespace):
     from bot.models import ModelError, load_model, load_tokenizer
 
     if args.backend == "local":
-        return Generator(
-            load_model(args.model, dtype=args.dtype, device=args.device, trust_remote_code=args.trust_remote_code)
-        )
+        loaded = load_model(args.model, dtype=args.dtype, device=args.device, trust_remote_code=args.trust_remote_code)
+        return Generator(loaded, fast_decode=getattr(args, "fast_decode", False))
     if not args.base_url:
         raise ValueError("--backend openai needs --base-url")
     from bot.remote import RemoteGenerator

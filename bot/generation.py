@@ -59,11 +59,19 @@ def _call(inputs: dict, settings: GenerationSettings, adapters, function, **kwar
 
 
 class Generator:
-    def __init__(self, loaded: LoadedModel):
+    def __init__(self, loaded: LoadedModel, fast_decode: bool = False, compile_decode: bool = True):
+        """`fast_decode`: answer greedy base-model requests with `bot.fastdecode` (CPU, batch 1: a static
+        cache and a compiled step; the same tokens as `generate` in fp32, 1.28x faster in BENCHMARKS.md).
+        Each cache size compiles on first use; `compile_decode=False` skips compiling (tests)."""
         from bot.zerogpu import on_gpu
 
         self.loaded = loaded
         self.lock = threading.Lock()
+        self.fast = None
+        if fast_decode:
+            from bot.fastdecode import FastDecoder
+
+            self.fast = FastDecoder(loaded.model, max_len=loaded.context_window, compile=compile_decode)
         self._generate = on_gpu(self._generate)
         self.leased = on_gpu(_call)
         """`leased(inputs, settings, adapters, function=f, ...)` runs f(inputs, settings, adapters, ...) under
@@ -115,10 +123,13 @@ class Generator:
         def work():
             try:
                 with self.lock:
-                    result["output"] = self._generate(
-                        inputs, settings, adapter, streamer=streamer,
-                        stopping_criteria=StoppingCriteriaList([_StopOnEvent(state.cancel)]),
-                    )
+                    if self._decodes_fast(settings, adapter):
+                        result["output"] = self._decode_fast(inputs["input_ids"], settings, streamer, state.cancel)
+                    else:
+                        result["output"] = self._generate(
+                            inputs, settings, adapter, streamer=streamer,
+                            stopping_criteria=StoppingCriteriaList([_StopOnEvent(state.cancel)]),
+                        )
             except BaseException as error:  # surfaced in the caller's thread below
                 result["error"] = error
                 streamer.end()
@@ -189,8 +200,7 @@ class Generator:
 
     def _completion(self, new_ids, fitted: FittedPrompt, settings: GenerationSettings, seconds: float) -> Completion:
         """A batch row's answer: its tokens up to the first end-of-turn (rows that ended early are padded)."""
-        eos = self.loaded.model.generation_config.eos_token_id
-        eos_ids = set(eos if isinstance(eos, list) else [eos])
+        eos_ids = self._eos_ids()
         tokens = new_ids.tolist()
         ended = next((i for i, token in enumerate(tokens) if token in eos_ids), None)
         kept = tokens if ended is None else tokens[:ended]
@@ -226,11 +236,33 @@ class Generator:
                 pad_token_id=self.loaded.tokenizer.pad_token_id,
             )
 
+    def _decodes_fast(self, settings: GenerationSettings, adapter: str) -> bool:
+        """The fast decoder serves greedy requests for the plain base model (no adapters loaded on it)."""
+        return self.fast is not None and settings.greedy and adapter == BASE and not self.resident_adapters()
+
+    def _decode_fast(self, input_ids, settings: GenerationSettings, streamer, cancel: threading.Event):
+        """Greedy decoding with `bot.fastdecode`, streamed like `generate`; call with the lock held."""
+        import torch
+
+        produced: list[int] = []
+        streamer.put(input_ids[0].cpu())  # the prompt: the streamer skips it, as with generate
+        try:
+            for token in self.fast.tokens(input_ids.cpu(), settings.max_new_tokens, self._eos_ids()):
+                produced.append(token)
+                streamer.put(torch.tensor([token]))
+                if cancel.is_set():
+                    break
+        finally:
+            streamer.end()
+        return torch.cat([input_ids.cpu(), torch.tensor([produced], dtype=input_ids.dtype)], dim=1)
+
+    def _eos_ids(self) -> set[int]:
+        eos = self.loaded.model.generation_config.eos_token_id
+        return set(eos if isinstance(eos, list) else [eos])
+
     def _finish_reason(self, last_token: int, new_tokens: int, settings: GenerationSettings, cancel) -> str:
         if cancel.is_set():
             return "cancelled"
-        eos = self.loaded.model.generation_config.eos_token_id
-        eos_ids = set(eos if isinstance(eos, list) else [eos])
-        if last_token in eos_ids or new_tokens < settings.max_new_tokens:
+        if last_token in self._eos_ids() or new_tokens < settings.max_new_tokens:
             return "stop"
         return "length"

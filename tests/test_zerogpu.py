@@ -31,7 +31,7 @@ def test_with_spaces_each_call_gets_a_lease_sized_to_the_request(tiny, monkeypat
     generator = Generator(tiny)
     settings = GenerationSettings(max_new_tokens=40)
     plain = Generator.__new__(Generator)
-    plain.__dict__.update(loaded=tiny, lock=generator.lock)
+    plain.__dict__.update(loaded=tiny, lock=generator.lock, fast=None)
     plain._generate = Generator._generate.__get__(plain)
     answer = generator.complete(build_messages("hello"), settings)
     assert answer.text == plain.complete(build_messages("hello"), settings).text

@@ -1,0 +1,81 @@
+"""`Generator(fast_decode=True)`: the compiled decode loop behind the chat gives `generate`'s answers."""
+
+import pytest
+
+from bot.conversation import build_messages
+from bot.generation import Generator, StreamState
+from bot.settings import GenerationSettings
+from tiny import tiny_loaded, with_lora_adapters
+
+QUESTIONS = ["the quick brown fox", "what is the capital of France?", "great movie review"]
+GREEDY = GenerationSettings(max_new_tokens=24)
+
+
+def answers(generator, settings=GREEDY):
+    done = [generator.complete(build_messages(q), settings) for q in QUESTIONS]
+    return [(c.text, c.completion_tokens, c.finish_reason, c.prompt_tokens) for c in done]
+
+
+def counting(generator) -> list:
+    """Record each use of the generator's fast decoder (so a test knows the fast path ran)."""
+    calls, tokens = [], generator.fast.tokens
+
+    def counted(*args, **kwargs):
+        calls.append(args[1])
+        return tokens(*args, **kwargs)
+
+    generator.fast.tokens = counted
+    return calls
+
+
+@pytest.mark.parametrize("compiled", [False, True])
+def test_fast_answers_equal_generate(compiled):
+    loaded = tiny_loaded()
+    fast = Generator(loaded, fast_decode=True, compile_decode=compiled)
+    calls = counting(fast)
+    assert answers(fast) == answers(Generator(loaded))
+    assert calls == [GREEDY.max_new_tokens] * len(QUESTIONS)
+
+
+def test_fast_answers_stop_at_the_end_of_turn_like_generate(monkeypatch):
+    """Make a token the model writes early its end-of-turn token: both paths must stop there."""
+    loaded = tiny_loaded()
+    plain = Generator(loaded)
+    ids = loaded.tokenizer.apply_chat_template(build_messages(QUESTIONS[0]), add_generation_prompt=True,
+                                               return_tensors="pt", return_dict=True)["input_ids"]
+    fast = Generator(loaded, fast_decode=True, compile_decode=False)
+    third = list(fast.fast.tokens(ids, 5, eos_ids=set()))[2]
+    monkeypatch.setattr(loaded.model.generation_config, "eos_token_id", third)
+    expected = answers(plain)
+    assert expected[0][2] == "stop" and expected[0][1] <= 3, "sanity check: the new end-of-turn token ends answer 0"
+    calls = counting(fast)
+    assert answers(fast) == expected and len(calls) == len(QUESTIONS)
+
+
+def test_fast_stream_yields_pieces_and_stops_when_closed():
+    generator = Generator(tiny_loaded(), fast_decode=True, compile_decode=False)
+    state = StreamState()
+    pieces = list(generator.stream(build_messages("hello"), GREEDY, state=state))
+    assert len(pieces) > 1 and "".join(pieces) == state.completion.text
+
+    state = StreamState()
+    stream = generator.stream(build_messages("hello"), GenerationSettings(max_new_tokens=500), state=state)
+    next(stream)
+    stream.close()
+    assert state.cancel.is_set()
+    assert generator.lock.acquire(timeout=5), "the decode thread still holds the model"
+    generator.lock.release()
+
+
+def test_sampled_and_adapter_requests_take_the_generate_path(monkeypatch):
+    loaded = with_lora_adapters(tiny_loaded(), ["pirate"])
+    generator = Generator(loaded, fast_decode=True, compile_decode=False)
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the fast decoder must not serve this request")
+
+    monkeypatch.setattr(generator.fast, "tokens", refuse)
+    sampled = GenerationSettings(max_new_tokens=8, temperature=0.7, seed=1)
+    assert generator.complete(build_messages("hi"), sampled).completion_tokens == 8
+    assert generator.complete(build_messages("hi"), GREEDY, adapter="pirate").completion_tokens == 24
+    assert generator.complete(build_messages("hi"), GREEDY).completion_tokens == 24  # adapters loaded: base too
