@@ -54,6 +54,21 @@ class _StopOnEvent:
         return torch.full((input_ids.shape[0],), self.event.is_set(), dtype=torch.bool, device=input_ids.device)
 
 
+DECODING_EXTRAS = {"repetition_penalty": 1.0, "no_repeat_ngram_size": 0, "encoder_no_repeat_ngram_size": 0,
+                   "min_new_tokens": None, "bad_words_ids": None, "suppress_tokens": None,
+                   "begin_suppress_tokens": None, "sequence_bias": None, "forced_bos_token_id": None,
+                   "forced_eos_token_id": None, "stop_strings": None}
+"""Generation-config fields that change greedy `generate`, with their neutral values."""
+
+
+def _decoding_extras(config) -> list[str]:
+    """The fields of a generation config that make `generate` more than plain greedy decoding."""
+    found = [name for name, neutral in DECODING_EXTRAS.items() if getattr(config, name, neutral) not in (neutral, None, 0)]
+    if (getattr(config, "min_length", 0) or 0) > 0:
+        found.append("min_length")
+    return found
+
+
 def _call(inputs: dict, settings: GenerationSettings, adapters, function, **kwargs):
     return function(inputs, settings, adapters, **kwargs)
 
@@ -71,6 +86,12 @@ class Generator:
         if fast_decode:
             from bot.fastdecode import FastDecoder
 
+            if loaded.device != "cpu":
+                raise ValueError(f"fast decoding is for models on the CPU; this one is on {loaded.device}")
+            extra = _decoding_extras(loaded.model.generation_config)
+            if extra:
+                raise ValueError(f"fast decoding is plain greedy decoding, but the model's generation config "
+                                 f"sets {', '.join(extra)}")
             self.fast = FastDecoder(loaded.model, max_len=loaded.context_window, compile=compile_decode)
         self._generate = on_gpu(self._generate)
         self.leased = on_gpu(_call)
@@ -238,23 +259,22 @@ class Generator:
 
     def _decodes_fast(self, settings: GenerationSettings, adapter: str) -> bool:
         """The fast decoder serves greedy requests for the plain base model (no adapters loaded on it)."""
-        return self.fast is not None and settings.greedy and adapter == BASE and not self.resident_adapters()
+        return (self.fast is not None and settings.greedy and adapter == BASE and not self.resident_adapters()
+                and self.fast.model is self.loaded.model)
 
     def _decode_fast(self, input_ids, settings: GenerationSettings, streamer, cancel: threading.Event):
         """Greedy decoding with `bot.fastdecode`, streamed like `generate`; call with the lock held."""
         import torch
 
         produced: list[int] = []
-        streamer.put(input_ids[0].cpu())  # the prompt: the streamer skips it, as with generate
-        try:
-            for token in self.fast.tokens(input_ids.cpu(), settings.max_new_tokens, self._eos_ids()):
-                produced.append(token)
-                streamer.put(torch.tensor([token]))
-                if cancel.is_set():
-                    break
-        finally:
-            streamer.end()
-        return torch.cat([input_ids.cpu(), torch.tensor([produced], dtype=input_ids.dtype)], dim=1)
+        streamer.put(input_ids[0])  # the prompt: the streamer skips it, as with generate
+        for token in self.fast.tokens(input_ids, settings.max_new_tokens, self._eos_ids()):
+            produced.append(token)
+            streamer.put(torch.tensor([token]))
+            if cancel.is_set():
+                break
+        streamer.end()  # on an error, the caller's worker ends the stream
+        return torch.cat([input_ids, torch.tensor([produced], dtype=input_ids.dtype)], dim=1)
 
     def _eos_ids(self) -> set[int]:
         eos = self.loaded.model.generation_config.eos_token_id

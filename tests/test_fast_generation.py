@@ -52,8 +52,9 @@ def test_fast_answers_stop_at_the_end_of_turn_like_generate(monkeypatch):
     assert answers(fast) == expected and len(calls) == len(QUESTIONS)
 
 
-def test_fast_stream_yields_pieces_and_stops_when_closed():
+def test_fast_stream_yields_pieces_and_stops_when_cancelled():
     generator = Generator(tiny_loaded(), fast_decode=True, compile_decode=False)
+    calls = counting(generator)
     state = StreamState()
     pieces = list(generator.stream(build_messages("hello"), GREEDY, state=state))
     assert len(pieces) > 1 and "".join(pieces) == state.completion.text
@@ -61,10 +62,26 @@ def test_fast_stream_yields_pieces_and_stops_when_closed():
     state = StreamState()
     stream = generator.stream(build_messages("hello"), GenerationSettings(max_new_tokens=500), state=state)
     next(stream)
-    stream.close()
-    assert state.cancel.is_set()
+    state.cancel.set()
+    list(stream)
+    assert state.completion.finish_reason == "cancelled" and state.completion.completion_tokens < 100
+    assert calls == [24, 500], "both requests went through the fast decoder"
+
+    stream = generator.stream(build_messages("hello"), GenerationSettings(max_new_tokens=500), state=StreamState())
+    next(stream)
+    stream.close()  # what Gradio does when the user presses stop
     assert generator.lock.acquire(timeout=5), "the decode thread still holds the model"
     generator.lock.release()
+
+
+def test_fast_decoding_is_refused_where_it_would_answer_differently(monkeypatch):
+    loaded = tiny_loaded()
+    monkeypatch.setattr(loaded.model.generation_config, "repetition_penalty", 1.1)
+    with pytest.raises(ValueError, match="generation config sets repetition_penalty"):
+        Generator(loaded, fast_decode=True)
+    monkeypatch.setattr(loaded, "device", "cuda")
+    with pytest.raises(ValueError, match="fast decoding is for models on the CPU; this one is on cuda"):
+        Generator(loaded, fast_decode=True)
 
 
 def test_sampled_and_adapter_requests_take_the_generate_path(monkeypatch):
