@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 
 import gradio as gr
 
@@ -63,8 +64,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--fast-decode", action="store_true", default=os.environ.get("ICL_BOT_FAST_DECODE") == "1",
                         help="greedy base-model answers through a compiled decode loop (CPU; each cache size "
                              "compiles on first use; the same tokens as generate in fp32)")
+    parser.add_argument("--hub-adapter", action="append", metavar="ID", help="attach this hub adapter at start "
+                        "(repeatable; default: the comma-separated ids in ICL_BOT_HUB_ADAPTERS)")
     add_backend_flags(parser)
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.hub_adapter is None:
+        args.hub_adapter = [i.strip() for i in os.environ.get("ICL_BOT_HUB_ADAPTERS", "").split(",") if i.strip()]
+    return args
 
 
 def create_service(args: argparse.Namespace):
@@ -75,7 +81,13 @@ def create_service(args: argparse.Namespace):
 
     generator = open_generator(args)
     adapters = AdapterHost(generator.loaded, generator.lock) if args.backend == "local" else None
-    return ChatService(generator, PoolLibrary(), adapters)
+    service = ChatService(generator, PoolLibrary(), adapters)
+    for hub_id in getattr(args, "hub_adapter", None) or []:
+        try:  # a hub adapter that cannot load must not keep the app from serving the rest
+            print(f"hub adapter {hub_id} attached as '{service.use_adapter(hub_id)}'", flush=True)
+        except ValueError as error:
+            print(f"warning: hub adapter {hub_id} not attached: {error}", file=sys.stderr, flush=True)
+    return service
 
 
 def create_server(service, api_key: str | None = None, users: list[tuple[str, str]] | None = None,

@@ -6,7 +6,8 @@ Every request is recorded, so a test can tell a download from a cache hit. Tests
 
     hub = FakeHub({"someone/zebra-lora": adapter_folder})
     with serving(hub.app()) as url:
-        ...   # point HF_ENDPOINT (and huggingface_hub.constants.ENDPOINT) at url
+        use_hub(monkeypatch, url, cache_folder)   # huggingface_hub and bot.models now talk to it
+        ...
 """
 
 from __future__ import annotations
@@ -73,3 +74,17 @@ class FakeHub:
 
 def _sha1(path: Path) -> str:
     return hashlib.sha1(path.read_bytes()).hexdigest()
+
+
+def use_hub(monkeypatch, url: str | None, cache: Path) -> None:
+    """Point huggingface_hub (and `bot.models.hub_reachable`) at `url` with `cache` as the hub cache;
+    `url=None` is offline. huggingface_hub reads these settings once, at import, hence the patches."""
+    import huggingface_hub.constants as hub
+
+    monkeypatch.setattr(hub, "HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr(hub, "HF_HUB_OFFLINE", url is None)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1" if url is None else "0")
+    if url is not None:
+        monkeypatch.setenv("HF_ENDPOINT", url)
+        monkeypatch.setattr(hub, "ENDPOINT", url)
+        monkeypatch.setattr(hub, "HUGGINGFACE_CO_URL_TEMPLATE", url + "/{repo_id}/resolve/{revision}/{filename}")

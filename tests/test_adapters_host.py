@@ -198,20 +198,13 @@ def test_hub_id_loads_from_the_hub_cache_offline(lab, served, tmp_path, monkeypa
 def test_hub_id_downloads_from_the_hub_then_works_offline(lab, served, tmp_path, monkeypatch):
     """An adapter pushed to the hub loads by its id: downloaded once (from a stand-in hub on loopback,
     through huggingface_hub's own download code), then answered from the cache with the hub gone."""
-    import huggingface_hub.constants as hub
-
-    from fakehub import FakeHub
+    from fakehub import FakeHub, use_hub
     from servers import serving
 
     generator, host = served
     fake = FakeHub({"someone/zebra-lora": lab[1] / "zebra"})
-    monkeypatch.setattr(hub, "HF_HUB_CACHE", str(tmp_path / "hub"))
-    monkeypatch.setattr(hub, "HF_HUB_OFFLINE", False)
-    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
     with serving(fake.app()) as url:
-        monkeypatch.setenv("HF_ENDPOINT", url)
-        monkeypatch.setattr(hub, "ENDPOINT", url)
-        monkeypatch.setattr(hub, "HUGGINGFACE_CO_URL_TEMPLATE", url + "/{repo_id}/resolve/{revision}/{filename}")
+        use_hub(monkeypatch, url, tmp_path / "hub")
         by_id = host.attach("someone/zebra-lora")
     assert any(r.startswith("GET /someone/zebra-lora/resolve/") and r.endswith("adapter_model.safetensors")
                for r in fake.requests)
@@ -225,8 +218,26 @@ def test_hub_id_downloads_from_the_hub_then_works_offline(lab, served, tmp_path,
     from adapters.registry import AdapterRegistry
     from bot.generation import Generator
 
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setattr(hub, "HF_HUB_OFFLINE", True)
+    use_hub(monkeypatch, None, tmp_path / "hub")
     again = Generator(load_tiny(lab[0]))
     name = AdapterHost(again.loaded, again.lock, AdapterRegistry(lab[1])).attach("someone/zebra-lora")
     assert again.complete(messages, greedy(), adapter=name).text == answer
+
+
+def test_the_app_attaches_hub_adapters_named_at_start(lab, tmp_path, monkeypatch, capsys):
+    """ICL_BOT_HUB_ADAPTERS (or --hub-adapter) makes a Space serve adapters from the hub; one that
+    cannot load is reported and the app serves the rest."""
+    import app
+    from fakehub import FakeHub, use_hub
+    from servers import serving
+
+    fake = FakeHub({"someone/zebra-lora": lab[1] / "zebra"})
+    with serving(fake.app()) as url:
+        use_hub(monkeypatch, url, tmp_path / "hub")
+        monkeypatch.setenv("ICL_BOT_HUB_ADAPTERS", "someone/zebra-lora, someone/missing")
+        service = app.create_service(app.parse_args(["--model", lab[0], "--dtype", "float32", "--device", "cpu"]))
+    assert "someone--zebra-lora" in service.adapter_choices()
+    assert "warning: hub adapter someone/missing not attached" in capsys.readouterr().err
+    messages = [{"role": "user", "content": "question 1"}]
+    base = service.generator.complete(messages, greedy()).text
+    assert service.generator.complete(messages, greedy(), adapter="someone--zebra-lora").text != base
