@@ -105,7 +105,13 @@ class AdapterRegistry:
     def _from_hub(self, hub_id: str) -> AdapterInfo:
         """Download a hub adapter's files, or, offline, use the copy in the local hub cache."""
         from huggingface_hub import snapshot_download
-        from huggingface_hub.errors import IncompleteSnapshotError, LocalEntryNotFoundError
+        from huggingface_hub.errors import (
+            HfHubHTTPError,
+            IncompleteSnapshotError,
+            LocalEntryNotFoundError,
+            RepositoryNotFoundError,
+            RevisionNotFoundError,
+        )
 
         from bot.models import hub_reachable
 
@@ -116,6 +122,10 @@ class AdapterRegistry:
         except IncompleteSnapshotError:
             raise AdapterError(f"adapter '{hub_id}': the local hub cache holds an incomplete copy of it "
                                "and the hub cannot be reached to complete it") from None
+        except (RepositoryNotFoundError, RevisionNotFoundError):
+            raise AdapterError(f"adapter '{hub_id}': no such repository on the hub (or it is private)") from None
+        except HfHubHTTPError as error:
+            raise AdapterError(f"adapter '{hub_id}': the hub answered {error}") from None
         except LocalEntryNotFoundError:
             raise AdapterError(
                 f"adapter '{hub_id}' is a hub id, but the Hugging Face hub cannot be reached (offline?) "

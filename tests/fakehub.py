@@ -18,6 +18,8 @@ from pathlib import Path
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import Response
 
+from bot.models import DEFAULT_HUB_ID
+
 COMMIT = "fedcba9876543210fedcba9876543210fedcba98"
 
 
@@ -47,9 +49,9 @@ class FakeHub:
         @app.get("/api/models/{owner}/{name}")
         @app.get("/api/models/{owner}/{name}/revision/{revision}")
         def info(owner: str, name: str, revision: str = "main"):
-            repo = f"{owner}/{name}"
-            if repo not in self.repos:  # any other id answers as an empty repo (the reachability probe)
-                return {"id": repo, "sha": COMMIT, "siblings": []}
+            if f"{owner}/{name}" == DEFAULT_HUB_ID:  # what bot.models.hub_reachable asks for
+                return {"id": DEFAULT_HUB_ID, "sha": COMMIT, "siblings": []}
+            repo = repo_of(owner, name)
             return {"id": repo, "sha": COMMIT, "siblings": [{"rfilename": f} for f in self.files(repo)]}
 
         @app.get("/api/models/{owner}/{name}/tree/{revision}")

@@ -237,7 +237,8 @@ def test_the_app_attaches_hub_adapters_named_at_start(lab, tmp_path, monkeypatch
         monkeypatch.setenv("ICL_BOT_HUB_ADAPTERS", "someone/zebra-lora, someone/missing")
         service = app.create_service(app.parse_args(["--model", lab[0], "--dtype", "float32", "--device", "cpu"]))
     assert "someone--zebra-lora" in service.adapter_choices()
-    assert "warning: hub adapter someone/missing not attached" in capsys.readouterr().err
+    assert "warning: hub adapter someone/missing not attached: adapter 'someone/missing': no such repository" \
+        in capsys.readouterr().err
     messages = [{"role": "user", "content": "question 1"}]
     base = service.generator.complete(messages, greedy()).text
     assert service.generator.complete(messages, greedy(), adapter="someone--zebra-lora").text != base
