@@ -60,10 +60,10 @@ def complete_tokens(generator, rows: list[list[int]], max_tokens: int, settings:
         raise ValueError("every prompt needs at least one token")
     if logprobs is not None and not 0 <= logprobs <= MAX_TOP_LOGPROBS:
         raise ValueError(f"logprobs must be between 0 and {MAX_TOP_LOGPROBS}, got {logprobs}")
-    window = generator.context_window
-    longest = max(len(row) for row in rows)
     if max_tokens < 0:
         raise ValueError(f"max_tokens must be at least 0, got {max_tokens}")
+    window = generator.context_window
+    longest = max(len(row) for row in rows)
     if longest + max_tokens > window:
         raise ValueError(
             f"prompt of {longest} tokens plus max_tokens {max_tokens} exceeds the model's "
@@ -96,8 +96,7 @@ def _generate(generator, rows: list[list[int]], settings: GenerationSettings, ad
 
 def _cut_at_eos(generator, ids: list[int], max_new_tokens: int) -> tuple[list[int], str]:
     """A row's new tokens through its first end-of-sequence token (later ones are batch padding)."""
-    eos = generator.loaded.model.generation_config.eos_token_id
-    eos_ids = set(eos if isinstance(eos, list) else [eos])
+    eos_ids = generator._eos_ids()
     for position, token in enumerate(ids):
         if token in eos_ids:
             return ids[: position + 1], "stop"
