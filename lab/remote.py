@@ -72,11 +72,15 @@ class RemoteModel:
         return scores
 
     def generate(self, texts: Sequence[str], max_new_tokens: int, temperature: float = 0.0, seed: int = 0) -> list[str]:
-        """The first line the model writes after each text (raw text, no chat template)."""
+        """The first line the model writes after each text (raw text, no chat template).
+
+        Each batch is one request with its own seed (`seed` plus its offset), so sampled batches do
+        not repeat each other; one batch samples what the local generator samples for it.
+        """
         answers = []
         for start in range(0, len(texts), self.batch_size):
             body = {"model": self.name, "prompt": list(texts[start : start + self.batch_size]),
-                    "max_tokens": max_new_tokens, "temperature": temperature, "seed": seed}
+                    "max_tokens": max_new_tokens, "temperature": temperature, "seed": seed + start}
             choices = sorted(self._post("/completions", body)["choices"], key=lambda c: c["index"])
             if len(choices) != len(body["prompt"]):
                 raise LabError(f"the server answered {len(choices)} choices for {len(body['prompt'])} prompts")
