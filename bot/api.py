@@ -15,18 +15,21 @@ Set `ICL_BOT_API_KEY` to require `Authorization: Bearer <key>`.
 
 from __future__ import annotations
 
+import dataclasses
 import hmac
 import json
 import time
+import typing
 import uuid
 from typing import Any, Literal
 
 from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, create_model
 
 from bot.generation import BASE
+from bot.service import FewShot
 
 
 class APIError(Exception):
@@ -49,16 +52,24 @@ class Message(BaseModel):
         return "".join(part.get("text", "") for part in self.content if part.get("type") == "text")
 
 
-class FewShotFields(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    pool: str
-    mode: str = "few"
-    k: int = 4
-    select: str = "knn"
-    order: str = "nearest-last"
-    seed: int = 0
-    diversity: float = 0.5
-    style: str = "chat"
+API_FEWSHOT_EXCLUDED = ("fixed_ids", "permutation")
+"""FewShot fields the API does not take (pool row ids and explicit orders are CLI/UI matters)."""
+
+
+def _fewshot_fields() -> type[BaseModel]:
+    """The `icl` body field: FewShot's fields, types and defaults, with unknown keys refused (422).
+
+    Its values are checked by FewShot itself (400), so the rules live in one place.
+    """
+    hints = typing.get_type_hints(FewShot)
+    fields = {
+        f.name: (hints[f.name], ... if f.default is dataclasses.MISSING else f.default)
+        for f in dataclasses.fields(FewShot) if f.name not in API_FEWSHOT_EXCLUDED
+    }
+    return create_model("FewShotFields", __config__=ConfigDict(extra="forbid"), **fields)
+
+
+FewShotFields = _fewshot_fields()
 
 
 class ChatRequest(BaseModel):
@@ -253,7 +264,6 @@ def _top_by_text(tokenizer, top: dict[int, float]) -> dict[str, float]:
 
 def _plan(service, body: ChatRequest):
     """Check the request and start the turn; errors surface here, before any byte is sent."""
-    from bot.service import FewShot
     from bot.settings import GenerationSettings
 
     if body.n != 1:
