@@ -1,0 +1,127 @@
+"""The native decoder against references: greedy `model.generate` and the model's own logits."""
+
+import pytest
+import torch
+
+import bot.native as native
+from bot.native import KIND_F32, KIND_Q4, KIND_Q8, NativeDecoder, NativeUnavailable
+from test_fastdecode import PROMPTS, fresh_tiny, make_q4_1, plain, prompt_ids
+
+
+def make_q8_0_embedding(model) -> None:
+    """Give the (tied) embedding Q8_0-shaped rows: per 32 inputs, an fp16 d times q in -127..127."""
+    generator = torch.Generator().manual_seed(1)
+    weight = model.get_input_embeddings().weight
+    rows, cols = weight.shape
+    q = torch.randint(-127, 128, (rows, cols // 32, 32), generator=generator).float()
+    q[..., 0] = 127  # Q8_0 scales each block so that its largest magnitude is 127
+    d = (torch.rand(rows, cols // 32, 1, generator=generator) * 0.02 + 0.001).half().float()
+    with torch.no_grad():
+        weight.copy_((d * q).reshape(rows, cols))
+
+
+def quantized_tiny():
+    tiny = fresh_tiny()
+    make_q4_1(tiny.model)
+    make_q8_0_embedding(tiny.model)
+    return tiny
+
+
+def step_logits(model, ids, tokens: int) -> list[torch.Tensor]:
+    """The model's own last-position logits after the prompt and after each greedy token."""
+    out = []
+    with torch.inference_mode():
+        for _ in range(tokens):
+            logits = model(input_ids=ids).logits[0, -1]
+            out.append(logits)
+            ids = torch.cat([ids, logits.argmax().view(1, 1)], dim=1)
+    return out
+
+
+@pytest.mark.parametrize("text", PROMPTS)
+def test_dense_weights_give_generate_tokens(text):
+    tiny = fresh_tiny()
+    decoder = NativeDecoder(tiny.model, max_len=128)
+    assert {p.kind for p in decoder.packed} == {KIND_F32} and decoder.head.kind == KIND_F32
+    ids = prompt_ids(tiny.tokenizer, text)
+    assert torch.equal(decoder.generate(ids, 24, set()), plain(tiny.model, ids, 24))
+
+
+def test_q4_1_and_q8_0_weights_are_packed_without_loss():
+    tiny = quantized_tiny()
+    decoder = NativeDecoder(tiny.model, max_len=128)
+    assert {p.kind for p in decoder.packed} == {KIND_Q4} and decoder.head.kind == KIND_Q8
+    dense = sum(p.rows * p.cols * 4 for p in decoder.packed)
+    assert sum(p.nbytes for p in decoder.packed) < dense / 4, "4 bits plus two scales per 32 weights"
+
+    ids = prompt_ids(tiny.tokenizer, PROMPTS[1])
+    assert torch.equal(decoder.generate(ids, 24, set()), plain(tiny.model, ids, 24))
+    expected = step_logits(tiny.model, ids, 6)
+    token = decoder.start(ids, max_new_tokens=8)
+    for produced, logits in enumerate(expected[1:], start=1):
+        assert token == int(expected[produced - 1].argmax())
+        token = decoder.step(token, ids.shape[1] + produced - 1)
+        torch.testing.assert_close(decoder.logits, logits, rtol=1e-4, atol=1e-4)
+
+
+def test_portable_build_equals_the_vector_build(monkeypatch, tmp_path):
+    tiny = quantized_tiny()
+    ids = prompt_ids(tiny.tokenizer, PROMPTS[0])
+    vector = NativeDecoder(tiny.model, max_len=64).generate(ids, 16, set())
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    monkeypatch.setattr(native, "_library", None)
+    monkeypatch.setattr(native, "compile_flags", lambda: ["-O2", "-fPIC", "-shared", "-fopenmp"])
+    portable = NativeDecoder(tiny.model, max_len=64)
+    assert list(tmp_path.glob("icl-bot/native/decode-*.so")), "a fresh library was built"
+    assert torch.equal(portable.generate(ids, 16, set()), vector)
+
+
+def test_one_thread_equals_two():
+    tiny = quantized_tiny()
+    ids = prompt_ids(tiny.tokenizer, PROMPTS[2])
+    assert torch.equal(NativeDecoder(tiny.model, max_len=64, threads=1).generate(ids, 16, set()),
+                       NativeDecoder(tiny.model, max_len=64, threads=2).generate(ids, 16, set()))
+
+
+def test_stops_after_the_end_of_turn_token_and_reuses_buffers():
+    tiny = fresh_tiny()
+    decoder = NativeDecoder(tiny.model, max_len=1024)
+    ids = prompt_ids(tiny.tokenizer, PROMPTS[0])
+    first, second = list(decoder.tokens(ids, 2, set()))
+    assert list(decoder.tokens(ids, 10, {second})) == [first, second]
+    long = torch.cat([ids] * 20, dim=1)  # past the smallest buffer: a larger one is made
+    assert long.shape[1] > native.MIN_CACHE
+    assert torch.equal(decoder.generate(long, 8, set()), plain(tiny.model, long, 8))
+    assert decoder.cache_len == 2 * native.MIN_CACHE
+
+
+def test_refuses_requests_and_models_it_cannot_decode(monkeypatch, tmp_path):
+    tiny = fresh_tiny()
+    ids = prompt_ids(tiny.tokenizer, PROMPTS[0])
+    with pytest.raises(ValueError, match="exceeds max_len 16"):
+        list(NativeDecoder(tiny.model, max_len=16).tokens(ids, 32, set()))
+    with pytest.raises(ValueError, match="one sequence at a time"):
+        list(NativeDecoder(tiny.model, max_len=64).tokens(ids.repeat(2, 1), 4, set()))
+    with pytest.raises(NativeUnavailable, match="fp32 model on the CPU, not torch.bfloat16"):
+        NativeDecoder(fresh_tiny().model.to(torch.bfloat16))
+
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    qwen = Qwen2ForCausalLM(Qwen2Config(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                        num_attention_heads=4, num_key_value_heads=2))
+    with pytest.raises(NativeUnavailable, match="not 'qwen2'"):
+        NativeDecoder(qwen.eval())
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    monkeypatch.setattr(native, "_library", None)
+    monkeypatch.setenv("CC", str(tmp_path / "no-such-compiler"))
+    with pytest.raises(NativeUnavailable, match="cannot run the C compiler"):
+        NativeDecoder(tiny.model)
+
+
+@pytest.mark.integration
+def test_default_model_gives_generate_tokens(default_model):
+    decoder = NativeDecoder(default_model.model, max_len=256)
+    assert {p.kind for p in decoder.packed} == {KIND_Q4} and decoder.head.kind == KIND_Q8, "a Q4_1 GGUF"
+    ids = prompt_ids(default_model.tokenizer, "Explain in-context learning in two sentences.")
+    assert torch.equal(decoder.generate(ids, 48, set()), plain(default_model.model, ids, 48))
