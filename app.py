@@ -62,8 +62,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--trust-remote-code", action="store_true")
     parser.add_argument("--fast-decode", action="store_true", default=os.environ.get("ICL_BOT_FAST_DECODE") == "1",
-                        help="greedy base-model answers through a compiled decode loop (CPU; each cache size "
-                             "compiles on first use; the same tokens as generate in fp32)")
+                        help="greedy base-model answers through the native C decoder, or a compiled loop where it "
+                             "cannot run the model (CPU; the same tokens as generate in fp32, which "
+                             "--dtype auto then picks)")
     parser.add_argument("--hub-adapter", action="append", metavar="ID", help="attach this hub adapter at start "
                         "(repeatable; default: the comma-separated ids in ICL_BOT_HUB_ADAPTERS)")
     add_backend_flags(parser)
@@ -80,6 +81,8 @@ def create_service(args: argparse.Namespace):
     from retrieval.library import PoolLibrary
 
     generator = open_generator(args)
+    if getattr(generator, "fast_note", ""):
+        print(generator.fast_note, flush=True)
     adapters = AdapterHost(generator.loaded, generator.lock) if args.backend == "local" else None
     service = ChatService(generator, PoolLibrary(), adapters)
     for hub_id in getattr(args, "hub_adapter", None) or []:

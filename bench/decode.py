@@ -48,7 +48,8 @@ class Step:
     name: str
     dtype: str
     runner: str
-    """`generate`, `generate-static` (generate with a static cache) or `loop` (bot.fastdecode)."""
+    """`generate`, `generate-static` (generate with a static cache), `loop` (bot.fastdecode) or
+    `native` (bot.native: one C call per token, weights kept as the GGUF's Q4_1 and Q8_0 values)."""
     compile: bool = False
     quantization: str = "none"
 
@@ -64,9 +65,10 @@ STEPS = [
     Step("own loop fp32", "float32", "loop"),
     Step("loop+compile fp32", "float32", "loop", compile=True),
     Step("loop+compile int8 fp32", "float32", "loop", compile=True, quantization="int8"),
+    Step("native C step fp32", "float32", "native"),
 ]
 STEP_KEYS = {"generate": 0, "static": 1, "loop": 2, "compile": 3, "int8": 4, "fp32": 5, "int4": 6, "fp32-loop": 7,
-             "fp32-compile": 8, "fp32-int8": 9}
+             "fp32-compile": 8, "fp32-int8": 9, "native": 10}
 
 
 @dataclass
@@ -119,12 +121,10 @@ class GenerateEngine:
 
 
 class LoopEngine:
-    """`bot.fastdecode.FastDecoder`: first token timed apart from the rest."""
+    """A decoder with `tokens()` (`FastDecoder`, `NativeDecoder`): first token timed apart from the rest."""
 
-    def __init__(self, model, compile: bool, max_len: int):
-        from bot.fastdecode import FastDecoder
-
-        self.decoder = FastDecoder(model, max_len=max_len, compile=compile)
+    def __init__(self, decoder):
+        self.decoder = decoder
 
     def run(self, ids, tokens: int):
         start = time.perf_counter()
@@ -182,8 +182,9 @@ def weight_bytes(model) -> int:
 
 def build_engines(steps: list[Step], max_len: int) -> tuple[dict, dict]:
     """Timed engines (name -> (engine, weight bytes)) and, per step, the plain `generate` on its weights."""
-    from bot.fastdecode import quantize, round_to_int8
+    from bot.fastdecode import FastDecoder, quantize, round_to_int8
     from bot.models import load_model
+    from bot.native import NativeDecoder
 
     loaded = {dtype: load_model("default", dtype=dtype).model for dtype in sorted({s.dtype for s in steps})}
     plain = {dtype: GenerateEngine(model, static=False) for dtype, model in loaded.items()}
@@ -195,8 +196,12 @@ def build_engines(steps: list[Step], max_len: int) -> tuple[dict, dict]:
             round_to_int8(model)
             references[step.name] = GenerateEngine(model, static=False)
         model = quantize(model, step.quantization)
+        if step.runner == "native":
+            decoder = NativeDecoder(model, max_len=max_len)
+            engines[step.name] = (LoopEngine(decoder), decoder.weight_bytes)
+            continue
         if step.runner == "loop":
-            engine = LoopEngine(model, step.compile, max_len)
+            engine = LoopEngine(FastDecoder(model, max_len=max_len, compile=step.compile))
         else:
             engine = GenerateEngine(model, static=step.runner == "generate-static")
         engines[step.name] = (engine, weight_bytes(model))

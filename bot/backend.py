@@ -23,11 +23,15 @@ def open_generator(args: argparse.Namespace):
     import os
 
     from bot.generation import Generator
-    from bot.models import ModelError, load_model, load_tokenizer
+    from bot.models import ModelError, load_model, load_tokenizer, pick_device
 
     if args.backend == "local":
-        loaded = load_model(args.model, dtype=args.dtype, device=args.device, trust_remote_code=args.trust_remote_code)
-        return Generator(loaded, fast_decode=getattr(args, "fast_decode", False))
+        fast = getattr(args, "fast_decode", False)
+        dtype = args.dtype
+        if fast and dtype == "auto" and pick_device(args.device) == "cpu":
+            dtype = "float32"  # fast decoding gives generate's tokens in fp32; the native decoder needs it
+        loaded = load_model(args.model, dtype=dtype, device=args.device, trust_remote_code=args.trust_remote_code)
+        return Generator(loaded, fast_decode=fast)
     if not args.base_url:
         raise ValueError("--backend openai needs --base-url")
     from bot.remote import RemoteGenerator

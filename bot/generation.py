@@ -73,26 +73,53 @@ def _call(inputs: dict, settings: GenerationSettings, adapters, function, **kwar
     return function(inputs, settings, adapters, **kwargs)
 
 
+DECODERS = ("auto", "native", "compiled", "eager")
+
+
+def _fast_decoder(loaded: LoadedModel, decoder: str):
+    """(decoder object, a line saying which one serves and why)."""
+    from bot.fastdecode import FastDecoder
+    from bot.native import NativeDecoder, NativeUnavailable
+
+    if decoder in ("auto", "native"):
+        try:
+            return NativeDecoder(loaded.model, max_len=loaded.context_window), "fast decoding: native (bot.native)"
+        except NativeUnavailable as error:
+            if decoder == "native":
+                raise ValueError(str(error)) from error
+            reason = str(error)
+        return (FastDecoder(loaded.model, max_len=loaded.context_window),
+                f"fast decoding: compiled loop (bot.fastdecode), since {reason}")
+    return (FastDecoder(loaded.model, max_len=loaded.context_window, compile=decoder == "compiled"),
+            f"fast decoding: {decoder} loop (bot.fastdecode)")
+
+
 class Generator:
-    def __init__(self, loaded: LoadedModel, fast_decode: bool = False, compile_decode: bool = True):
-        """`fast_decode`: answer greedy base-model requests with `bot.fastdecode` (CPU, batch 1: a static
-        cache and a compiled step; the same tokens as `generate` in fp32, 1.28x faster in BENCHMARKS.md).
-        Each cache size compiles on first use; `compile_decode=False` skips compiling (tests)."""
+    def __init__(self, loaded: LoadedModel, fast_decode: bool = False, decoder: str = "auto"):
+        """`fast_decode`: answer greedy base-model requests on the CPU, batch 1, with the same tokens as
+        `generate` in fp32 but without its per-token overhead. `decoder` picks how:
+        - `native`: `bot.native`, one C call per token (fp32 Llama-style models; 5x `generate` on the
+          default model in BENCHMARKS.md);
+        - `compiled`: `bot.fastdecode`, a static cache and a compiled step (any model; each cache size
+          compiles on first use; 1.2x);
+        - `eager`: the same loop uncompiled (tests);
+        - `auto`: native where it can run this model, compiled otherwise (`fast_note` says why)."""
         from bot.zerogpu import on_gpu
 
         self.loaded = loaded
         self.lock = threading.Lock()
         self.fast = None
+        self.fast_note = ""
         if fast_decode:
-            from bot.fastdecode import FastDecoder
-
+            if decoder not in DECODERS:
+                raise ValueError(f"unknown decoder '{decoder}'; choose one of: {', '.join(DECODERS)}")
             if loaded.device != "cpu":
                 raise ValueError(f"fast decoding is for models on the CPU; this one is on {loaded.device}")
             extra = _decoding_extras(loaded.model.generation_config)
             if extra:
                 raise ValueError(f"fast decoding is plain greedy decoding, but the model's generation config "
                                  f"sets {', '.join(extra)}")
-            self.fast = FastDecoder(loaded.model, max_len=loaded.context_window, compile=compile_decode)
+            self.fast, self.fast_note = _fast_decoder(loaded, decoder)
         self._generate = on_gpu(self._generate)
         self.leased = on_gpu(_call)
         """`leased(inputs, settings, adapters, function=f, ...)` runs f(inputs, settings, adapters, ...) under
@@ -263,7 +290,7 @@ class Generator:
                 and self.fast.model is self.loaded.model)
 
     def _decode_fast(self, input_ids, settings: GenerationSettings, streamer, cancel: threading.Event):
-        """Greedy decoding with `bot.fastdecode`, streamed like `generate`; call with the lock held."""
+        """Greedy decoding with the fast decoder, streamed like `generate`; call with the lock held."""
         import torch
 
         produced: list[int] = []

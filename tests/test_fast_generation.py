@@ -1,4 +1,4 @@
-"""`Generator(fast_decode=True)`: the compiled decode loop behind the chat gives `generate`'s answers."""
+"""`Generator(fast_decode=True)`: each fast decoder behind the chat gives `generate`'s answers."""
 
 import pytest
 
@@ -28,22 +28,24 @@ def counting(generator) -> list:
     return calls
 
 
-@pytest.mark.parametrize("compiled", [False, True])
-def test_fast_answers_equal_generate(compiled):
+@pytest.mark.parametrize("decoder", ["native", "compiled", "eager"])
+def test_fast_answers_equal_generate(decoder):
     loaded = tiny_loaded()
-    fast = Generator(loaded, fast_decode=True, compile_decode=compiled)
+    fast = Generator(loaded, fast_decode=True, decoder=decoder)
+    assert decoder in fast.fast_note
     calls = counting(fast)
     assert answers(fast) == answers(Generator(loaded))
     assert calls == [GREEDY.max_new_tokens] * len(QUESTIONS)
 
 
-def test_fast_answers_stop_at_the_end_of_turn_like_generate(monkeypatch):
+@pytest.mark.parametrize("decoder", ["native", "eager"])
+def test_fast_answers_stop_at_the_end_of_turn_like_generate(monkeypatch, decoder):
     """Make a token the model writes early its end-of-turn token: both paths must stop there."""
     loaded = tiny_loaded()
     plain = Generator(loaded)
     ids = loaded.tokenizer.apply_chat_template(build_messages(QUESTIONS[0]), add_generation_prompt=True,
                                                return_tensors="pt", return_dict=True)["input_ids"]
-    fast = Generator(loaded, fast_decode=True, compile_decode=False)
+    fast = Generator(loaded, fast_decode=True, decoder=decoder)
     third = list(fast.fast.tokens(ids, 5, eos_ids=set()))[2]
     monkeypatch.setattr(loaded.model.generation_config, "eos_token_id", third)
     expected = answers(plain)
@@ -52,8 +54,9 @@ def test_fast_answers_stop_at_the_end_of_turn_like_generate(monkeypatch):
     assert answers(fast) == expected and len(calls) == len(QUESTIONS)
 
 
-def test_fast_stream_yields_pieces_and_stops_when_cancelled():
-    generator = Generator(tiny_loaded(), fast_decode=True, compile_decode=False)
+@pytest.mark.parametrize("decoder", ["native", "eager"])
+def test_fast_stream_yields_pieces_and_stops_when_cancelled(decoder):
+    generator = Generator(tiny_loaded(), fast_decode=True, decoder=decoder)
     calls = counting(generator)
     state = StreamState()
     pieces = list(generator.stream(build_messages("hello"), GREEDY, state=state))
@@ -86,7 +89,7 @@ def test_fast_decoding_is_refused_where_it_would_answer_differently(monkeypatch)
 
 def test_sampled_and_adapter_requests_take_the_generate_path(monkeypatch):
     loaded = with_lora_adapters(tiny_loaded(), ["pirate"])
-    generator = Generator(loaded, fast_decode=True, compile_decode=False)
+    generator = Generator(loaded, fast_decode=True, decoder="eager")
 
     def refuse(*args, **kwargs):
         raise AssertionError("the fast decoder must not serve this request")
@@ -96,3 +99,19 @@ def test_sampled_and_adapter_requests_take_the_generate_path(monkeypatch):
     assert generator.complete(build_messages("hi"), sampled).completion_tokens == 8
     assert generator.complete(build_messages("hi"), GREEDY, adapter="pirate").completion_tokens == 24
     assert generator.complete(build_messages("hi"), GREEDY).completion_tokens == 24  # adapters loaded: base too
+
+
+def test_auto_takes_the_native_decoder_where_it_can_and_says_why_not(monkeypatch):
+    from bot.fastdecode import FastDecoder
+    from bot.native import NativeDecoder
+
+    loaded = tiny_loaded()
+    assert isinstance(Generator(loaded, fast_decode=True).fast, NativeDecoder)
+    with pytest.raises(ValueError, match="unknown decoder 'turbo'"):
+        Generator(loaded, fast_decode=True, decoder="turbo")
+
+    loaded.model.config.hidden_act = "gelu"  # the C code computes silu only
+    generator = Generator(loaded, fast_decode=True)
+    assert isinstance(generator.fast, FastDecoder) and "activation 'gelu' is not silu" in generator.fast_note
+    with pytest.raises(ValueError, match="activation 'gelu' is not silu"):
+        Generator(loaded, fast_decode=True, decoder="native")
