@@ -17,6 +17,7 @@ import sys
 import gradio as gr
 
 from bot.backend import add_backend_flags
+from bot.generation import DECODERS
 from ui.chat import chat_tab
 from ui.compare import compare_tab
 from ui.lab import lab_tab
@@ -61,10 +62,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--dtype", default=os.environ.get("ICL_BOT_DTYPE", "auto"))
     parser.add_argument("--device", default="auto")
     parser.add_argument("--trust-remote-code", action="store_true")
-    parser.add_argument("--fast-decode", action="store_true", default=os.environ.get("ICL_BOT_FAST_DECODE") == "1",
-                        help="greedy base-model answers through the native C decoder, or a compiled loop where it "
-                             "cannot run the model (CPU; the same tokens as generate in fp32, which "
-                             "--dtype auto then picks)")
+    parser.add_argument("--fast-decode", action=argparse.BooleanOptionalAction,
+                        default=os.environ.get("ICL_BOT_FAST_DECODE", "1") != "0",
+                        help="on the CPU, answer greedy base-model requests with a fast decoder that gives generate's "
+                             "tokens (fp32, which --dtype auto then picks); default on, ICL_BOT_FAST_DECODE=0 turns it off")
+    parser.add_argument("--decoder", choices=DECODERS, default=os.environ.get("ICL_BOT_DECODER", "auto"),
+                        help="auto: the native C decoder where it can run the model, else plain generate; "
+                             "native or compiled: that one, or an error saying why not")
     parser.add_argument("--hub-adapter", action="append", metavar="ID", help="attach this hub adapter at start "
                         "(repeatable; default: the comma-separated ids in ICL_BOT_HUB_ADAPTERS)")
     add_backend_flags(parser)

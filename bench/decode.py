@@ -3,6 +3,7 @@
     python -m bench decode                       # 128 new tokens, 3 interleaved rounds (~5 min)
     python -m bench decode --tokens 32 --json    # JSON on stdout
     python -m bench decode --steps generate loop --tokens 4    # a quick subset
+    python -m bench decode --steps fp32 native                 # the app's fast path against generate
 
 Each step of the table adds one optimisation to the one before (see `STEPS`) and is checked
 against plain `generate` on the same weights: greedy tokens must be identical. Decode rate is

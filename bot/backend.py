@@ -31,7 +31,7 @@ def open_generator(args: argparse.Namespace):
         if fast and dtype == "auto" and pick_device(args.device) == "cpu":
             dtype = "float32"  # fast decoding gives generate's tokens in fp32; the native decoder needs it
         loaded = load_model(args.model, dtype=dtype, device=args.device, trust_remote_code=args.trust_remote_code)
-        return Generator(loaded, fast_decode=fast)
+        return Generator(loaded, fast_decode=fast, decoder=getattr(args, "decoder", "auto"))
     if not args.base_url:
         raise ValueError("--backend openai needs --base-url")
     from bot.remote import RemoteGenerator

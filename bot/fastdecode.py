@@ -10,6 +10,7 @@ Three things make it faster, each optional so the benchmark can measure what eac
 The reference for "same tokens" is `model.generate` on the same weights: `round_to_int8` writes
 the int8-rounded weights back into the model first, so generate and the int8 kernels agree on them.
 This module does not sample, batch, pad, or know about chat templates; `Generator` does.
+For Llama-style models `bot.native` is much faster (one C call per token); this loop serves any model.
 
     decoder = FastDecoder(model, max_len=1024)
     for token in decoder.tokens(input_ids, max_new_tokens=128, eos_ids={2}):

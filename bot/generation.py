@@ -77,19 +77,30 @@ DECODERS = ("auto", "native", "compiled", "eager")
 
 
 def _fast_decoder(loaded: LoadedModel, decoder: str):
-    """(decoder object, a line saying which one serves and why)."""
+    """(decoder or None, a line saying which one serves, or why none does)."""
     from bot.fastdecode import FastDecoder
     from bot.native import NativeDecoder, NativeUnavailable
 
-    if decoder in ("auto", "native"):
+    if decoder not in DECODERS:
+        raise ValueError(f"unknown decoder '{decoder}'; choose one of: {', '.join(DECODERS)}")
+    from bot import zerogpu
+
+    problem = ""
+    if zerogpu.active():
+        problem = "on ZeroGPU the model runs under GPU leases, which fast decoding would bypass"
+    elif loaded.device != "cpu":
+        problem = f"fast decoding is for models on the CPU; this one is on {loaded.device}"
+    elif extra := _decoding_extras(loaded.model.generation_config):
+        problem = f"fast decoding is plain greedy decoding, but the model's generation config sets {', '.join(extra)}"
+    elif decoder in ("auto", "native"):
         try:
             return NativeDecoder(loaded.model, max_len=loaded.context_window), "fast decoding: native (bot.native)"
         except NativeUnavailable as error:
-            if decoder == "native":
-                raise ValueError(str(error)) from error
-            reason = str(error)
-        return (FastDecoder(loaded.model, max_len=loaded.context_window),
-                f"fast decoding: compiled loop (bot.fastdecode), since {reason}")
+            problem = str(error)
+    if problem and decoder != "auto":
+        raise ValueError(problem)
+    if problem:
+        return None, f"fast decoding off: {problem}"
     return (FastDecoder(loaded.model, max_len=loaded.context_window, compile=decoder == "compiled"),
             f"fast decoding: {decoder} loop (bot.fastdecode)")
 
@@ -98,12 +109,13 @@ class Generator:
     def __init__(self, loaded: LoadedModel, fast_decode: bool = False, decoder: str = "auto"):
         """`fast_decode`: answer greedy base-model requests on the CPU, batch 1, with the same tokens as
         `generate` in fp32 but without its per-token overhead. `decoder` picks how:
-        - `native`: `bot.native`, one C call per token (fp32 Llama-style models; 5x `generate` on the
+        - `native`: `bot.native`, one C call per token (fp32 Llama-style models; 8x `generate` on the
           default model in BENCHMARKS.md);
         - `compiled`: `bot.fastdecode`, a static cache and a compiled step (any model; each cache size
           compiles on first use; 1.2x);
         - `eager`: the same loop uncompiled (tests);
-        - `auto`: native where it can run this model, compiled otherwise (`fast_note` says why)."""
+        - `auto`: native where it can run this model, else plain `generate`; `fast_note` says which.
+        An explicit decoder that cannot serve this model raises ValueError with the reason."""
         from bot.zerogpu import on_gpu
 
         self.loaded = loaded
@@ -111,14 +123,6 @@ class Generator:
         self.fast = None
         self.fast_note = ""
         if fast_decode:
-            if decoder not in DECODERS:
-                raise ValueError(f"unknown decoder '{decoder}'; choose one of: {', '.join(DECODERS)}")
-            if loaded.device != "cpu":
-                raise ValueError(f"fast decoding is for models on the CPU; this one is on {loaded.device}")
-            extra = _decoding_extras(loaded.model.generation_config)
-            if extra:
-                raise ValueError(f"fast decoding is plain greedy decoding, but the model's generation config "
-                                 f"sets {', '.join(extra)}")
             self.fast, self.fast_note = _fast_decoder(loaded, decoder)
         self._generate = on_gpu(self._generate)
         self.leased = on_gpu(_call)

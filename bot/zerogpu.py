@@ -14,6 +14,15 @@ def lease_seconds(batch_rows: int, max_new_tokens: int) -> int:
     return int(SECONDS_BASE + SECONDS_PER_TOKEN * batch_rows * max_new_tokens)
 
 
+def active() -> bool:
+    """Whether `spaces` is importable, so model calls run under GPU leases."""
+    try:
+        import spaces  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
 def on_gpu(generate):
     """`generate(inputs, settings, adapters, **kwargs)` wrapped with `spaces.GPU`, if available."""
     try:

@@ -49,7 +49,9 @@ def test_html_in_messages_is_shown_as_text_and_never_runs(tiny_url):
 
 @pytest.mark.integration
 def test_typed_message_gets_a_streamed_reply():
-    with running_app() as url, browser() as chromium:
+    # At generate's pace: the native decoder (the default) can finish a reply between two polls.
+    # Its streaming is checked in tests/test_fast_generation.py.
+    with running_app("--no-fast-decode") as url, browser() as chromium:
         page = chromium.new_page()
         page.goto(url)
         send_chat(page, "Write three sentences about the sea.")

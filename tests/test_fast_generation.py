@@ -77,14 +77,17 @@ def test_fast_stream_yields_pieces_and_stops_when_cancelled(decoder):
     generator.lock.release()
 
 
-def test_fast_decoding_is_refused_where_it_would_answer_differently(monkeypatch):
+@pytest.mark.parametrize("decoder", ["native", "compiled"])
+def test_fast_decoding_is_refused_where_it_would_answer_differently(monkeypatch, decoder):
     loaded = tiny_loaded()
     monkeypatch.setattr(loaded.model.generation_config, "repetition_penalty", 1.1)
     with pytest.raises(ValueError, match="generation config sets repetition_penalty"):
-        Generator(loaded, fast_decode=True)
+        Generator(loaded, fast_decode=True, decoder=decoder)
+    assert Generator(loaded, fast_decode=True).fast is None, "auto turns fast decoding off instead"
     monkeypatch.setattr(loaded, "device", "cuda")
     with pytest.raises(ValueError, match="fast decoding is for models on the CPU; this one is on cuda"):
-        Generator(loaded, fast_decode=True)
+        Generator(loaded, fast_decode=True, decoder=decoder)
+    assert "this one is on cuda" in Generator(loaded, fast_decode=True).fast_note
 
 
 def test_sampled_and_adapter_requests_take_the_generate_path(monkeypatch):
@@ -101,8 +104,7 @@ def test_sampled_and_adapter_requests_take_the_generate_path(monkeypatch):
     assert generator.complete(build_messages("hi"), GREEDY).completion_tokens == 24  # adapters loaded: base too
 
 
-def test_auto_takes_the_native_decoder_where_it_can_and_says_why_not(monkeypatch):
-    from bot.fastdecode import FastDecoder
+def test_auto_takes_the_native_decoder_where_it_can_and_says_why_not():
     from bot.native import NativeDecoder
 
     loaded = tiny_loaded()
@@ -112,6 +114,7 @@ def test_auto_takes_the_native_decoder_where_it_can_and_says_why_not(monkeypatch
 
     loaded.model.config.hidden_act = "gelu"  # the C code computes silu only
     generator = Generator(loaded, fast_decode=True)
-    assert isinstance(generator.fast, FastDecoder) and "activation 'gelu' is not silu" in generator.fast_note
+    assert generator.fast is None and "activation 'gelu' is not silu" in generator.fast_note
+    assert generator.complete(build_messages("hi"), GREEDY).completion_tokens == 24, "plain generate answers"
     with pytest.raises(ValueError, match="activation 'gelu' is not silu"):
         Generator(loaded, fast_decode=True, decoder="native")

@@ -1,11 +1,17 @@
 """The native decoder against references: greedy `model.generate` and the model's own logits."""
 
+import os
+import shutil
+
 import pytest
 import torch
 
 import bot.native as native
 from bot.native import KIND_F32, KIND_Q4, KIND_Q8, NativeDecoder, NativeUnavailable
 from test_fastdecode import PROMPTS, fresh_tiny, make_q4_1, plain, prompt_ids
+
+pytestmark = pytest.mark.skipif(not (os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")),
+                                reason="no C compiler: the native decoder cannot be built here")
 
 
 def make_q8_0_embedding(model) -> None:

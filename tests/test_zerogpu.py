@@ -39,3 +39,10 @@ def test_with_spaces_each_call_gets_a_lease_sized_to_the_request(tiny, monkeypat
     assert leases == [lease_seconds(1, 40), lease_seconds(2, 40)]
     complete_tokens(generator, [[5, 6, 7], [8, 9]], 0, settings, logprobs=0)  # a scoring pass only
     assert leases[2:] == [lease_seconds(2, 1)]
+
+
+def test_with_spaces_fast_decoding_stays_off_so_every_call_is_leased(tiny, monkeypatch):
+    assert Generator(tiny, fast_decode=True).fast is not None, "sanity check: off ZeroGPU it is on"
+    monkeypatch.setitem(sys.modules, "spaces", types.SimpleNamespace(GPU=lambda duration: lambda fn: fn))
+    generator = Generator(tiny, fast_decode=True)
+    assert generator.fast is None and "ZeroGPU" in generator.fast_note

@@ -38,6 +38,8 @@ from bot.fastdecode import GROUP, exact_int4_groups
 
 SOURCE = Path(__file__).with_name("decode.c")
 KIND_F32, KIND_Q8, KIND_Q4 = 0, 1, 2
+BLOCK = 16
+"""Rows per block of packed weights (`decode.c`'s BLOCK)."""
 MIN_CACHE = 256
 """Smallest KV buffer in tokens; larger ones double up to the decoder's `max_len`."""
 
@@ -169,14 +171,16 @@ class PackedLinear:
 
 
 def _pack_q4(weight: torch.Tensor) -> list[torch.Tensor]:
+    """Codes and (d, m) scales in `decode.c`'s row blocks, when the weight is exactly d * q + m."""
     q, scale, low = exact_int4_groups(weight)  # raises ValueError unless exactly d * q + m
-    groups = q.reshape(weight.shape[0], -1, GROUP).to(torch.uint8)
-    nibbles = groups[..., :16] | (groups[..., 16:] << 4)
-    return [nibbles.contiguous(), _as_half(torch.stack([scale, low], dim=-1))]
+    q = _blocks(q.to(torch.uint8).reshape(weight.shape[0], -1, 2, 16))  # (blocks, 16 rows, groups, half, j)
+    codes = (q[:, :, :, 0] | (q[:, :, :, 1] << 4)).permute(0, 2, 3, 1)  # (blocks, groups, j, rows)
+    scales = torch.stack([_blocks(scale), _blocks(low)], dim=2).permute(0, 3, 2, 1)  # (blocks, groups, d|m, rows)
+    return [codes.contiguous(), _as_half(scales)]
 
 
 def _pack_q8(weight: torch.Tensor) -> list[torch.Tensor]:
-    """int8 codes and one fp32 scale per group when the weight is exactly d * q, d an fp16 number."""
+    """int8 codes and fp16 scales in row blocks, when the weight is exactly d * q with q in -127..127."""
     if weight.dtype != torch.float32:
         raise ValueError("Q8 packing needs fp32 weights")
     groups = weight.reshape(weight.shape[0], -1, GROUP)
@@ -184,7 +188,16 @@ def _pack_q8(weight: torch.Tensor) -> list[torch.Tensor]:
     q = torch.round(groups / torch.where(scale > 0, scale, 1)[..., None])
     if q.abs().amax() > 127 or not torch.equal(scale[..., None] * q, groups):
         raise ValueError("weights are not exactly int8 in groups of 32")
-    return [q.to(torch.int8).contiguous(), _as_half(scale)]
+    codes = _blocks(q.to(torch.int8)).permute(0, 2, 3, 1)  # (blocks, groups, column, rows)
+    return [codes.contiguous(), _as_half(_blocks(scale).permute(0, 2, 1))]
+
+
+def _blocks(tensor: torch.Tensor) -> torch.Tensor:
+    """(rows, ...) -> (blocks, BLOCK, ...), padding the last block with zero rows."""
+    pad = -tensor.shape[0] % BLOCK
+    if pad:
+        tensor = torch.cat([tensor, tensor.new_zeros(pad, *tensor.shape[1:])])
+    return tensor.reshape(-1, BLOCK, *tensor.shape[1:])
 
 
 def _as_half(scales: torch.Tensor) -> torch.Tensor:

@@ -5,10 +5,10 @@
  * and the argmax, so a token costs no Python and no per-operator dispatch.
  *
  * Linear weights come in three layouts, chosen per layer by what the weight exactly is:
- *   Q4:  groups of 32 inputs, w = d * q + m with q in 0..15 (a dequantized Q4_1 GGUF tensor).
- *        16 bytes per group: byte j holds q[j] in its low nibble and q[j + 16] in its high one.
- *        dm holds (d, m) per group as fp16, which is how Q4_1 stores them.
+ *   Q4:  groups of 32 inputs, w = d * q + m with q in 0..15 (a dequantized Q4_1 GGUF tensor), d and m
+ *        in fp16 as Q4_1 stores them.
  *   Q8:  groups of 32 inputs, w = d * q with q in -127..127 and d an fp16 (a dequantized Q8_0 tensor).
+ *   (Their memory layout is described at BLOCK below.)
  *   F32: the dense weight.
  * A Q4 or Q8 row is the same set of numbers as the fp32 weight transformers multiplies by; only
  * the order of the additions differs: sum_g (d_g * sum_j q_j x_j + m_g * sum_j x_j).
@@ -34,8 +34,8 @@ enum { KIND_F32 = 0, KIND_Q8 = 1, KIND_Q4 = 2 };
 
 typedef struct {
     int32_t kind, rows, cols;
-    const void *q;       /* F32: float[rows][cols]; Q8: int8[rows][cols]; Q4: uint8[rows][cols / 2] */
-    const uint16_t *dm;  /* fp16 bits. Q8: d[rows][cols / 32]; Q4: (d, m)[rows][cols / 32]; F32: unused */
+    const void *q;       /* F32: float[rows][cols]; Q4, Q8: codes in row blocks (see BLOCK) */
+    const uint16_t *dm;  /* Q4, Q8: fp16 scales in row blocks; F32: unused */
 } Linear;
 
 typedef struct {
@@ -60,12 +60,9 @@ typedef struct {
     float *x, *xn, *q, *att, *k, *v, *gate, *up, *scores, *logits, *sums;
 } Scratch;
 
-/* ---- dot products of one weight row with x ---------------------------------------------- */
+/* ---- matrix-vector products ------------------------------------------------------------------ */
 
 static inline float half_to_float(uint16_t h) {
-#ifdef ICL_AVX512
-    return _cvtsh_ss(h);
-#else
     uint32_t sign = (uint32_t)(h & 0x8000) << 16, exponent = (h >> 10) & 0x1f, mantissa = h & 0x3ff, bits;
     if (exponent == 0x1f) {
         bits = sign | 0x7f800000 | (mantissa << 13); /* inf, nan */
@@ -84,7 +81,6 @@ static inline float half_to_float(uint16_t h) {
     float f;
     memcpy(&f, &bits, sizeof f);
     return f;
-#endif
 }
 
 static float dot_f32(const float *w, const float *x, int n) {
@@ -105,82 +101,91 @@ static float dot_f32(const float *w, const float *x, int n) {
 #endif
 }
 
-static float dot_q8(const int8_t *q, const uint16_t *d, const float *x, int n) {
-    int groups = n / GROUP;
+/* Q4 and Q8 weights are stored in blocks of 16 rows (BLOCK; the last block padded with zero rows),
+ * so that one vector holds one column of 16 rows and each row's sum lives in its own lane: no
+ * horizontal sums, and one vector operation applies 16 rows' group scales. Per block b, group g:
+ *   Q4 codes: uint8 [b][g][j < 16][row]: q[row][32g + j] in the low nibble, q[row][32g + 16 + j] in
+ *             the high one; scales: fp16 [b][g][d or m][row].
+ *   Q8 codes: int8 [b][g][j < 32][row]; scales: fp16 [b][g][row]. */
+#define BLOCK 16
+
 #ifdef ICL_AVX512
-    __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps();
-    int g = 0;
-    for (; g + 2 <= groups; g += 2) {
-        for (int u = 0; u < 2; u++) {
-            const int8_t *qg = q + (g + u) * GROUP;
-            const float *xg = x + (g + u) * GROUP;
-            __m512 lo = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)qg)));
-            __m512 hi = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(qg + 16))));
-            __m512 p = _mm512_fmadd_ps(hi, _mm512_loadu_ps(xg + 16), _mm512_mul_ps(lo, _mm512_loadu_ps(xg)));
-            if (u == 0) a0 = _mm512_fmadd_ps(_mm512_set1_ps(half_to_float(d[g + u])), p, a0);
-            else a1 = _mm512_fmadd_ps(_mm512_set1_ps(half_to_float(d[g + u])), p, a1);
+/* The hardware prefetcher alone left one core reading about 6 GB/s here; asking for the weights
+ * 8 groups ahead made the Q4 kernel about 25% faster on weights streamed from memory. */
+#define AHEAD 8
+static inline void prefetch(const void *at, size_t bytes) {
+    for (size_t offset = 0; offset < bytes; offset += 64) _mm_prefetch((const char *)at + offset, _MM_HINT_T0);
+}
+#endif
+
+/* y[0..16) for one block of Q4 rows; `sums` holds sum_j x_j per group, shared by all rows. */
+static void block_q4(const uint8_t *q, const uint16_t *dm, const float *x, const float *sums, int groups, float *y) {
+#ifdef ICL_AVX512
+    const __m512i nibble = _mm512_set1_epi32(15);
+    __m512 acc = _mm512_setzero_ps();
+    for (int g = 0; g < groups; g++, q += 16 * BLOCK, dm += 2 * BLOCK) {
+        const float *xg = x + g * GROUP;
+        prefetch(q + AHEAD * 16 * BLOCK, 16 * BLOCK);
+        prefetch(dm + AHEAD * 2 * BLOCK, 2 * BLOCK * sizeof(uint16_t));
+        __m512 p0 = _mm512_setzero_ps(), p1 = _mm512_setzero_ps(), p2 = _mm512_setzero_ps(), p3 = _mm512_setzero_ps();
+        for (int j = 0; j < 16; j += 2) {
+            __m512i b0 = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(q + j * BLOCK)));
+            __m512i b1 = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(q + (j + 1) * BLOCK)));
+            p0 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_and_si512(b0, nibble)), _mm512_set1_ps(xg[j]), p0);
+            p1 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_srli_epi32(b0, 4)), _mm512_set1_ps(xg[j + 16]), p1);
+            p2 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_and_si512(b1, nibble)), _mm512_set1_ps(xg[j + 1]), p2);
+            p3 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_srli_epi32(b1, 4)), _mm512_set1_ps(xg[j + 17]), p3);
+        }
+        __m512 d = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)dm));
+        __m512 m = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(dm + BLOCK)));
+        acc = _mm512_fmadd_ps(d, _mm512_add_ps(_mm512_add_ps(p0, p1), _mm512_add_ps(p2, p3)), acc);
+        acc = _mm512_fmadd_ps(m, _mm512_set1_ps(sums[g]), acc);
+    }
+    _mm512_storeu_ps(y, acc);
+#else
+    float acc[BLOCK] = {0};
+    for (int g = 0; g < groups; g++, q += 16 * BLOCK, dm += 2 * BLOCK) {
+        const float *xg = x + g * GROUP;
+        for (int r = 0; r < BLOCK; r++) {
+            float p = 0.0f;
+            for (int j = 0; j < 16; j++) {
+                uint8_t byte = q[j * BLOCK + r];
+                p += (float)(byte & 15) * xg[j] + (float)(byte >> 4) * xg[j + 16];
+            }
+            acc[r] += half_to_float(dm[r]) * p + half_to_float(dm[BLOCK + r]) * sums[g];
         }
     }
-    for (; g < groups; g++) {
-        const int8_t *qg = q + g * GROUP;
-        const float *xg = x + g * GROUP;
-        __m512 lo = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)qg)));
-        __m512 hi = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(qg + 16))));
-        __m512 p = _mm512_fmadd_ps(hi, _mm512_loadu_ps(xg + 16), _mm512_mul_ps(lo, _mm512_loadu_ps(xg)));
-        a0 = _mm512_fmadd_ps(_mm512_set1_ps(half_to_float(d[g])), p, a0);
-    }
-    return _mm512_reduce_add_ps(_mm512_add_ps(a0, a1));
-#else
-    float s = 0.0f;
-    for (int g = 0; g < groups; g++) {
-        float p = 0.0f;
-        for (int j = 0; j < GROUP; j++) p += (float)q[g * GROUP + j] * x[g * GROUP + j];
-        s += half_to_float(d[g]) * p;
-    }
-    return s;
+    memcpy(y, acc, sizeof acc);
 #endif
 }
 
-/* `sums` holds sum_j x_j per group, shared by every row of the layer. */
-static float dot_q4(const uint8_t *q, const uint16_t *dm, const float *x, const float *sums, int n) {
-    int groups = n / GROUP;
-    float offset = 0.0f;
-    for (int g = 0; g < groups; g++) offset += half_to_float(dm[2 * g + 1]) * sums[g];
+static void block_q8(const int8_t *q, const uint16_t *d, const float *x, int groups, float *y) {
 #ifdef ICL_AVX512
-    const __m512i nibble = _mm512_set1_epi32(15);
-    __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps();
-    int g = 0;
-    for (; g + 2 <= groups; g += 2) {
-        for (int u = 0; u < 2; u++) {
-            __m512i b = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(q + (g + u) * 16)));
-            const float *xg = x + (g + u) * GROUP;
-            __m512 lo = _mm512_cvtepi32_ps(_mm512_and_si512(b, nibble));
-            __m512 hi = _mm512_cvtepi32_ps(_mm512_srli_epi32(b, 4));
-            __m512 p = _mm512_fmadd_ps(hi, _mm512_loadu_ps(xg + 16), _mm512_mul_ps(lo, _mm512_loadu_ps(xg)));
-            if (u == 0) a0 = _mm512_fmadd_ps(_mm512_set1_ps(half_to_float(dm[2 * (g + u)])), p, a0);
-            else a1 = _mm512_fmadd_ps(_mm512_set1_ps(half_to_float(dm[2 * (g + u)])), p, a1);
-        }
-    }
-    for (; g < groups; g++) {
-        __m512i b = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(q + g * 16)));
+    __m512 acc = _mm512_setzero_ps();
+    for (int g = 0; g < groups; g++, q += GROUP * BLOCK, d += BLOCK) {
         const float *xg = x + g * GROUP;
-        __m512 lo = _mm512_cvtepi32_ps(_mm512_and_si512(b, nibble));
-        __m512 hi = _mm512_cvtepi32_ps(_mm512_srli_epi32(b, 4));
-        __m512 p = _mm512_fmadd_ps(hi, _mm512_loadu_ps(xg + 16), _mm512_mul_ps(lo, _mm512_loadu_ps(xg)));
-        a0 = _mm512_fmadd_ps(_mm512_set1_ps(half_to_float(dm[2 * g])), p, a0);
+        prefetch(q + AHEAD * GROUP * BLOCK, GROUP * BLOCK);
+        prefetch(d + AHEAD * BLOCK, BLOCK * sizeof(uint16_t));
+        __m512 p[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps()};
+        for (int j = 0; j < GROUP; j += 4)
+            for (int u = 0; u < 4; u++) {
+                __m128i codes = _mm_loadu_si128((const __m128i *)(q + (j + u) * BLOCK));
+                p[u] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(codes)), _mm512_set1_ps(xg[j + u]), p[u]);
+            }
+        __m512 scale = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)d));
+        acc = _mm512_fmadd_ps(scale, _mm512_add_ps(_mm512_add_ps(p[0], p[1]), _mm512_add_ps(p[2], p[3])), acc);
     }
-    return _mm512_reduce_add_ps(_mm512_add_ps(a0, a1)) + offset;
+    _mm512_storeu_ps(y, acc);
 #else
-    float s = 0.0f;
-    for (int g = 0; g < groups; g++) {
-        float p = 0.0f;
-        for (int j = 0; j < GROUP / 2; j++) {
-            uint8_t byte = q[g * 16 + j];
-            p += (float)(byte & 15) * x[g * GROUP + j] + (float)(byte >> 4) * x[g * GROUP + j + 16];
+    float acc[BLOCK] = {0};
+    for (int g = 0; g < groups; g++, q += GROUP * BLOCK, d += BLOCK) {
+        for (int r = 0; r < BLOCK; r++) {
+            float p = 0.0f;
+            for (int j = 0; j < GROUP; j++) p += (float)q[j * BLOCK + r] * x[g * GROUP + j];
+            acc[r] += half_to_float(d[r]) * p;
         }
-        s += half_to_float(dm[2 * g]) * p;
     }
-    return s + offset;
+    memcpy(y, acc, sizeof acc);
 #endif
 }
 
@@ -192,29 +197,37 @@ static void group_sums(const float *x, int n, float *sums) {
     }
 }
 
-/* y = W x for rows [begin, end) of W. */
-static void rows(const Linear *w, const float *x, const float *sums, float *y, int begin, int end) {
-    for (int r = begin; r < end; r++) {
+/* y = W x for the row blocks [begin, end) of W (rows for F32). */
+static void blocks(const Linear *w, const float *x, const float *sums, float *y, int begin, int end) {
+    int groups = w->cols / GROUP;
+    for (int b = begin; b < end; b++) {
+        float out[BLOCK];
+        if (w->kind == KIND_F32) {
+            y[b] = dot_f32((const float *)w->q + (size_t)b * w->cols, x, w->cols);
+            continue;
+        }
         if (w->kind == KIND_Q4)
-            y[r] = dot_q4((const uint8_t *)w->q + (size_t)r * (w->cols / 2), w->dm + (size_t)r * (w->cols / GROUP) * 2,
-                          x, sums, w->cols);
-        else if (w->kind == KIND_Q8)
-            y[r] = dot_q8((const int8_t *)w->q + (size_t)r * w->cols, w->dm + (size_t)r * (w->cols / GROUP), x, w->cols);
+            block_q4((const uint8_t *)w->q + (size_t)b * groups * 16 * BLOCK, w->dm + (size_t)b * groups * 2 * BLOCK,
+                     x, sums, groups, out);
         else
-            y[r] = dot_f32((const float *)w->q + (size_t)r * w->cols, x, w->cols);
+            block_q8((const int8_t *)w->q + (size_t)b * groups * GROUP * BLOCK, w->dm + (size_t)b * groups * BLOCK, x,
+                     groups, out);
+        int n = w->rows - b * BLOCK < BLOCK ? w->rows - b * BLOCK : BLOCK;
+        memcpy(y + b * BLOCK, out, sizeof(float) * n);
     }
 }
 
-/* Each thread of the team takes an equal, contiguous share of W's rows; no barrier. */
+/* Each thread of the team takes an equal, contiguous share of W's row blocks; no barrier. */
 static void gemv_share(const Linear *w, const float *x, const float *sums, float *y) {
 #ifdef _OPENMP
     int threads = omp_get_num_threads(), me = omp_get_thread_num();
 #else
     int threads = 1, me = 0;
 #endif
-    int chunk = (w->rows + threads - 1) / threads;
-    int begin = me * chunk, end = begin + chunk < w->rows ? begin + chunk : w->rows;
-    if (begin < end) rows(w, x, sums, y, begin, end);
+    int units = w->kind == KIND_F32 ? w->rows : (w->rows + BLOCK - 1) / BLOCK;
+    int chunk = (units + threads - 1) / threads;
+    int begin = me * chunk, end = begin + chunk < units ? begin + chunk : units;
+    if (begin < end) blocks(w, x, sums, y, begin, end);
 }
 
 /* ---- the other operators ------------------------------------------------------------------ */
