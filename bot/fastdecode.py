@@ -82,7 +82,9 @@ def exact_int4_groups(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor,
     # Q4_1 stores the scale in fp16, so rounding the estimate to fp16 recovers it exactly.
     scale = ((groups.amax(dim=-1) - low) / 15).half().float()
     q = torch.round((groups - low[..., None]) / torch.where(scale > 0, scale, 1)[..., None]).clamp(0, 15)
-    if not torch.equal(scale[..., None] * q + low[..., None], groups):
+    # In float64 d * q + m is exact, so this accepts only weights that are exactly those numbers
+    # (an fp32 sum could round and hide a weight that is not).
+    if not torch.equal(scale.double()[..., None] * q.double() + low.double()[..., None], groups.double()):
         raise ValueError("weights are not exactly int4 in groups of 32 (int4-exact needs a dequantized Q4_1 model)")
     return q.reshape(weight.shape).to(torch.int32), scale, low
 
@@ -186,8 +188,13 @@ class FastDecoder:
         logits = self.model(input_ids=token, position_ids=position, cache=cache, use_cache=True, logits_to_keep=1).logits
         return logits[:, -1].argmax(dim=-1, keepdim=True)
 
-    def tokens(self, input_ids: torch.Tensor, max_new_tokens: int, eos_ids: set[int]) -> Iterator[int]:
-        """Yield new token ids one at a time, the end-of-turn token included; stop when the caller stops."""
+    def tokens(self, input_ids: torch.Tensor, max_new_tokens: int, eos_ids: set[int], adapter: str | None = None,
+               model: nn.Module | None = None) -> Iterator[int]:
+        """Yield new token ids one at a time, the end-of-turn token included; stop when the caller stops.
+
+        `adapter` and `model` are there to match `NativeDecoder.tokens`: this loop runs its own model only."""
+        if adapter is not None or (model is not None and model is not self.model):
+            raise ValueError("the compiled decode loop runs its own base model only, without adapters")
         length = input_ids.shape[1]
         if length + max_new_tokens > self.max_len:
             raise ValueError(f"prompt ({length}) plus max_new_tokens ({max_new_tokens}) exceeds max_len {self.max_len}")

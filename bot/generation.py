@@ -109,8 +109,8 @@ class Generator:
     def __init__(self, loaded: LoadedModel, fast_decode: bool = False, decoder: str = "auto"):
         """`fast_decode`: answer greedy base-model requests on the CPU, batch 1, with the same tokens as
         `generate` in fp32 but without its per-token overhead. `decoder` picks how:
-        - `native`: `bot.native`, one C call per token (fp32 Llama-style models; 8x `generate` on the
-          default model in BENCHMARKS.md);
+        - `native`: `bot.native`, one C call per token, for the base and plain LoRA adapters (fp32
+          Llama-style models; 8.8x `generate` on the default model in BENCHMARKS.md);
         - `compiled`: `bot.fastdecode`, a static cache and a compiled step (any model; each cache size
           compiles on first use; 1.2x);
         - `eager`: the same loop uncompiled (tests);
@@ -176,7 +176,8 @@ class Generator:
             try:
                 with self.lock:
                     if self._decodes_fast(settings, adapter):
-                        result["output"] = self._decode_fast(inputs["input_ids"], settings, streamer, state.cancel)
+                        result["output"] = self._decode_fast(inputs["input_ids"], settings, adapter, streamer,
+                                                             state.cancel)
                     else:
                         result["output"] = self._generate(
                             inputs, settings, adapter, streamer=streamer,
@@ -289,17 +290,25 @@ class Generator:
             )
 
     def _decodes_fast(self, settings: GenerationSettings, adapter: str) -> bool:
-        """The fast decoder serves greedy requests for the plain base model (no adapters loaded on it)."""
-        return (self.fast is not None and settings.greedy and adapter == BASE and not self.resident_adapters()
-                and self.fast.model is self.loaded.model)
+        """The fast decoder serves greedy requests: the native one for the base and any plain LoRA
+        adapter, the compiled loop for the plain base model only (no adapters loaded on it)."""
+        from bot.native import NativeDecoder
 
-    def _decode_fast(self, input_ids, settings: GenerationSettings, streamer, cancel: threading.Event):
+        if self.fast is None or not settings.greedy:
+            return False
+        if isinstance(self.fast, NativeDecoder):
+            return not self.fast.adapter_problem(self.loaded.model, None if adapter == BASE else adapter)
+        return adapter == BASE and not self.resident_adapters() and self.fast.model is self.loaded.model
+
+    def _decode_fast(self, input_ids, settings: GenerationSettings, adapter: str, streamer, cancel: threading.Event):
         """Greedy decoding with the fast decoder, streamed like `generate`; call with the lock held."""
         import torch
 
         produced: list[int] = []
         streamer.put(input_ids[0])  # the prompt: the streamer skips it, as with generate
-        for token in self.fast.tokens(input_ids, settings.max_new_tokens, self._eos_ids()):
+        tokens = self.fast.tokens(input_ids, settings.max_new_tokens, self._eos_ids(),
+                                  adapter=None if adapter == BASE else adapter, model=self.loaded.model)
+        for token in tokens:
             produced.append(token)
             streamer.put(torch.tensor([token]))
             if cancel.is_set():

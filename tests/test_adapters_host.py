@@ -28,14 +28,15 @@ def lab(tmp_path_factory):
     return base, folder / "adapters"
 
 
-@pytest.fixture
-def served(lab):
-    """A Generator over a fresh tiny base, with a host sharing its lock."""
+@pytest.fixture(params=["generate", "native"])
+def served(lab, request):
+    """A Generator over a fresh tiny base, with a host sharing its lock; greedy answers come from
+    `generate` or from the native decoder (which adds each request's adapter in its C step)."""
     from adapters.host import AdapterHost
     from adapters.registry import AdapterRegistry
     from bot.generation import Generator
 
-    generator = Generator(load_tiny(lab[0]))
+    generator = Generator(load_tiny(lab[0]), fast_decode=request.param == "native", decoder="native")
     return generator, AdapterHost(generator.loaded, generator.lock, AdapterRegistry(lab[1]))
 
 
@@ -83,6 +84,8 @@ def test_generator_with_adapter_equals_fresh_model_and_base_equals_plain_base(la
     zebra_answer = reference_answer(fresh_peft(lab, "zebra"), tokenizer, QUESTIONS[0])
     assert base_answer != zebra_answer  # sanity: the adapter changes what the model says
     name = host.attach("zebra")
+    if generator.fast is not None:
+        assert generator._decodes_fast(greedy(), name), "the native decoder serves this adapter"
     assert ask(generator, QUESTIONS[0], name) == zebra_answer
     assert ask(generator, QUESTIONS[0], "base") == base_answer
 

@@ -118,3 +118,20 @@ def test_auto_takes_the_native_decoder_where_it_can_and_says_why_not():
     assert generator.complete(build_messages("hi"), GREEDY).completion_tokens == 24, "plain generate answers"
     with pytest.raises(ValueError, match="activation 'gelu' is not silu"):
         Generator(loaded, fast_decode=True, decoder="native")
+
+
+def test_native_decoder_answers_adapter_requests_like_generate():
+    loaded = tiny_loaded()
+    generator = Generator(loaded, fast_decode=True)  # built on the plain model; adapters come later
+    calls = counting(generator)
+    with_lora_adapters(loaded, ["pirate", "poet"])
+    plain = Generator(loaded)
+    expected = {name: plain.complete(build_messages("hi"), GREEDY, name).text for name in ("pirate", "base", "poet")}
+    assert len(set(expected.values())) == 3, "sanity check: base and adapters answer differently"
+    for name in ("pirate", "base", "poet", "pirate"):
+        assert generator.complete(build_messages("hi"), GREEDY, name).text == expected[name]
+    assert len(calls) == 4, "every greedy request went through the native decoder"
+    sampled = GenerationSettings(max_new_tokens=8, temperature=0.7, seed=1)
+    assert generator.complete(build_messages("hi"), sampled, "poet").text == plain.complete(
+        build_messages("hi"), sampled, "poet").text
+    assert len(calls) == 4, "a sampled request takes the generate path"

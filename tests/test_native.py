@@ -70,6 +70,51 @@ def test_q4_1_and_q8_0_weights_are_packed_without_loss():
         torch.testing.assert_close(decoder.logits, logits, rtol=1e-4, atol=1e-4)
 
 
+def odd_llama(**changes):
+    """A Llama whose shapes leave partial row blocks, an untied head, head_dim != hidden / heads and a
+    down projection too narrow for groups of 32 (so it stays dense), with Q4_1 / Q8_0 weights."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = dict(vocab_size=403, hidden_size=64, intermediate_size=40, num_hidden_layers=2, num_attention_heads=4,
+                  num_key_value_heads=2, head_dim=12, tie_word_embeddings=False, max_position_embeddings=512)
+    model = LlamaForCausalLM(LlamaConfig(**(config | changes))).eval()
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for module in [*model.model.layers.modules(), model.lm_head]:
+            if not isinstance(module, torch.nn.Linear) or module.weight.shape[1] % 32:
+                continue
+            out, inp = module.weight.shape
+            if module is model.lm_head:
+                q = torch.randint(-127, 128, (out, inp // 32, 32), generator=generator).float()
+                q[..., 0] = 127
+                d = (torch.rand(out, inp // 32, 1, generator=generator) * 0.02 + 0.001).half().float()
+                module.weight.copy_((d * q).reshape(out, inp))
+            else:
+                q = torch.randint(0, 16, (out, inp // 32, 32), generator=generator).float()
+                q[..., 0], q[..., 1] = 0, 15
+                d = (torch.rand(out, inp // 32, 1, generator=generator) * 0.04 + 0.01).half().float()
+                module.weight.copy_((d * q + (-7.5 * d).half().float()).reshape(out, inp))
+    return model
+
+
+@pytest.mark.parametrize("changes", [{}, {"head_dim": 32}, {"num_key_value_heads": 4, "head_dim": 16}])
+def test_odd_shapes_give_generate_tokens_and_logits(changes):
+    model = odd_llama(**changes)
+    decoder = NativeDecoder(model, max_len=128)
+    kinds = {(p.rows, p.kind) for p in decoder.packed}
+    assert decoder.head.kind == KIND_Q8 and (40, KIND_F32) not in kinds and any(k == KIND_F32 for _, k in kinds)
+    assert any(rows % 16 for rows, kind in kinds if kind == KIND_Q4) or changes, "a partial block of Q4 rows"
+    ids = torch.randint(0, 403, (1, 20), generator=torch.Generator().manual_seed(3))
+    expected = plain(model, ids, 20)
+    assert torch.equal(decoder.generate(ids, 20, set()), expected)
+    with torch.inference_mode():
+        last = model(input_ids=expected[:, :-1]).logits[0, -1]
+    torch.testing.assert_close(decoder.logits, last, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.skipif(torch.backends.cpu.get_cpu_capability() not in ("AVX512", "AVX512_BF16", "AMX"),
+                    reason="both builds would be the portable one")
 def test_portable_build_equals_the_vector_build(monkeypatch, tmp_path):
     tiny = quantized_tiny()
     ids = prompt_ids(tiny.tokenizer, PROMPTS[0])
@@ -110,6 +155,8 @@ def test_refuses_requests_and_models_it_cannot_decode(monkeypatch, tmp_path):
         list(NativeDecoder(tiny.model, max_len=64).tokens(ids.repeat(2, 1), 4, set()))
     with pytest.raises(NativeUnavailable, match="fp32 model on the CPU, not torch.bfloat16"):
         NativeDecoder(fresh_tiny().model.to(torch.bfloat16))
+    with pytest.raises(NativeUnavailable, match="training mode"):
+        NativeDecoder(fresh_tiny().model.train())
 
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
@@ -131,3 +178,60 @@ def test_default_model_gives_generate_tokens(default_model):
     assert {p.kind for p in decoder.packed} == {KIND_Q4} and decoder.head.kind == KIND_Q8, "a Q4_1 GGUF"
     ids = prompt_ids(default_model.tokenizer, "Explain in-context learning in two sentences.")
     assert torch.equal(decoder.generate(ids, 48, set()), plain(default_model.model, ids, 48))
+
+
+def adapter_generate(model, ids, tokens: int, adapter: str):
+    with torch.inference_mode():
+        return model.generate(ids, max_new_tokens=tokens, do_sample=False, pad_token_id=0, eos_token_id=None,
+                              adapter_names=[adapter])
+
+
+def test_lora_adapters_give_peft_generate_tokens_and_never_cross():
+    from tiny import with_lora_adapters
+
+    tiny = quantized_tiny()
+    decoder = NativeDecoder(tiny.model, max_len=128)  # built on the plain model, adapters come later
+    with_lora_adapters(tiny, ["pirate", "poet"])
+    ids = prompt_ids(tiny.tokenizer, PROMPTS[1])
+    expected = {name: adapter_generate(tiny.model, ids, 16, name) for name in ("__base__", "pirate", "poet")}
+    assert len({tuple(e[0].tolist()) for e in expected.values()}) == 3, "sanity check: the answers differ"
+    for name in ("pirate", "__base__", "poet", "pirate"):  # switching back and forth, one decoder
+        adapter = None if name == "__base__" else name
+        assert decoder.adapter_problem(tiny.model, adapter) == ""
+        assert torch.equal(decoder.generate(ids, 16, set(), adapter, tiny.model), expected[name]), name
+
+
+def test_a_reloaded_adapter_is_decoded_with_its_new_weights():
+    from tiny import with_lora_adapters
+
+    tiny = fresh_tiny()
+    decoder = NativeDecoder(tiny.model, max_len=128)
+    with_lora_adapters(tiny, ["pirate", "poet"])
+    ids = prompt_ids(tiny.tokenizer, PROMPTS[0])
+    before = decoder.generate(ids, 12, set(), "poet", tiny.model)
+    tiny.model.delete_adapter("poet")
+    assert "not loaded" in decoder.adapter_problem(tiny.model, "poet")
+    from peft import LoraConfig
+
+    torch.manual_seed(7)
+    tiny.model.add_adapter("poet", LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", init_lora_weights=False))
+    tiny.model.eval()
+    after = decoder.generate(ids, 12, set(), "poet", tiny.model)
+    assert not torch.equal(after, before)
+    assert torch.equal(after, adapter_generate(tiny.model, ids, 12, "poet"))
+
+
+def test_adapters_it_cannot_compute_are_named():
+    from peft import LoraConfig, get_peft_model
+
+    tiny = fresh_tiny()
+    decoder = NativeDecoder(tiny.model, max_len=64)
+    model = get_peft_model(tiny.model, LoraConfig(r=4, target_modules="all-linear", use_dora=True), adapter_name="dora")
+    model.add_adapter("head", LoraConfig(r=4, target_modules=["q_proj", "lm_head"]))
+    model.eval()
+    assert "DoRA" in decoder.adapter_problem(model, "dora")
+    assert "besides the blocks' linear ones" in decoder.adapter_problem(model, "head")
+    assert "not loaded" in decoder.adapter_problem(model, "missing")
+    assert decoder.adapter_problem(fresh_tiny().model, None) == "the generator's model is not this decoder's"
+    with pytest.raises(ValueError, match="DoRA"):
+        decoder.generate(prompt_ids(tiny.tokenizer, PROMPTS[0]), 4, set(), "dora", model)

@@ -10,6 +10,10 @@ group of 32, and multiplied without rounding it again; any other weight stays de
 order of additions differs from transformers, so greedy tokens match `generate` in fp32 (the tests
 and `python -m bench decode` check this on the default model and on tiny ones).
 
+LoRA adapters loaded on the model later (peft, by name, as the generator serves them) are added in
+the same call: each adapted layer also computes `scale * B (A x)`, with A and B read from peft's own
+tensors, so nothing is copied and switching adapters between requests costs nothing.
+
 The C file is compiled on first use with the system's C compiler (`cc`, or `$CC`) into a cache
 folder, with AVX-512 where the CPU has it. Without a compiler `NativeDecoder` raises
 `NativeUnavailable` and callers keep their other paths.
@@ -38,6 +42,12 @@ from bot.fastdecode import GROUP, exact_int4_groups
 
 SOURCE = Path(__file__).with_name("decode.c")
 KIND_F32, KIND_Q8, KIND_Q4 = 0, 1, 2
+PROJECTIONS = (("self_attn", "q"), ("self_attn", "k"), ("self_attn", "v"), ("self_attn", "o"),
+               ("mlp", "gate"), ("mlp", "up"), ("mlp", "down"))
+"""The linear layers of a block, in `Layer`'s order: (part, name) for `block.part.name_proj`."""
+MAX_RANK = 1024
+PEFT_BASE = "__base__"
+"""peft's name for "no adapter" in `adapter_names`."""
 BLOCK = 16
 """Rows per block of packed weights (`decode.c`'s BLOCK)."""
 MIN_CACHE = 256
@@ -116,7 +126,8 @@ _float_p = ctypes.POINTER(ctypes.c_float)
 
 class _Linear(ctypes.Structure):
     _fields_ = [("kind", ctypes.c_int32), ("rows", ctypes.c_int32), ("cols", ctypes.c_int32),
-                ("q", ctypes.c_void_p), ("dm", ctypes.POINTER(ctypes.c_uint16))]
+                ("q", ctypes.c_void_p), ("dm", ctypes.POINTER(ctypes.c_uint16)),
+                ("rank", ctypes.c_int32), ("lora_scale", ctypes.c_float), ("lora_a", _float_p), ("lora_b", _float_p)]
 
 
 class _Layer(ctypes.Structure):
@@ -127,7 +138,7 @@ class _Layer(ctypes.Structure):
 class _Model(ctypes.Structure):
     _fields_ = [*[(name, ctypes.c_int32) for name in
                   ("hidden", "inter", "layers", "heads", "kv_heads", "head_dim", "vocab", "max_len")],
-                ("eps", ctypes.c_float), ("inv_freq", _float_p), ("embed", _float_p), ("final_norm", _float_p),
+                ("eps", ctypes.c_float), ("attn_scale", ctypes.c_float), ("inv_freq", _float_p), ("embed", _float_p), ("final_norm", _float_p),
                 ("head", _Linear), ("layer", ctypes.POINTER(_Layer)), ("k_cache", _float_p), ("v_cache", _float_p)]
 
 
@@ -149,6 +160,8 @@ class PackedLinear:
 
     def __init__(self, weight: torch.Tensor):
         weight = weight.detach()
+        if weight.dtype != torch.float32:
+            raise NativeUnavailable(f"the native decoder needs fp32 weights, not {weight.dtype}")
         rows, cols = weight.shape
         self.kind, self.tensors = KIND_F32, [weight.contiguous()]
         if cols % GROUP == 0:
@@ -200,6 +213,13 @@ def _blocks(tensor: torch.Tensor) -> torch.Tensor:
     return tensor.reshape(-1, BLOCK, *tensor.shape[1:])
 
 
+def _dense(tensor: torch.Tensor) -> torch.Tensor:
+    """`tensor` itself when it is already contiguous fp32 (so the pointer stays valid with it)."""
+    if tensor.dtype != torch.float32 or not tensor.is_contiguous():
+        raise NativeUnavailable("LoRA weights must be contiguous fp32")
+    return tensor.detach()
+
+
 def _as_half(scales: torch.Tensor) -> torch.Tensor:
     """The scales as fp16, which holds Q4_1's and Q8_0's scales exactly; raises ValueError otherwise."""
     half = scales.half()
@@ -218,6 +238,8 @@ def check_supported(model: nn.Module) -> None:
         problems.append(f"it needs an fp32 model on the CPU, not {model.dtype} on {model.device}")
     if config.model_type not in ("llama", "mistral") or getattr(config, "sliding_window", None):
         problems.append(f"it computes Llama-style decoders without sliding windows, not '{config.model_type}'")
+    if model.training:
+        problems.append("the model is in training mode (dropout); call .eval()")
     if getattr(config, "hidden_act", "silu") != "silu":
         problems.append(f"activation {config.hidden_act!r} is not silu")
     if getattr(config, "attention_bias", False) or getattr(config, "mlp_bias", False):
@@ -225,6 +247,9 @@ def check_supported(model: nn.Module) -> None:
     blocks = getattr(getattr(model, "model", None), "layers", None)
     if blocks is None or not all(_plain_block(block) for block in blocks):
         problems.append("its blocks are not plain Llama blocks (q/k/v/o and gate/up/down linear layers, RMS norms)")
+    embedding, head = model.get_input_embeddings(), model.get_output_embeddings()
+    if head is None or tuple(embedding.weight.shape) != tuple(head.weight.shape):
+        problems.append("the output head must have the input embedding's shape (vocabulary x hidden size)")
     rotary = getattr(getattr(model, "model", None), "rotary_emb", None)
     if rotary is None or getattr(rotary, "attention_scaling", 1.0) != 1.0 or getattr(rotary, "rope_type", "default") != "default":
         problems.append("only the default rotary embedding is supported")
@@ -232,12 +257,19 @@ def check_supported(model: nn.Module) -> None:
         raise NativeUnavailable("the native decoder cannot run this model: " + "; ".join(problems))
 
 
+def _silu_types() -> tuple[type, ...]:
+    from transformers import activations
+
+    return (nn.SiLU, getattr(activations, "SiLUActivation", nn.SiLU))
+
+
 def _plain_block(block: nn.Module) -> bool:
     names = [("self_attn", f"{n}_proj") for n in "qkvo"] + [("mlp", f"{n}_proj") for n in ("gate", "up", "down")]
     linears = [getattr(getattr(block, part, None), name, None) for part, name in names]
     norms = [getattr(block, name, None) for name in ("input_layernorm", "post_attention_layernorm")]
     return (all(type(layer) is nn.Linear and layer.bias is None for layer in linears)
-            and all(getattr(norm, "weight", None) is not None for norm in norms))
+            and all(getattr(norm, "weight", None) is not None for norm in norms)
+            and type(getattr(block.mlp, "act_fn", None)) in _silu_types())
 
 
 class NativeDecoder:
@@ -255,32 +287,32 @@ class NativeDecoder:
         self.threads = threads or torch.get_num_threads()
         config = model.config
         self.heads, self.kv_heads = config.num_attention_heads, config.num_key_value_heads
-        self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // self.heads
+        attention = model.model.layers[0].self_attn  # head size and score scale as transformers computes them
+        self.head_dim = getattr(attention, "head_dim", None) or config.hidden_size // self.heads
+        self.attn_scale = getattr(attention, "scaling", self.head_dim ** -0.5)
         self.hidden, self.inter = config.hidden_size, config.intermediate_size
         with torch.no_grad():
             self._keep = []  # every tensor a C pointer refers to
             layers = (_Layer * len(model.model.layers))()
             self.packed: list[PackedLinear] = []
             for i, block in enumerate(model.model.layers):
-                attention, mlp = block.self_attn, block.mlp
-                linears = {name: PackedLinear(getattr(attention, f"{name}_proj").weight)
-                           for name in ("q", "k", "v", "o")}
-                linears |= {name: PackedLinear(getattr(mlp, f"{name}_proj").weight) for name in ("gate", "up", "down")}
-                self.packed += linears.values()
+                linears = [PackedLinear(getattr(getattr(block, part), f"{name}_proj").weight) for part, name in PROJECTIONS]
+                self.packed += linears
                 norms = [self._hold(block.input_layernorm.weight), self._hold(block.post_attention_layernorm.weight)]
-                layers[i] = _Layer(_ptr(norms[0]), _ptr(norms[1]), *[linears[n].struct() for n in
-                                                                       ("q", "k", "v", "o", "gate", "up", "down")])
+                layers[i] = _Layer(_ptr(norms[0]), _ptr(norms[1]), *[linear.struct() for linear in linears])
             self.head = PackedLinear(model.lm_head.weight)
             self.layers = layers
             self.struct = _Model(
                 self.hidden, self.inter, len(layers), self.heads, self.kv_heads, self.head_dim,
-                model.lm_head.weight.shape[0], 0, float(config.rms_norm_eps),
+                model.lm_head.weight.shape[0], 0, float(config.rms_norm_eps), self.attn_scale,
                 _ptr(self._hold(model.model.rotary_emb.inv_freq.float())),
                 _ptr(self._hold(model.get_input_embeddings().weight)),
                 _ptr(self._hold(model.model.norm.weight)),
                 self.head.struct(), ctypes.cast(layers, ctypes.POINTER(_Layer)), None, None)
         self.cache_len = 0
         self.scratch = None
+        self._adapters: dict[str, tuple[list, ctypes.Array]] = {}
+        """Per LoRA adapter: (its A and B tensors, the layer structs that add them)."""
 
     def _hold(self, tensor: torch.Tensor) -> torch.Tensor:
         tensor = tensor.detach().float().contiguous()
@@ -298,7 +330,7 @@ class NativeDecoder:
         while size < need:
             size *= 2
         size = min(size, self.max_len)
-        if size == self.cache_len:
+        if size <= self.cache_len:
             return
         shape = (len(self.layers), self.kv_heads, size, self.head_dim)
         self.k_cache, self.v_cache = torch.zeros(shape), torch.zeros(shape)
@@ -312,9 +344,70 @@ class NativeDecoder:
         self.struct.k_cache, self.struct.v_cache = _ptr(self.k_cache), _ptr(self.v_cache)
         self.cache_len = size
 
-    def start(self, input_ids: torch.Tensor, max_new_tokens: int) -> int:
+    def adapter_problem(self, model: nn.Module, adapter: str | None) -> str:
+        """Why this decoder cannot answer for `adapter` (None: the base) on `model`, or "".
+
+        `model` is what the generator serves: this decoder's model, or a PeftModel wrapped around it
+        whose adapters were loaded after this decoder was built.
+        """
+        from peft import PeftModel
+
+        if isinstance(model, PeftModel):
+            if model.base_model.model is not self.model:
+                return "the adapters sit on another model"
+        elif model is not self.model:
+            return "the generator's model is not this decoder's"
+        if adapter is None:
+            return ""
+        try:
+            self._adapter_layers(adapter)
+        except NativeUnavailable as error:
+            return str(error)
+        return ""
+
+    def _adapter_layers(self, adapter: str) -> ctypes.Array:
+        """Layer structs that add `adapter`'s LoRA updates to the packed base weights (cached while
+        the adapter's tensors stay the same; a detached and reloaded adapter gets new ones)."""
+        from peft.tuners.lora import LoraLayer
+
+        blocks = self.model.model.layers
+        found, tensors = [], []
+        for i, block in enumerate(blocks):
+            for slot, (part, name) in enumerate(PROJECTIONS):
+                module = getattr(getattr(block, part), f"{name}_proj")
+                if isinstance(module, LoraLayer) and adapter in module.lora_A:
+                    found.append((i, slot, module))
+                    tensors += [module.lora_A[adapter].weight, module.lora_B[adapter].weight]
+        if not found:
+            raise NativeUnavailable(f"adapter '{adapter}' is not loaded on the block linear layers")
+        targets = sum(1 for module in self.model.modules() if isinstance(module, LoraLayer)
+                      and (adapter in module.lora_A or adapter in getattr(module, "lora_embedding_A", {})))
+        if targets != len(found):
+            raise NativeUnavailable(f"adapter '{adapter}' adapts layers besides the blocks' linear ones")
+        cached = self._adapters.get(adapter)
+        if cached and len(cached[0]) == len(tensors) and all(x is y for x, y in zip(cached[0], tensors)):
+            return cached[1]
+        layers = (_Layer * len(blocks))()
+        ctypes.memmove(layers, self.layers, ctypes.sizeof(layers))
+        for i, slot, module in found:
+            a, b = module.lora_A[adapter], module.lora_B[adapter]
+            if getattr(module, "use_dora", {}).get(adapter) or getattr(module, "lora_bias", {}).get(adapter):
+                raise NativeUnavailable(f"adapter '{adapter}' uses DoRA or LoRA biases")
+            if type(a) is not nn.Linear or type(b) is not nn.Linear or a.weight.shape[0] > MAX_RANK:
+                raise NativeUnavailable(f"adapter '{adapter}' is not a plain LoRA of rank up to {MAX_RANK}")
+            linear = getattr(layers[i], PROJECTIONS[slot][1])
+            linear.rank, linear.lora_scale = a.weight.shape[0], float(module.scaling[adapter])
+            linear.lora_a, linear.lora_b = _ptr(_dense(a.weight)), _ptr(_dense(b.weight))
+        self._adapters[adapter] = (tensors, layers)  # holds the tensors the structs point into
+        return layers
+
+    def start(self, input_ids: torch.Tensor, max_new_tokens: int, adapter: str | None = None,
+              model: nn.Module | None = None) -> int:
         """Run the prompt through transformers (as `generate` does), copy its KV cache here and
-        return the first new token; `step` continues from there."""
+        return the first new token; `step` continues from there.
+
+        `adapter` names a LoRA adapter resident on `model` (see `adapter_problem`); None is the base.
+        """
         from transformers import DynamicCache
 
         if input_ids.shape[0] != 1:
@@ -322,10 +415,20 @@ class NativeDecoder:
         length = input_ids.shape[1]
         if length + max_new_tokens > self.max_len:
             raise ValueError(f"prompt ({length}) plus max_new_tokens ({max_new_tokens}) exceeds max_len {self.max_len}")
+        model = model if model is not None else self.model
+        problem = self.adapter_problem(model, adapter)
+        if problem:
+            raise ValueError(problem)
+        resident = getattr(model, "peft_config", {})
+        for gone in [name for name in self._adapters if name not in resident]:
+            del self._adapters[gone]  # a detached adapter's tensors are not kept alive here
+        layers = self.layers if adapter is None else self._adapter_layers(adapter)
+        self.struct.layer = ctypes.cast(layers, ctypes.POINTER(_Layer))
+        extra = {"adapter_names": [adapter or PEFT_BASE]} if model is not self.model else {}
         self._buffers(length + max_new_tokens)
         with torch.inference_mode():
             cache = DynamicCache(config=self.model.config)
-            logits = self.model(input_ids=input_ids, cache=cache, use_cache=True, logits_to_keep=1).logits
+            logits = model(input_ids=input_ids, cache=cache, use_cache=True, logits_to_keep=1, **extra).logits
             for i, layer in enumerate(cache.layers):
                 self.k_cache[i, :, :length] = layer.keys[0]
                 self.v_cache[i, :, :length] = layer.values[0]
@@ -343,9 +446,10 @@ class NativeDecoder:
     def logits(self) -> torch.Tensor:
         return self.scratch_tensors["logits"]
 
-    def tokens(self, input_ids: torch.Tensor, max_new_tokens: int, eos_ids: set[int]) -> Iterator[int]:
+    def tokens(self, input_ids: torch.Tensor, max_new_tokens: int, eos_ids: set[int], adapter: str | None = None,
+               model: nn.Module | None = None) -> Iterator[int]:
         """Yield new token ids one at a time, the end-of-turn token included; stop when the caller stops."""
-        token = self.start(input_ids, max_new_tokens)
+        token = self.start(input_ids, max_new_tokens, adapter, model)
         length = input_ids.shape[1]
         for produced in range(1, max_new_tokens + 1):
             yield token
@@ -353,7 +457,8 @@ class NativeDecoder:
                 return
             token = self.step(token, length + produced - 1)
 
-    def generate(self, input_ids: torch.Tensor, max_new_tokens: int, eos_ids: set[int]) -> torch.Tensor:
+    def generate(self, input_ids: torch.Tensor, max_new_tokens: int, eos_ids: set[int], adapter: str | None = None,
+                 model: nn.Module | None = None) -> torch.Tensor:
         """Prompt and answer ids (1, length), like `model.generate` with greedy decoding."""
-        new = list(self.tokens(input_ids, max_new_tokens, eos_ids))
+        new = list(self.tokens(input_ids, max_new_tokens, eos_ids, adapter, model))
         return torch.cat([input_ids, torch.tensor([new], dtype=input_ids.dtype)], dim=1)

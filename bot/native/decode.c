@@ -36,6 +36,10 @@ typedef struct {
     int32_t kind, rows, cols;
     const void *q;       /* F32: float[rows][cols]; Q4, Q8: codes in row blocks (see BLOCK) */
     const uint16_t *dm;  /* Q4, Q8: fp16 scales in row blocks; F32: unused */
+    /* A LoRA update, when rank > 0: y += scale * B (A x), A: float[rank][cols], B: float[rows][rank]. */
+    int32_t rank;
+    float lora_scale;
+    const float *lora_a, *lora_b;
 } Linear;
 
 typedef struct {
@@ -45,7 +49,7 @@ typedef struct {
 
 typedef struct {
     int32_t hidden, inter, layers, heads, kv_heads, head_dim, vocab, max_len;
-    float eps;
+    float eps, attn_scale;  /* attn_scale: head_dim ** -0.5, computed as transformers does */
     const float *inv_freq;   /* head_dim / 2 */
     const float *embed;      /* vocab x hidden, fp32 */
     const float *final_norm; /* hidden */
@@ -227,7 +231,16 @@ static void gemv_share(const Linear *w, const float *x, const float *sums, float
     int units = w->kind == KIND_F32 ? w->rows : (w->rows + BLOCK - 1) / BLOCK;
     int chunk = (units + threads - 1) / threads;
     int begin = me * chunk, end = begin + chunk < units ? begin + chunk : units;
-    if (begin < end) blocks(w, x, sums, y, begin, end);
+    if (begin >= end) return;
+    blocks(w, x, sums, y, begin, end);
+    if (w->rank > 0) {
+        /* Each thread computes the small A x itself (rank x cols), so no barrier is needed. */
+        float t[w->rank];
+        for (int i = 0; i < w->rank; i++) t[i] = dot_f32(w->lora_a + (size_t)i * w->cols, x, w->cols);
+        int per = w->kind == KIND_F32 ? 1 : BLOCK;
+        int last = end * per < w->rows ? end * per : w->rows;
+        for (int r = begin * per; r < last; r++) y[r] += w->lora_scale * dot_f32(w->lora_b + (size_t)r * w->rank, t, w->rank);
+    }
 }
 
 /* ---- the other operators ------------------------------------------------------------------ */
@@ -259,7 +272,7 @@ static void attend(const Model *m, const Scratch *s, int layer, int head, int po
     size_t base = ((size_t)layer * m->kv_heads + kvh) * m->max_len * hd;
     const float *q = s->q + head * hd;
     float *scores = s->scores + (size_t)head * m->max_len;
-    float scale = 1.0f / sqrtf((float)hd), top = -INFINITY;
+    float scale = m->attn_scale, top = -INFINITY;
     for (int t = 0; t <= pos; t++) {
         scores[t] = dot_f32(m->k_cache + base + (size_t)t * hd, q, hd) * scale;
         if (scores[t] > top) top = scores[t];
