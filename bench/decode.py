@@ -50,7 +50,8 @@ class Step:
     dtype: str
     runner: str
     """`generate`, `generate-static` (generate with a static cache), `loop` (bot.fastdecode) or
-    `native` (bot.native: one C call per token, weights kept as the GGUF's Q4_1 and Q8_0 values)."""
+    `native` (bot.native: one C call per token, weights kept as the GGUF's Q4_1 and Q8_0 values),
+    `native-lora` / `generate-lora` (the same two with a random LoRA adapter, r=16 on all linear layers)."""
     compile: bool = False
     quantization: str = "none"
 
@@ -67,9 +68,12 @@ STEPS = [
     Step("loop+compile fp32", "float32", "loop", compile=True),
     Step("loop+compile int8 fp32", "float32", "loop", compile=True, quantization="int8"),
     Step("native C step fp32", "float32", "native"),
+    Step("native + LoRA r=16 fp32", "float32", "native-lora"),
+    Step("generate + LoRA r=16 fp32", "float32", "generate-lora"),
 ]
 STEP_KEYS = {"generate": 0, "static": 1, "loop": 2, "compile": 3, "int8": 4, "fp32": 5, "int4": 6, "fp32-loop": 7,
-             "fp32-compile": 8, "fp32-int8": 9, "native": 10}
+             "fp32-compile": 8, "fp32-int8": 9, "native": 10,
+             "native-lora": 11, "generate-lora": 12}
 
 
 @dataclass
@@ -124,13 +128,15 @@ class GenerateEngine:
 class LoopEngine:
     """A decoder with `tokens()` (`FastDecoder`, `NativeDecoder`): first token timed apart from the rest."""
 
-    def __init__(self, decoder):
+    def __init__(self, decoder, **options):
         self.decoder = decoder
+        self.options = options
+        """`adapter` and `model` for a native decoder serving a LoRA adapter."""
 
     def run(self, ids, tokens: int):
         start = time.perf_counter()
         produced, first = [], 0.0
-        for token in self.decoder.tokens(ids, tokens, eos_ids=set()):
+        for token in self.decoder.tokens(ids, tokens, eos_ids=set(), **self.options):
             if not produced:
                 first = time.perf_counter() - start
             produced.append(token)
@@ -196,6 +202,9 @@ def build_engines(steps: list[Step], max_len: int) -> tuple[dict, dict]:
             model = copy.deepcopy(model)
             round_to_int8(model)
             references[step.name] = GenerateEngine(model, static=False)
+        if step.runner.endswith("-lora"):
+            engines[step.name], references[step.name] = lora_engines(model, step.runner, max_len)
+            continue
         model = quantize(model, step.quantization)
         if step.runner == "native":
             decoder = NativeDecoder(model, max_len=max_len)
@@ -207,6 +216,29 @@ def build_engines(steps: list[Step], max_len: int) -> tuple[dict, dict]:
             engine = GenerateEngine(model, static=step.runner == "generate-static")
         engines[step.name] = (engine, weight_bytes(model))
     return engines, references
+
+
+def lora_engines(model, runner: str, max_len: int):
+    """(timed engine, weight bytes) and the reference (peft `generate`) for a random LoRA adapter
+    (r=16, all linear layers) on a copy of `model`."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    from bot.native import NativeDecoder
+
+    model = copy.deepcopy(model)
+    decoder = NativeDecoder(model, max_len=max_len) if runner == "native-lora" else None
+    torch.manual_seed(0)
+    config = LoraConfig(r=16, lora_alpha=32, target_modules="all-linear", init_lora_weights=False)
+    peft_model = get_peft_model(model, config, adapter_name="bench").eval()
+    with torch.no_grad():  # a trained adapter's size of update, not a random one that drowns the base
+        for module in peft_model.modules():
+            if "bench" in getattr(module, "lora_B", {}):
+                module.lora_B["bench"].weight.mul_(0.05)
+    reference = GenerateEngine(peft_model, static=False)
+    if decoder is None:
+        return (reference, weight_bytes(model)), reference
+    return (LoopEngine(decoder, adapter="bench", model=peft_model), decoder.weight_bytes), reference
 
 
 def measure(engines: dict, ids_chat, ids_shots, tokens: int, rounds: int) -> dict:

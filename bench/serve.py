@@ -1,4 +1,5 @@
-"""Concurrent requests over several LoRA adapters: the batcher against one-at-a-time serving.
+"""Concurrent requests over several LoRA adapters: the batcher and the native decoder against
+one-at-a-time serving with `generate`.
 
     python -m bench serve                          # 8 requests, 4 adapters, 64 new tokens, 3 rounds
     python -m bench serve --requests 8 --tokens 16 --json
@@ -6,9 +7,11 @@
 Four small random LoRA adapters (different seeds) are written to a temporary folder with peft and
 loaded onto one PeftModel of the default model in fp32. Each round sends the same requests from
 concurrent threads, first to the baseline (`Generator.complete`, which serialises requests behind
-its lock) and then to `bot.batching.Batcher`; rounds alternate and the best round of each counts.
-Reported: total completion tokens/s, p50/p95 request latency (submit to answer), and whether the
-batched answers equal the serial ones (they must, greedy in fp32).
+its lock), then to `bot.batching.Batcher` (mixed-adapter batches through peft's `generate`), then
+to a generator with the native decoder (`bot.native`: still one request at a time, each adding its
+own adapter in the C step; what the app does on a CPU); rounds alternate and the best round of each
+counts. Reported: total completion tokens/s, p50/p95 request latency (submit to answer), and
+whether each mode's answers equal the serial ones (they must, greedy in fp32).
 """
 
 from __future__ import annotations
@@ -115,13 +118,15 @@ def main(argv: list[str] | None = None) -> int:
     loaded = load_model("default", dtype="float32")
     with tempfile.TemporaryDirectory() as folder:
         names = make_adapters(loaded.model, Path(folder), args.adapters)
+        native = Generator(loaded, fast_decode=True, decoder="native")  # packs the plain base model
         loaded.model = attach(loaded.model, Path(folder), names)
     generator = Generator(loaded)
     settings = GenerationSettings(max_new_tokens=args.tokens)
     requests = [(build_messages(QUESTIONS[i % len(QUESTIONS)]), names[i % len(names)]) for i in range(args.requests)]
     batcher = Batcher(generator, window_s=args.window, max_batch=args.requests)
     modes = {"serial": lambda m, a: generator.complete(m, settings, a),
-             "batched": lambda m, a: batcher.complete(m, settings, a)}
+             "batched": lambda m, a: batcher.complete(m, settings, a),
+             "native": lambda m, a: native.complete(m, settings, a)}
     best, texts = {}, {}
     try:
         for _ in range(args.rounds):
@@ -141,6 +146,8 @@ def report(args, best: dict, texts: dict) -> None:
     result = {**{f"{mode}_{key}": value for mode, r in best.items() for key, value in r.items()},
               "speedup": best["batched"]["tok_s"] / best["serial"]["tok_s"],
               "identical": texts["batched"] == texts["serial"],
+              "native_speedup": best["native"]["tok_s"] / best["serial"]["tok_s"],
+              "native_identical": texts["native"] == texts["serial"],
               "requests": args.requests, "adapters": args.adapters, "tokens": args.tokens, "rounds": args.rounds}
     if args.json:
         print(json.dumps(result, indent=2))
@@ -151,6 +158,8 @@ def report(args, best: dict, texts: dict) -> None:
     for mode, r in best.items():
         print(f"{mode:8} {r['tok_s']:7.1f} {r['p50_s']:7.2f} {r['p95_s']:7.2f}")
     print(f"batched / serial throughput: {result['speedup']:.2f}x; answers identical: {result['identical']}")
+    print(f"native / serial throughput: {result['native_speedup']:.2f}x; answers identical: "
+          f"{result['native_identical']}")
 
 
 if __name__ == "__main__":

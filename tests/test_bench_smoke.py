@@ -53,9 +53,10 @@ def test_chunked_cross_entropy_equals_the_models_own_loss():
 
 @pytest.mark.integration
 def test_decode_quick_mode_matches_generate():
-    result = bench("decode", "--steps", "generate", "static", "loop", "--tokens", "4", "--rounds", "1",
-                   "--no-llamacpp")
-    assert len(result["steps"]) == 3
+    result = bench("decode", "--steps", "generate", "static", "loop", "native", "native-lora", "generate-lora",
+                   "--tokens", "4", "--rounds", "1", "--no-llamacpp")
+    assert len(result["steps"]) == 6
+    assert [s["identical"] for s in result["steps"][3:]] == [True, True, None], "native and native+LoRA checked"
     assert all(s["identical"] in (None, True) for s in result["steps"])  # None marks the reference itself
     assert result["ours_tok_s"] > 0 and result["floor_tok_s"] > 0 and result["llamacpp_tok_s"] is None
 
@@ -63,7 +64,7 @@ def test_decode_quick_mode_matches_generate():
 @pytest.mark.integration
 def test_serve_quick_mode_batched_answers_equal_serial_ones():
     result = bench("serve", "--requests", "3", "--adapters", "3", "--tokens", "4", "--rounds", "1")
-    assert result["identical"] is True
+    assert result["identical"] is True and result["native_identical"] is True
 
 
 @pytest.mark.integration
