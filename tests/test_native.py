@@ -134,16 +134,18 @@ def test_one_thread_equals_two():
                        NativeDecoder(tiny.model, max_len=64, threads=2).generate(ids, 16, set()))
 
 
-def test_stops_after_the_end_of_turn_token_and_reuses_buffers():
+def test_stops_after_the_end_of_turn_token_and_frees_its_buffers():
     tiny = fresh_tiny()
     decoder = NativeDecoder(tiny.model, max_len=1024)
     ids = prompt_ids(tiny.tokenizer, PROMPTS[0])
     first, second = list(decoder.tokens(ids, 2, set()))
     assert list(decoder.tokens(ids, 10, {second})) == [first, second]
-    long = torch.cat([ids] * 20, dim=1)  # past the smallest buffer: a larger one is made
-    assert long.shape[1] > native.MIN_CACHE
+    long = torch.cat([ids] * 20, dim=1)  # past one buffer step: a larger buffer is made
+    assert long.shape[1] > native.CACHE_STEP
     assert torch.equal(decoder.generate(long, 8, set()), plain(tiny.model, long, 8))
-    assert decoder.cache_len == 2 * native.MIN_CACHE
+    assert decoder.k_cache is None and decoder.cache_len == 0, "the KV buffers went with the request"
+    with pytest.raises(ValueError, match="outside the KV buffer"):
+        decoder.step(first, 0)
 
 
 def test_refuses_requests_and_models_it_cannot_decode(monkeypatch, tmp_path):

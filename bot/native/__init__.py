@@ -50,8 +50,8 @@ PEFT_BASE = "__base__"
 """peft's name for "no adapter" in `adapter_names`."""
 BLOCK = 16
 """Rows per block of packed weights (`decode.c`'s BLOCK)."""
-MIN_CACHE = 256
-"""Smallest KV buffer in tokens; larger ones double up to the decoder's `max_len`."""
+CACHE_STEP = 256
+"""KV buffers hold a multiple of this many positions (at most the decoder's `max_len`)."""
 
 
 class NativeUnavailable(RuntimeError):
@@ -213,6 +213,22 @@ def _blocks(tensor: torch.Tensor) -> torch.Tensor:
     return tensor.reshape(-1, BLOCK, *tensor.shape[1:])
 
 
+def _trim_heap() -> None:
+    """Hand freed heap memory back to the system (glibc keeps it otherwise: packing's temporaries
+    and each request's buffers would stay in the resident set)."""
+    global _malloc_trim
+    if _malloc_trim is None:
+        try:
+            _malloc_trim = ctypes.CDLL("libc.so.6").malloc_trim
+        except (OSError, AttributeError):  # not glibc
+            _malloc_trim = False
+    if _malloc_trim:
+        _malloc_trim(0)
+
+
+_malloc_trim = None
+
+
 def _dense(tensor: torch.Tensor) -> torch.Tensor:
     """`tensor` itself when it is already contiguous fp32 (so the pointer stays valid with it)."""
     if tensor.dtype != torch.float32 or not tensor.is_contiguous():
@@ -311,6 +327,7 @@ class NativeDecoder:
                 self.head.struct(), ctypes.cast(layers, ctypes.POINTER(_Layer)), None, None)
         self.cache_len = 0
         self.scratch = None
+        _trim_heap()  # the packing's temporaries
         self._adapters: dict[str, tuple[list, ctypes.Array]] = {}
         """Per LoRA adapter: (its A and B tensors, the layer structs that add them)."""
 
@@ -325,15 +342,12 @@ class NativeDecoder:
         return sum(p.nbytes for p in self.packed) + self.head.nbytes
 
     def _buffers(self, need: int) -> None:
-        """KV and scratch buffers for at least `need` positions (power-of-two sizes, reused)."""
-        size = MIN_CACHE
-        while size < need:
-            size *= 2
-        size = min(size, self.max_len)
-        if size <= self.cache_len:
-            return
+        """Fresh KV and scratch buffers for `need` positions (rounded up to a multiple of
+        CACHE_STEP), made per request and dropped after it (`release`), so a long conversation's
+        cache does not stay resident between requests."""
+        size = min(-(-need // CACHE_STEP) * CACHE_STEP, self.max_len)
         shape = (len(self.layers), self.kv_heads, size, self.head_dim)
-        self.k_cache, self.v_cache = torch.zeros(shape), torch.zeros(shape)
+        self.k_cache, self.v_cache = torch.empty(shape), torch.empty(shape)  # only written positions are read
         sizes = dict(x=self.hidden, xn=self.hidden, q=self.heads * self.head_dim, att=self.heads * self.head_dim,
                      k=self.kv_heads * self.head_dim, v=self.kv_heads * self.head_dim, gate=self.inter, up=self.inter,
                      scores=self.heads * size, logits=self.struct.vocab,
@@ -343,6 +357,13 @@ class NativeDecoder:
         self.struct.max_len = size
         self.struct.k_cache, self.struct.v_cache = _ptr(self.k_cache), _ptr(self.v_cache)
         self.cache_len = size
+
+    def release(self) -> None:
+        """Drop the KV buffers (the next `start` makes new ones); `logits` stays readable."""
+        self.struct.k_cache = self.struct.v_cache = None
+        self.k_cache = self.v_cache = None
+        self.cache_len = 0
+        _trim_heap()
 
     def adapter_problem(self, model: nn.Module, adapter: str | None) -> str:
         """Why this decoder cannot answer for `adapter` (None: the base) on `model`, or "".
@@ -451,11 +472,14 @@ class NativeDecoder:
         """Yield new token ids one at a time, the end-of-turn token included; stop when the caller stops."""
         token = self.start(input_ids, max_new_tokens, adapter, model)
         length = input_ids.shape[1]
-        for produced in range(1, max_new_tokens + 1):
-            yield token
-            if token in eos_ids or produced == max_new_tokens:
-                return
-            token = self.step(token, length + produced - 1)
+        try:
+            for produced in range(1, max_new_tokens + 1):
+                yield token
+                if token in eos_ids or produced == max_new_tokens:
+                    return
+                token = self.step(token, length + produced - 1)
+        finally:
+            self.release()
 
     def generate(self, input_ids: torch.Tensor, max_new_tokens: int, eos_ids: set[int], adapter: str | None = None,
                  model: nn.Module | None = None) -> torch.Tensor:
