@@ -118,12 +118,15 @@ def test_odd_shapes_give_generate_tokens_and_logits(changes):
 def test_portable_build_equals_the_vector_build(monkeypatch, tmp_path):
     tiny = quantized_tiny()
     ids = prompt_ids(tiny.tokenizer, PROMPTS[0])
-    vector = NativeDecoder(tiny.model, max_len=64).generate(ids, 16, set())
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    monkeypatch.setattr(native, "_library", None)
+    vector = NativeDecoder(tiny.model, max_len=64).generate(ids, 16, set())
+    built = list(tmp_path.glob("icl-bot/native/decode-*.so"))
     monkeypatch.setattr(native, "_library", None)
     monkeypatch.setattr(native, "compile_flags", lambda: ["-O2", "-fPIC", "-shared", "-fopenmp"])
     portable = NativeDecoder(tiny.model, max_len=64)
-    assert list(tmp_path.glob("icl-bot/native/decode-*.so")), "a fresh library was built"
+    rebuilt = list(tmp_path.glob("icl-bot/native/decode-*.so"))
+    assert len(built) == len(rebuilt) == 1 and built != rebuilt, "a new library replaced the other flags' one"
     assert torch.equal(portable.generate(ids, 16, set()), vector)
 
 

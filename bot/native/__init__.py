@@ -106,6 +106,9 @@ def _build() -> Path:
         if result.returncode != 0:
             raise NativeUnavailable(f"compiling {SOURCE.name} failed:\n{result.stderr.strip()}")
         os.replace(built, target)  # atomic: another process never loads a half-written library
+    for stale in target.parent.glob("decode-*.so"):  # builds of older sources or other flags
+        if stale != target:
+            stale.unlink(missing_ok=True)  # a process that loaded it keeps its mapping
     return target
 
 
