@@ -221,11 +221,19 @@ def _cut_at_stop(tokenizer, item, stops: list[str]):
 
     from bot.completions import TokenScores
 
-    text = tokenizer.decode(item.new_ids, skip_special_tokens=True)
-    if not any(stop and stop in text for stop in stops):
+    def reaches_stop(count: int) -> bool:
+        text = tokenizer.decode(item.new_ids[:count], skip_special_tokens=True)
+        return any(stop and stop in text for stop in stops)
+
+    if not reaches_stop(len(item.new_ids)):
         return item
-    keep = next(n for n in range(1, len(item.new_ids) + 1)
-                if any(stop and stop in tokenizer.decode(item.new_ids[:n], skip_special_tokens=True) for stop in stops))
+    low, keep = 1, len(item.new_ids)  # the fewest tokens that reach a stop: once reached it stays reached
+    while low < keep:
+        middle = (low + keep) // 2
+        if reaches_stop(middle):
+            keep = middle
+        else:
+            low = middle + 1
     scores = item.scores
     if scores is not None:
         drop = len(item.new_ids) - keep

@@ -138,6 +138,24 @@ def test_stop_string_cuts_text_scores_and_usage(api):
     assert len(choice.logprobs.token_logprobs) == cut.usage.completion_tokens
 
 
+def test_stop_cut_keeps_the_fewest_tokens_that_reach_a_stop(generator):
+    """Against a scan of every prefix, for stops that start at each character of the answer."""
+    from bot.api import _cut_at_stop
+    from bot.completions import TokenCompletion
+
+    tokenizer = generator.loaded.tokenizer
+    ids = tokenizer("the quick brown fox jumps over the lazy dog, twice: quick and lazy")["input_ids"]
+    text = tokenizer.decode(ids, skip_special_tokens=True)
+    item = TokenCompletion(prompt_ids=[1, 2], new_ids=ids, finish_reason="length", scores=None)
+    for start in range(len(text) - 2):
+        stops = [text[start:start + 3]]
+        expected = next(n for n in range(1, len(ids) + 1)
+                        if stops[0] in tokenizer.decode(ids[:n], skip_special_tokens=True))
+        cut = _cut_at_stop(tokenizer, item, stops)
+        assert cut.new_ids == ids[:expected] and cut.finish_reason == "stop", stops
+    assert _cut_at_stop(tokenizer, item, ["not in the text"]) is item
+
+
 def test_token_batches_respect_the_budget():
     from bot.completions import _token_batches
 
