@@ -15,7 +15,9 @@ def prompt_ids(tokenizer, text: str):
 
 def plain(model, ids, tokens: int):
     with torch.inference_mode():
-        return model.generate(ids, max_new_tokens=tokens, do_sample=False, pad_token_id=0, eos_token_id=None)
+        # An explicit mask: generate would otherwise mask every prompt token equal to pad_token_id.
+        return model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=tokens, do_sample=False,
+                              pad_token_id=0, eos_token_id=None)
 
 
 def fresh_tiny(seed: int = 0):

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import bot.native as native
-from bot.native import KIND_F32, KIND_Q4, KIND_Q8, NativeDecoder, NativeUnavailable
+from bot.native import KIND_BF16, KIND_F32, KIND_Q4, KIND_Q8, NativeDecoder, NativeUnavailable
 from test_fastdecode import PROMPTS, fresh_tiny, make_q4_1, plain, prompt_ids
 
 pytestmark = pytest.mark.skipif(not (os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")),
@@ -51,6 +51,22 @@ def test_dense_weights_give_generate_tokens(text):
     assert {p.kind for p in decoder.packed} == {KIND_F32} and decoder.head.kind == KIND_F32
     ids = prompt_ids(tiny.tokenizer, text)
     assert torch.equal(decoder.generate(ids, 24, set()), plain(tiny.model, ids, 24))
+
+
+def test_bf16_valued_weights_are_packed_as_bf16_and_give_generate_tokens():
+    """A bf16 checkpoint loaded in fp32 (the hub's default model): 16 bits per weight, same values."""
+    for model in (fresh_tiny().model, odd_llama()):
+        with torch.no_grad():
+            for parameter in model.parameters():
+                parameter.copy_(parameter.bfloat16().float())
+        decoder = NativeDecoder(model, max_len=128)
+        assert {p.kind for p in decoder.packed} == {KIND_BF16} and decoder.head.kind == KIND_BF16
+        ids = torch.randint(0, 300, (1, 20), generator=torch.Generator().manual_seed(5))
+        expected = plain(model, ids, 20)
+        assert torch.equal(decoder.generate(ids, 20, set()), expected)
+        with torch.inference_mode():
+            last = model(input_ids=expected[:, :-1]).logits[0, -1]
+        torch.testing.assert_close(decoder.logits, last, rtol=1e-4, atol=1e-4)
 
 
 def test_q4_1_and_q8_0_weights_are_packed_without_loss():
@@ -187,8 +203,8 @@ def test_default_model_gives_generate_tokens(default_model):
 
 def adapter_generate(model, ids, tokens: int, adapter: str):
     with torch.inference_mode():
-        return model.generate(ids, max_new_tokens=tokens, do_sample=False, pad_token_id=0, eos_token_id=None,
-                              adapter_names=[adapter])
+        return model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=tokens, do_sample=False,
+                              pad_token_id=0, eos_token_id=None, adapter_names=[adapter])
 
 
 def test_lora_adapters_give_peft_generate_tokens_and_never_cross():

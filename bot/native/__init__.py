@@ -4,11 +4,12 @@ transformers runs the prompt (the same prefill as `generate`) and this module co
 into flat buffers; after that each new token is one call to `icl_step` in `decode.c`, which runs
 every layer, the head and the argmax with no Python or operator dispatch in between.
 
-Weights keep their values: a linear layer whose fp32 weight is exactly a dequantized Q4_1 or Q8_0
-tensor (as a GGUF checkpoint loads) is stored in that form, 4 or 8 bits per weight plus a scale per
-group of 32, and multiplied without rounding it again; any other weight stays dense fp32. Only the
-order of additions differs from transformers, so greedy tokens match `generate` in fp32 (the tests
-and `python -m bench decode` check this on the default model and on tiny ones).
+Weights keep their values, in the fewest bytes that hold them exactly: a linear layer whose fp32
+weight is a dequantized Q4_1 or Q8_0 tensor (as a GGUF checkpoint loads) is stored in that form, 4 or
+8 bits per weight plus a scale per group of 32; one whose values are all bfloat16 numbers (a bf16
+checkpoint, as the hub's SmolLM2 is, loaded in fp32) as 16 bits; any other stays dense fp32. Only
+the order of additions differs from transformers, so greedy tokens match `generate` in fp32 (the
+tests and `python -m bench decode` check this on the default model and on tiny ones).
 
 LoRA adapters loaded on the model later (peft, by name, as the generator serves them) are added in
 the same call: each adapted layer also computes `scale * B (A x)`, with A and B read from peft's own
@@ -41,7 +42,7 @@ from torch import nn
 from bot.fastdecode import GROUP, exact_int4_groups
 
 SOURCE = Path(__file__).with_name("decode.c")
-KIND_F32, KIND_Q8, KIND_Q4 = 0, 1, 2
+KIND_F32, KIND_Q8, KIND_Q4, KIND_BF16 = 0, 1, 2, 3
 PROJECTIONS = (("self_attn", "q"), ("self_attn", "k"), ("self_attn", "v"), ("self_attn", "o"),
                ("mlp", "gate"), ("mlp", "up"), ("mlp", "down"))
 """The linear layers of a block, in `Layer`'s order: (part, name) for `block.part.name_proj`."""
@@ -167,14 +168,14 @@ class PackedLinear:
             raise NativeUnavailable(f"the native decoder needs fp32 weights, not {weight.dtype}")
         rows, cols = weight.shape
         self.kind, self.tensors = KIND_F32, [weight.contiguous()]
-        if cols % GROUP == 0:
-            for kind, pack in ((KIND_Q4, _pack_q4), (KIND_Q8, _pack_q8)):
-                try:
-                    self.tensors = pack(weight)
-                except ValueError:
-                    continue
-                self.kind = kind
-                break
+        packers = ((KIND_Q4, _pack_q4), (KIND_Q8, _pack_q8)) if cols % GROUP == 0 else ()
+        for kind, pack in (*packers, (KIND_BF16, _pack_bf16)):  # the fewest bytes that hold the values
+            try:
+                self.tensors = pack(weight)
+            except ValueError:
+                continue
+            self.kind = kind
+            break
         self.rows, self.cols = rows, cols
 
     @property
@@ -206,6 +207,14 @@ def _pack_q8(weight: torch.Tensor) -> list[torch.Tensor]:
         raise ValueError("weights are not exactly int8 in groups of 32")
     codes = _blocks(q.to(torch.int8)).permute(0, 2, 3, 1)  # (blocks, groups, column, rows)
     return [codes.contiguous(), _as_half(_blocks(scale).permute(0, 2, 1))]
+
+
+def _pack_bf16(weight: torch.Tensor) -> list[torch.Tensor]:
+    """The top 16 bits of each weight in row blocks, when every weight is a bfloat16 number."""
+    half = weight.bfloat16()
+    if not torch.equal(half.float(), weight):
+        raise ValueError("weights are not bfloat16 numbers")
+    return [_blocks(half.view(torch.int16)).permute(0, 2, 1).contiguous()]  # (blocks, columns, rows)
 
 
 def _blocks(tensor: torch.Tensor) -> torch.Tensor:

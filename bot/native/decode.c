@@ -8,6 +8,7 @@
  *   Q4:  groups of 32 inputs, w = d * q + m with q in 0..15 (a dequantized Q4_1 GGUF tensor), d and m
  *        in fp16 as Q4_1 stores them.
  *   Q8:  groups of 32 inputs, w = d * q with q in -127..127 and d an fp16 (a dequantized Q8_0 tensor).
+ *   BF16: every weight is a bfloat16 number (a bf16 checkpoint loaded in fp32): its top 16 bits.
  *   (Their memory layout is described at BLOCK below.)
  *   F32: the dense weight.
  * A Q4 or Q8 row is the same set of numbers as the fp32 weight transformers multiplies by; only
@@ -29,12 +30,12 @@
 #define ICL_AVX512 1
 #endif
 
-enum { KIND_F32 = 0, KIND_Q8 = 1, KIND_Q4 = 2 };
+enum { KIND_F32 = 0, KIND_Q8 = 1, KIND_Q4 = 2, KIND_BF16 = 3 };
 #define GROUP 32
 
 typedef struct {
     int32_t kind, rows, cols;
-    const void *q;       /* F32: float[rows][cols]; Q4, Q8: codes in row blocks (see BLOCK) */
+    const void *q;       /* F32: float[rows][cols]; Q4, Q8, BF16: codes in row blocks (see BLOCK) */
     const uint16_t *dm;  /* Q4, Q8: fp16 scales in row blocks; F32: unused */
     /* A LoRA update, when rank > 0: y += scale * B (A x), A: float[rank][cols], B: float[rows][rank]. */
     int32_t rank;
@@ -110,7 +111,8 @@ static float dot_f32(const float *w, const float *x, int n) {
  * horizontal sums, and one vector operation applies 16 rows' group scales. Per block b, group g:
  *   Q4 codes: uint8 [b][g][j < 16][row]: q[row][32g + j] in the low nibble, q[row][32g + 16 + j] in
  *             the high one; scales: fp16 [b][g][d or m][row].
- *   Q8 codes: int8 [b][g][j < 32][row]; scales: fp16 [b][g][row]. */
+ *   Q8 codes: int8 [b][g][j < 32][row]; scales: fp16 [b][g][row].
+ *   BF16:     uint16 [b][column][row], no scales. */
 #define BLOCK 16
 
 #ifdef ICL_AVX512
@@ -193,6 +195,35 @@ static void block_q8(const int8_t *q, const uint16_t *d, const float *x, int gro
 #endif
 }
 
+static void block_bf16(const uint16_t *w, const float *x, int cols, float *y) {
+#ifdef ICL_AVX512
+    __m512 p[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps()};
+    int j = 0;
+    for (; j + 4 <= cols; j += 4) {
+        prefetch(w + (j + 8 * AHEAD) * BLOCK, 4 * BLOCK * sizeof(uint16_t));
+        for (int u = 0; u < 4; u++) {
+            __m512i bits = _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)(w + (j + u) * BLOCK)));
+            p[u] = _mm512_fmadd_ps(_mm512_castsi512_ps(_mm512_slli_epi32(bits, 16)), _mm512_set1_ps(x[j + u]), p[u]);
+        }
+    }
+    for (; j < cols; j++) {
+        __m512i bits = _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)(w + j * BLOCK)));
+        p[0] = _mm512_fmadd_ps(_mm512_castsi512_ps(_mm512_slli_epi32(bits, 16)), _mm512_set1_ps(x[j]), p[0]);
+    }
+    _mm512_storeu_ps(y, _mm512_add_ps(_mm512_add_ps(p[0], p[1]), _mm512_add_ps(p[2], p[3])));
+#else
+    float acc[BLOCK] = {0};
+    for (int j = 0; j < cols; j++)
+        for (int r = 0; r < BLOCK; r++) {
+            uint32_t bits = (uint32_t)w[j * BLOCK + r] << 16;
+            float weight;
+            memcpy(&weight, &bits, sizeof weight);
+            acc[r] += weight * x[j];
+        }
+    memcpy(y, acc, sizeof acc);
+#endif
+}
+
 static void group_sums(const float *x, int n, float *sums) {
     for (int g = 0; g < n / GROUP; g++) {
         float s = 0.0f;
@@ -210,7 +241,9 @@ static void blocks(const Linear *w, const float *x, const float *sums, float *y,
             y[b] = dot_f32((const float *)w->q + (size_t)b * w->cols, x, w->cols);
             continue;
         }
-        if (w->kind == KIND_Q4)
+        if (w->kind == KIND_BF16)
+            block_bf16((const uint16_t *)w->q + (size_t)b * w->cols * BLOCK, x, w->cols, out);
+        else if (w->kind == KIND_Q4)
             block_q4((const uint8_t *)w->q + (size_t)b * groups * 16 * BLOCK, w->dm + (size_t)b * groups * 2 * BLOCK,
                      x, sums, groups, out);
         else
