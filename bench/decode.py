@@ -51,7 +51,8 @@ class Step:
     runner: str
     """`generate`, `generate-static` (generate with a static cache), `loop` (bot.fastdecode) or
     `native` (bot.native: one C call per token, weights kept as the GGUF's Q4_1 and Q8_0 values),
-    `native-lora` / `generate-lora` (the same two with a random LoRA adapter, r=16 on all linear layers)."""
+    `native-lora` / `generate-lora` (the same two with a random LoRA adapter, r=16 on all linear layers),
+    `native-bf16` (native on the weights rounded to bfloat16: the format of the hub's checkpoint)."""
     compile: bool = False
     quantization: str = "none"
 
@@ -70,10 +71,11 @@ STEPS = [
     Step("native C step fp32", "float32", "native"),
     Step("native + LoRA r=16 fp32", "float32", "native-lora"),
     Step("generate + LoRA r=16 fp32", "float32", "generate-lora"),
+    Step("native, bf16 weights fp32", "float32", "native-bf16"),
 ]
 STEP_KEYS = {"generate": 0, "static": 1, "loop": 2, "compile": 3, "int8": 4, "fp32": 5, "int4": 6, "fp32-loop": 7,
              "fp32-compile": 8, "fp32-int8": 9, "native": 10,
-             "native-lora": 11, "generate-lora": 12}
+             "native-lora": 11, "generate-lora": 12, "native-bf16": 13}
 
 
 @dataclass
@@ -205,6 +207,9 @@ def build_engines(steps: list[Step], max_len: int) -> tuple[dict, dict]:
         if step.runner.endswith("-lora"):
             engines[step.name], references[step.name] = lora_engines(model, step.runner, max_len)
             continue
+        if step.runner == "native-bf16":
+            engines[step.name], references[step.name] = bf16_engines(model, max_len)
+            continue
         model = quantize(model, step.quantization)
         if step.runner == "native":
             decoder = NativeDecoder(model, max_len=max_len)
@@ -239,6 +244,21 @@ def lora_engines(model, runner: str, max_len: int):
     if decoder is None:
         return (reference, weight_bytes(model)), reference
     return (LoopEngine(decoder, adapter="bench", model=peft_model), decoder.weight_bytes), reference
+
+
+def bf16_engines(model, max_len: int):
+    """(native engine, weight bytes) and the reference (`generate`) on a copy of `model` whose
+    weights are rounded to bfloat16 values, as a bf16 checkpoint loaded in fp32 has them."""
+    import torch
+
+    from bot.native import NativeDecoder
+
+    model = copy.deepcopy(model)
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.copy_(parameter.bfloat16().float())
+    decoder = NativeDecoder(model, max_len=max_len)
+    return (LoopEngine(decoder), decoder.weight_bytes), GenerateEngine(model, static=False)
 
 
 def measure(engines: dict, ids_chat, ids_shots, tokens: int, rounds: int) -> dict:

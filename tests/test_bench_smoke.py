@@ -54,9 +54,9 @@ def test_chunked_cross_entropy_equals_the_models_own_loss():
 @pytest.mark.integration
 def test_decode_quick_mode_matches_generate():
     result = bench("decode", "--steps", "generate", "static", "loop", "native", "native-lora", "generate-lora",
-                   "--tokens", "4", "--rounds", "1", "--no-llamacpp")
-    assert len(result["steps"]) == 6
-    assert [s["identical"] for s in result["steps"][3:]] == [True, True, None], "native and native+LoRA checked"
+                   "native-bf16", "--tokens", "4", "--rounds", "1", "--no-llamacpp")
+    assert len(result["steps"]) == 7
+    assert [s["identical"] for s in result["steps"][3:]] == [True, True, None, True], "each native step checked"
     assert all(s["identical"] in (None, True) for s in result["steps"])  # None marks the reference itself
     assert result["ours_tok_s"] > 0 and result["floor_tok_s"] > 0 and result["llamacpp_tok_s"] is None
 
