@@ -53,6 +53,17 @@ def test_dense_weights_give_generate_tokens(text):
     assert torch.equal(decoder.generate(ids, 24, set()), plain(tiny.model, ids, 24))
 
 
+def assert_decodes_like_the_model(decoder, model, seed: int, tokens: int = 20) -> None:
+    """Greedy tokens equal `generate`'s after a random 20-token prompt, and the last step's logits
+    equal the model's own on the whole sequence."""
+    ids = torch.randint(0, 300, (1, 20), generator=torch.Generator().manual_seed(seed))
+    expected = plain(model, ids, tokens)
+    assert torch.equal(decoder.generate(ids, tokens, set()), expected)
+    with torch.inference_mode():
+        last = model(input_ids=expected[:, :-1]).logits[0, -1]
+    torch.testing.assert_close(decoder.logits, last, rtol=1e-4, atol=1e-4)
+
+
 def test_bf16_valued_weights_are_packed_as_bf16_and_give_generate_tokens():
     """A bf16 checkpoint loaded in fp32 (the hub's default model): 16 bits per weight, same values."""
     for model in (fresh_tiny().model, odd_llama()):
@@ -61,12 +72,7 @@ def test_bf16_valued_weights_are_packed_as_bf16_and_give_generate_tokens():
                 parameter.copy_(parameter.bfloat16().float())
         decoder = NativeDecoder(model, max_len=128)
         assert {p.kind for p in decoder.packed} == {KIND_BF16} and decoder.head.kind == KIND_BF16
-        ids = torch.randint(0, 300, (1, 20), generator=torch.Generator().manual_seed(5))
-        expected = plain(model, ids, 20)
-        assert torch.equal(decoder.generate(ids, 20, set()), expected)
-        with torch.inference_mode():
-            last = model(input_ids=expected[:, :-1]).logits[0, -1]
-        torch.testing.assert_close(decoder.logits, last, rtol=1e-4, atol=1e-4)
+        assert_decodes_like_the_model(decoder, model, seed=5)
 
 
 def test_q4_1_and_q8_0_weights_are_packed_without_loss():
@@ -121,12 +127,7 @@ def test_odd_shapes_give_generate_tokens_and_logits(changes):
     kinds = {(p.rows, p.kind) for p in decoder.packed}
     assert decoder.head.kind == KIND_Q8 and (40, KIND_F32) not in kinds and any(k == KIND_F32 for _, k in kinds)
     assert any(rows % 16 for rows, kind in kinds if kind == KIND_Q4) or changes, "a partial block of Q4 rows"
-    ids = torch.randint(0, 403, (1, 20), generator=torch.Generator().manual_seed(3))
-    expected = plain(model, ids, 20)
-    assert torch.equal(decoder.generate(ids, 20, set()), expected)
-    with torch.inference_mode():
-        last = model(input_ids=expected[:, :-1]).logits[0, -1]
-    torch.testing.assert_close(decoder.logits, last, rtol=1e-4, atol=1e-4)
+    assert_decodes_like_the_model(decoder, model, seed=3)
 
 
 @pytest.mark.skipif(torch.backends.cpu.get_cpu_capability() not in ("AVX512", "AVX512_BF16", "AMX"),
