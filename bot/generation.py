@@ -78,13 +78,12 @@ DECODERS = ("auto", "native", "compiled", "eager")
 
 def _fast_decoder(loaded: LoadedModel, decoder: str):
     """(decoder or None, a line saying which one serves, or why none does)."""
+    from bot import zerogpu
     from bot.fastdecode import FastDecoder
     from bot.native import NativeDecoder, NativeUnavailable
 
     if decoder not in DECODERS:
         raise ValueError(f"unknown decoder '{decoder}'; choose one of: {', '.join(DECODERS)}")
-    from bot import zerogpu
-
     problem = ""
     if zerogpu.active():
         problem = "on ZeroGPU the model runs under GPU leases, which fast decoding would bypass"

@@ -25,10 +25,9 @@ def active() -> bool:
 
 def on_gpu(generate):
     """`generate(inputs, settings, adapters, **kwargs)` wrapped with `spaces.GPU`, if available."""
-    try:
-        import spaces
-    except ImportError:
+    if not active():
         return generate
+    import spaces
 
     def duration(inputs, settings, adapters, **kwargs):
         return lease_seconds(inputs["input_ids"].shape[0], settings.max_new_tokens)

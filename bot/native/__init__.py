@@ -198,8 +198,6 @@ def _pack_q4(weight: torch.Tensor) -> list[torch.Tensor]:
 
 def _pack_q8(weight: torch.Tensor) -> list[torch.Tensor]:
     """int8 codes and fp16 scales in row blocks, when the weight is exactly d * q with q in -127..127."""
-    if weight.dtype != torch.float32:
-        raise ValueError("Q8 packing needs fp32 weights")
     groups = weight.reshape(weight.shape[0], -1, GROUP)
     scale = (groups.abs().amax(dim=-1) / 127).half().float()
     q = torch.round(groups / torch.where(scale > 0, scale, 1)[..., None])
@@ -383,20 +381,22 @@ class NativeDecoder:
         `model` is what the generator serves: this decoder's model, or a PeftModel wrapped around it
         whose adapters were loaded after this decoder was built.
         """
+        try:
+            self._layers_for(model, adapter)
+        except NativeUnavailable as error:
+            return str(error)
+        return ""
+
+    def _layers_for(self, model: nn.Module, adapter: str | None) -> ctypes.Array:
+        """The layer structs that answer for `adapter` on `model`; raises NativeUnavailable."""
         from peft import PeftModel
 
         if isinstance(model, PeftModel):
             if model.base_model.model is not self.model:
-                return "the adapters sit on another model"
+                raise NativeUnavailable("the adapters sit on another model")
         elif model is not self.model:
-            return "the generator's model is not this decoder's"
-        if adapter is None:
-            return ""
-        try:
-            self._adapter_layers(adapter)
-        except NativeUnavailable as error:
-            return str(error)
-        return ""
+            raise NativeUnavailable("the generator's model is not this decoder's")
+        return self.layers if adapter is None else self._adapter_layers(adapter)
 
     def _adapter_layers(self, adapter: str) -> ctypes.Array:
         """Layer structs that add `adapter`'s LoRA updates to the packed base weights (cached while
@@ -413,13 +413,13 @@ class NativeDecoder:
                     tensors += [module.lora_A[adapter].weight, module.lora_B[adapter].weight]
         if not found:
             raise NativeUnavailable(f"adapter '{adapter}' is not loaded on the block linear layers")
+        cached = self._adapters.get(adapter)
+        if cached and len(cached[0]) == len(tensors) and all(x is y for x, y in zip(cached[0], tensors)):
+            return cached[1]  # the checks below passed when it was built, for these very tensors
         targets = sum(1 for module in self.model.modules() if isinstance(module, LoraLayer)
                       and (adapter in module.lora_A or adapter in getattr(module, "lora_embedding_A", {})))
         if targets != len(found):
             raise NativeUnavailable(f"adapter '{adapter}' adapts layers besides the blocks' linear ones")
-        cached = self._adapters.get(adapter)
-        if cached and len(cached[0]) == len(tensors) and all(x is y for x, y in zip(cached[0], tensors)):
-            return cached[1]
         layers = (_Layer * len(blocks))()
         ctypes.memmove(layers, self.layers, ctypes.sizeof(layers))
         for i, slot, module in found:
@@ -449,13 +449,13 @@ class NativeDecoder:
         if length + max_new_tokens > self.max_len:
             raise ValueError(f"prompt ({length}) plus max_new_tokens ({max_new_tokens}) exceeds max_len {self.max_len}")
         model = model if model is not None else self.model
-        problem = self.adapter_problem(model, adapter)
-        if problem:
-            raise ValueError(problem)
         resident = getattr(model, "peft_config", {})
         for gone in [name for name in self._adapters if name not in resident]:
             del self._adapters[gone]  # a detached adapter's tensors are not kept alive here
-        layers = self.layers if adapter is None else self._adapter_layers(adapter)
+        try:
+            layers = self._layers_for(model, adapter)
+        except NativeUnavailable as error:
+            raise ValueError(str(error)) from error
         self.struct.layer = ctypes.cast(layers, ctypes.POINTER(_Layer))
         extra = {"adapter_names": [adapter or PEFT_BASE]} if model is not self.model else {}
         self._buffers(length + max_new_tokens)
