@@ -319,8 +319,16 @@ def main(args: argparse.Namespace) -> int:
     except (ValueError, FileNotFoundError, QLoRAUnavailable) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    print(f"adapter written: {output}")
+    if _is_main_process():
+        print(f"adapter written: {output}")
     return 0
+
+
+def _is_main_process() -> bool:
+    """False in every process but the first under `accelerate launch` / torchrun."""
+    from accelerate import PartialState
+
+    return PartialState().is_main_process
 
 
 if __name__ == "__main__":

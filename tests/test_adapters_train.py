@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -10,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from servers import free_port
 from test_adapters_support import PERSONA_ROWS, PROBE, load_tiny, logits, tiny_base, train_tiny, write_rows
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -165,3 +167,39 @@ def test_in_process_runs_may_change_precision(setup):
     first = train_tiny(base, data, root / "fp32", max_steps=1, precision="fp32")
     second = train_tiny(base, data, root / "bf16", max_steps=1, precision="bf16")
     assert first.is_dir() and second.is_dir()
+
+
+def test_accelerate_launch_ddp_equals_one_process_with_gradient_accumulation(setup):
+    """The shipped multi-GPU config, run on CPU (gloo): two processes of batch 2 take the same steps as
+    one process of batch 2 accumulating 2 micro-batches, so the adapters are equal."""
+    from safetensors.torch import load_file
+
+    from adapters.metadata import AdapterMetadata
+
+    base, _, root = setup
+    data = write_rows(root.parent / "varied.jsonl",
+                      [{"input": f"question {i}", "output": "zebra quokka " * (1 + i % 5)} for i in range(16)])
+    options = dict(rank=4, alpha=8.0, dropout=0.0, learning_rate=3e-2, max_steps=3, batch_size=2, max_length=64,
+                   eval_fraction=0.25, seed=0)
+    flags = [f"--{key.replace('_', '-')}={value}" for key, value in options.items()]
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+               str(ROOT / "adapters/accelerate/multi_gpu.yaml"), "--num_processes", "2", "--mixed_precision", "no",
+               "--main_process_port", str(free_port()), "-m", "adapters.train", "--data", str(data),
+               "--out", str(root / "ddp"), "--model", base, "--no-progress", *flags]
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "ACCELERATE_USE_CPU": "1"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.count("adapter written") == 1  # the main process reports, the other one does not
+
+    accumulated = train_tiny(base, data, root / "accumulated", grad_accum=2, **options)
+    alone = train_tiny(base, data, root / "alone", grad_accum=1, **options)
+    ddp, reference, one_batch = (load_file(folder / "adapter_model.safetensors")
+                                 for folder in (root / "ddp", accumulated, alone))
+    assert any(not torch.equal(one_batch[key], reference[key]) for key in reference)  # sanity: batch size matters
+    assert ddp.keys() == reference.keys()
+    for key in reference:
+        torch.testing.assert_close(ddp[key], reference[key], rtol=0, atol=1e-6)
+    ddp_meta, reference_meta = AdapterMetadata.read(root / "ddp"), AdapterMetadata.read(accumulated)
+    assert (ddp_meta.steps, ddp_meta.examples, ddp_meta.eval_examples) == (3, 12, 4)
+    assert ddp_meta.eval_loss == pytest.approx(reference_meta.eval_loss, abs=1e-6)
+    assert ddp_meta.final_loss == pytest.approx(reference_meta.final_loss, abs=1e-6)
