@@ -31,13 +31,17 @@ def check_qlora() -> None:
     import torch
 
     if not torch.cuda.is_available():
-        raise QLoRAUnavailable("--qlora needs a CUDA GPU (bitsandbytes 4-bit kernels); none is visible here")
+        raise QLoRAUnavailable("--qlora needs a CUDA GPU; none is visible here (on the CPU, train plain LoRA)")
     if importlib.util.find_spec("bitsandbytes") is None:
         raise QLoRAUnavailable("--qlora needs the bitsandbytes package: pip install bitsandbytes")
 
 
-def load_base(spec: str, qlora: bool, device_index: int, use_bf16: bool) -> Base:
-    """Load the base model for training: fp32 on CPU, bf16 on a GPU that has it, NF4 with qlora."""
+def load_base(spec: str, qlora: bool, device: str, use_bf16: bool) -> Base:
+    """Load the base model for training: fp32 on CPU, bf16 on a GPU that has it, NF4 with qlora.
+
+    `device` is where this process trains (`Accelerator.device`): bitsandbytes quantizes the
+    weights as they are placed there.
+    """
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -47,7 +51,7 @@ def load_base(spec: str, qlora: bool, device_index: int, use_bf16: bool) -> Base
     path = str(dense_cache(source)) if source.gguf_file else source.path
     kwargs = {"dtype": torch.bfloat16 if use_bf16 else torch.float32}
     if qlora:
-        kwargs.update(quantization_config=_nf4_config(), device_map={"": device_index})
+        kwargs.update(quantization_config=_nf4_config(), device_map={"": device})
     model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
     tokenizer = AutoTokenizer.from_pretrained(path)
     if tokenizer.pad_token is None:

@@ -130,7 +130,7 @@ def _train(config: TrainConfig, accelerator, load_bf16: bool) -> Path:
 
     started = time.perf_counter()
     set_seed(config.seed)
-    base = load_base(config.model, config.qlora, accelerator.local_process_index, load_bf16)
+    base = load_base(config.model, config.qlora, str(accelerator.device), load_bf16)
     data = prepare_data(config, base.tokenizer)
     fingerprint = weights_fingerprint(base.model)
     model = wrap(base.model, config, base.name)
