@@ -10,7 +10,7 @@ all linear layers of the blocks, batch 8 x 1024 tokens, SDPA attention, AdamW, a
 (real tokens, pads excluded), peak memory and MFU (model FLOPs per token: 4 x frozen params for the
 forward and the activation gradients, 6 x LoRA params, 12 x layers x hidden x seq for attention).
 
-Variants:
+Variants (`VARIANTS` below; each is a set of the knobs of `Variant`):
 - stock: `model(input_ids, labels=labels).loss`, which materialises (batch, seq, vocab) logits in fp32;
 - compile: each decoder block compiled with `torch.compile` (regional compilation);
 - chunked_ce: the loss over 1024-token chunks, each chunk's logits recomputed in the backward pass
@@ -19,9 +19,14 @@ Variants:
 - checkpointing: activation checkpointing on every block (less memory, more compute);
 - padded / packed: documents of random lengths (64..seq) one per row with pads, or concatenated
   into full rows; their ratio is what packing buys;
-- qlora: the stock loop on bitsandbytes NF4 base weights (skipped, with a message, without
-  bitsandbytes or CUDA).
-Each variant runs on a fresh model; a variant that runs out of memory is reported, not fatal.
+- qlora_stock: the usual QLoRA recipe: NF4 block weights with double quantization, then peft's
+  `prepare_model_for_kbit_training` (every non-4-bit weight upcast to fp32, activation
+  checkpointing on), and the stock loss;
+- qlora_chunked: NF4 as above, the other weights left in bf16, chunked cross-entropy;
+- qlora_lean: qlora_chunked with compiled blocks and checkpointing on every other block; the
+  candidate for "QLoRA at half of bf16 LoRA's peak memory and at least 0.8x its speed".
+The QLoRA variants need bitsandbytes (its NF4 layers also run on the CPU, so --tiny runs them).
+Each variant runs on a fresh model; one that runs out of memory or fails is reported, not fatal.
 """
 
 from __future__ import annotations
@@ -42,7 +47,6 @@ QWEN_SHAPES = {
                  num_key_value_heads=2, vocab_size=512, tie_word_embeddings=True),
 }
 COMMON = dict(max_position_embeddings=32768, rope_theta=1000000.0, rms_norm_eps=1e-6, hidden_act="silu")
-VARIANTS = ("stock", "compile", "chunked_ce", "compile_chunked_ce", "checkpointing", "padded", "packed", "qlora")
 PEAK_BF16_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L40S": 362e12, "A10G": 125e12}
 """Dense bf16 tensor-core peak by GPU name fragment (FLOP/s), for MFU."""
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
@@ -77,10 +81,43 @@ class Result:
     note: str | None = None
 
 
-def build_model(shape: str, run: Run, qlora: bool = False):
-    """A Qwen2 causal LM with random bf16 weights on the device, wrapped by peft LoRA r=16."""
+@dataclass(frozen=True)
+class Variant:
+    """What one variant changes in the stock loop."""
+
+    compile: bool = False
+    """`torch.compile` each decoder block."""
+    chunked_ce: bool = False
+    """Chunked cross-entropy from the final hidden states (`chunked_ce`)."""
+    checkpoint_every: int = 0
+    """Activation checkpointing on every n-th block (0: none, 1: all)."""
+    data: str = "full"
+    """Rows of random tokens (`full`), or random-length documents `padded` or `packed`."""
+    nf4: bool = False
+    """bitsandbytes NF4 block weights, double quantization."""
+    kbit_prep: bool = False
+    """peft's `prepare_model_for_kbit_training` (fp32 upcast, checkpointing on)."""
+
+
+VARIANTS = {
+    "stock": Variant(),
+    "compile": Variant(compile=True),
+    "chunked_ce": Variant(chunked_ce=True),
+    "compile_chunked_ce": Variant(compile=True, chunked_ce=True),
+    "checkpointing": Variant(checkpoint_every=1),
+    "padded": Variant(data="padded"),
+    "packed": Variant(data="packed"),
+    "qlora_stock": Variant(nf4=True, kbit_prep=True),
+    "qlora_chunked": Variant(nf4=True, chunked_ce=True),
+    "qlora_lean": Variant(nf4=True, chunked_ce=True, compile=True, checkpoint_every=2),
+}
+
+
+def build_model(shape: str, run: Run, variant: Variant = Variant()):
+    """A Qwen2 causal LM with random bf16 weights on the device, set up as `variant` says and wrapped
+    by peft LoRA r=16, in training mode."""
     import torch
-    from peft import LoraConfig, get_peft_model
+    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
     from transformers import AutoModelForCausalLM, Qwen2Config
 
     config = Qwen2Config(**QWEN_SHAPES[shape], **COMMON)
@@ -88,11 +125,35 @@ def build_model(shape: str, run: Run, qlora: bool = False):
     torch.manual_seed(0)
     with torch.device(run.device):
         model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16, attn_implementation="sdpa")
-    if qlora:
+    if variant.nf4:
         to_nf4(model)
+    if variant.kbit_prep:
+        model.is_loaded_in_4bit = True  # what from_pretrained(quantization_config=...) marks
+        model = prepare_model_for_kbit_training(model, gradient_checkpointing_kwargs={"use_reentrant": False})
     model.config.use_cache = False
     lora = LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0, target_modules=LORA_TARGETS, task_type="CAUSAL_LM")
-    return get_peft_model(model, lora)
+    model = get_peft_model(model, lora)
+    blocks = model.get_base_model().model.layers
+    if variant.checkpoint_every:
+        for block in blocks[::variant.checkpoint_every]:
+            block.forward = checkpointed(block.forward)
+    if variant.compile:
+        for block in blocks:
+            block.compile()
+    return model.train()
+
+
+def checkpointed(forward):
+    """`forward` that keeps only its inputs and recomputes the rest in the backward pass."""
+    import functools
+
+    from torch.utils.checkpoint import checkpoint
+
+    @functools.wraps(forward)
+    def run(*args, **kwargs):
+        return checkpoint(forward, *args, use_reentrant=False, **kwargs)
+
+    return run
 
 
 def to_nf4(model) -> None:
@@ -109,7 +170,8 @@ def to_nf4(model) -> None:
                 if child.bias is not None:
                     layer.bias = torch.nn.Parameter(child.bias.data, requires_grad=False)
                 parent.add_module(name, layer.to(child.weight.device))
-    torch.cuda.empty_cache()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 def chunked_ce(hidden, head_weight, labels):
@@ -136,17 +198,17 @@ def _chunk_loss(hidden, weight, targets):
     return F.cross_entropy((hidden @ weight.T).float(), targets, ignore_index=-100, reduction="sum")
 
 
-def make_batches(run: Run, vocab: int, variant: str, count: int, seed: int = 0) -> list[dict]:
+def make_batches(run: Run, vocab: int, data: str, count: int, seed: int = 0) -> list[dict]:
     """Input ids, labels and masks for `count` steps: full random rows, or documents padded or packed."""
     import torch
 
     generator = torch.Generator().manual_seed(seed)
-    if variant not in ("padded", "packed"):
+    if data == "full":
         rows = [torch.randint(1, vocab, (run.batch, run.seq), generator=generator) for _ in range(count)]
         return [{"input_ids": r, "labels": r.clone(), "attention_mask": torch.ones_like(r)} for r in rows]
     lengths = torch.randint(64, run.seq + 1, (count * run.batch * 4,), generator=generator).tolist()
     docs = [torch.randint(1, vocab, (n,), generator=generator) for n in lengths]
-    return _packed(docs, run, count) if variant == "packed" else _padded(docs, run, count)
+    return _packed(docs, run, count) if data == "packed" else _padded(docs, run, count)
 
 
 def _padded(docs, run: Run, count: int) -> list[dict]:
@@ -171,12 +233,18 @@ def _packed(docs, run: Run, count: int) -> list[dict]:
 
 def flops_per_token(model, seq: int) -> float:
     """Model FLOPs per trained token for LoRA (see the module docstring)."""
-    frozen = sum(p.numel() for n, p in model.named_parameters() if not p.requires_grad and "embed_tokens" not in n)
+    frozen = sum(_elements(p) for n, p in model.named_parameters() if not p.requires_grad and "embed_tokens" not in n)
     if model.config.tie_word_embeddings:
         frozen += model.get_input_embeddings().weight.numel()  # the output head reuses it
     lora = sum(p.numel() for p in model.parameters() if p.requires_grad)
     config = model.config
     return 4 * frozen + 6 * lora + 12 * config.num_hidden_layers * config.hidden_size * seq
+
+
+def _elements(param) -> int:
+    """Weights a parameter stands for: an NF4 tensor packs two into each byte it stores."""
+    state = getattr(param, "quant_state", None)
+    return state.shape.numel() if state is not None else param.numel()
 
 
 def peak_flops(device: str, override: float | None) -> float | None:
@@ -204,36 +272,29 @@ def train_step(model, batch: dict, optimizer, chunked: bool) -> float:
     return loss.item()
 
 
-def measure(shape: str, variant: str, run: Run, peak_override: float | None) -> Result:
+def measure(shape: str, name: str, run: Run, peak_override: float | None) -> Result:
     """Build a fresh model for one variant, train `warmup + steps` steps, time the last `steps`."""
     import torch
 
-    model = build_model(shape, run, qlora=variant == "qlora")
-    if variant.startswith("compile"):
-        for block in model.get_base_model().model.layers:
-            block.compile()
-    if variant == "checkpointing":
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        model.enable_input_require_grads()
-    model.train()
+    variant = VARIANTS[name]
+    model = build_model(shape, run, variant)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
     batches = [{k: v.to(run.device) for k, v in b.items()}
-               for b in make_batches(run, model.config.vocab_size, variant, run.warmup + run.steps)]
-    chunked = "chunked_ce" in variant
+               for b in make_batches(run, model.config.vocab_size, variant.data, run.warmup + run.steps)]
     for batch in batches[:run.warmup]:
-        train_step(model, batch, optimizer, chunked)
+        train_step(model, batch, optimizer, variant.chunked_ce)
     _sync(run.device)
     if run.device == "cuda":
         torch.cuda.reset_peak_memory_stats()
     start = time.perf_counter()
-    losses = [train_step(model, batch, optimizer, chunked) for batch in batches[run.warmup:]]
+    losses = [train_step(model, batch, optimizer, variant.chunked_ce) for batch in batches[run.warmup:]]
     _sync(run.device)
     seconds = time.perf_counter() - start
     tokens = sum(int((b["labels"] != -100).sum()) for b in batches[run.warmup:])
     peak = peak_flops(run.device, peak_override)
     rate = tokens / seconds
     return Result(
-        model=shape, variant=variant, tokens_per_s=rate, loss=losses[-1],
+        model=shape, variant=name, tokens_per_s=rate, loss=losses[-1],
         peak_mem_gib=torch.cuda.max_memory_allocated() / 2**30 if run.device == "cuda" else None,
         mfu=rate * flops_per_token(model, run.seq) / peak if peak else None,
     )
@@ -246,19 +307,21 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def guarded(shape: str, variant: str, run: Run, peak_override: float | None) -> Result:
-    """`measure`, turning a missing dependency or an out-of-memory error into a note."""
+def guarded(shape: str, name: str, run: Run, peak_override: float | None) -> Result:
+    """`measure`, turning a missing dependency, an out-of-memory error or a failure into a note."""
     import gc
     import importlib.util
 
     import torch
 
-    if variant == "qlora" and (run.device != "cuda" or importlib.util.find_spec("bitsandbytes") is None):
-        return Result(model=shape, variant=variant, note="skipped: QLoRA needs bitsandbytes and a CUDA GPU")
+    if VARIANTS[name].nf4 and importlib.util.find_spec("bitsandbytes") is None:
+        return Result(model=shape, variant=name, note="skipped: QLoRA needs bitsandbytes")
     try:
-        return measure(shape, variant, run, peak_override)
+        return measure(shape, name, run, peak_override)
     except torch.OutOfMemoryError as error:
-        return Result(model=shape, variant=variant, note=f"out of memory: {str(error).splitlines()[0]}")
+        return Result(model=shape, variant=name, note=f"out of memory: {str(error).splitlines()[0]}")
+    except Exception as error:  # one broken variant must not cost the GPU run the others
+        return Result(model=shape, variant=name, note=f"failed: {type(error).__name__}: {str(error).splitlines()[0]}")
     finally:
         gc.collect()
         if run.device == "cuda":
@@ -281,7 +344,7 @@ def table(results: list[Result]) -> str:
 def parse(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench train_gpu", description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", choices=["1.5b", "7b"], default=["1.5b", "7b"])
-    parser.add_argument("--variants", nargs="+", choices=VARIANTS, default=list(VARIANTS))
+    parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS))
     parser.add_argument("--steps", type=int, default=10, help="timed steps per variant")
     parser.add_argument("--peak-tflops", type=float, help="bf16 peak of this GPU, when its name is not known")
     parser.add_argument("--tiny", action="store_true", help="tiny shapes, 2 steps, on CPU unless CUDA is present")

@@ -24,12 +24,44 @@ def bench(*args: str, timeout: int = 900) -> dict | list:
 
 
 def test_train_gpu_tiny_runs_every_variant_without_compile():
-    results = bench("train_gpu", "--tiny", "--variants", "stock", "chunked_ce", "checkpointing", "padded", "packed",
-                    "qlora")
-    rates = {r["variant"]: r["tokens_per_s"] for r in results}
-    assert all(rates[v] > 0 for v in ("stock", "chunked_ce", "checkpointing", "padded", "packed"))
-    if not torch.cuda.is_available():
-        assert next(r for r in results if r["variant"] == "qlora")["note"].startswith("skipped")
+    variants = ["stock", "chunked_ce", "checkpointing", "padded", "packed", "qlora_stock", "qlora_chunked"]
+    results = bench("train_gpu", "--tiny", "--variants", *variants)
+    assert [r["variant"] for r in results] == variants
+    assert all(r["tokens_per_s"] > 0 and r["note"] is None for r in results), results
+
+
+def test_train_gpu_variants_build_what_they_name():
+    import bitsandbytes as bnb
+
+    from bench.train_gpu import VARIANTS, Run, build_model
+
+    run = Run(device="cpu")
+    stock, lean = build_model("tiny", run, VARIANTS["qlora_stock"]), build_model("tiny", run, VARIANTS["qlora_chunked"])
+    for model in (stock, lean):
+        assert sum(isinstance(m, bnb.nn.Linear4bit) for m in model.modules()) == 2 * 7
+    assert stock.get_input_embeddings().weight.dtype == torch.float32  # the recipe's upcast ...
+    assert lean.get_input_embeddings().weight.dtype == torch.bfloat16  # ... which the lean variants skip
+    assert stock.is_gradient_checkpointing and not lean.is_gradient_checkpointing
+
+
+def test_checkpointing_every_other_block_keeps_loss_and_gradients():
+    from bench.train_gpu import Run, Variant, build_model
+
+    ids = torch.randint(1, 512, (2, 40), generator=torch.Generator().manual_seed(0))
+    grads = []
+    for every, recomputed in ((0, [1, 1]), (2, [2, 1]), (1, [2, 2])):
+        model = build_model("tiny", Run(device="cpu"), Variant(checkpoint_every=every)).float()
+        calls = [0, 0]
+        for index, block in enumerate(model.get_base_model().model.layers):
+            block.self_attn.register_forward_pre_hook(lambda *_, index=index: calls.__setitem__(index, calls[index] + 1))
+        loss = model(input_ids=ids, labels=ids).loss
+        loss.backward()
+        assert calls == recomputed  # a checkpointed block runs its forward again in the backward pass
+        grads.append((loss.detach(), {n: p.grad for n, p in model.named_parameters() if p.requires_grad}))
+    (reference, expected), *others = grads
+    for loss, got in others:
+        assert torch.equal(loss, reference)
+        assert got.keys() == expected.keys() and all(torch.allclose(got[n], expected[n], atol=1e-7) for n in got)
 
 
 def test_chunked_cross_entropy_equals_the_models_own_loss():
