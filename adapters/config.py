@@ -57,10 +57,13 @@ class TrainConfig:
     resume: bool = False
     """Continue from the newest checkpoint of a previous run with the same output."""
     precision: str = "auto"
-    """"auto" (bf16 autocast on a GPU that has it, else fp32), "bf16" (also on CPU: about twice as fast
-    where the CPU has AMX / AVX-512 bf16) or "fp32". Master weights stay fp32 either way."""
+    """"auto" (bf16 autocast on a GPU that has it, and on a CPU with AMX or AVX-512 BF16; else fp32),
+    "bf16" or "fp32". The adapter's own weights stay fp32; on a GPU, bf16 also loads the frozen base in bf16."""
     qlora: bool = False
     """Load the base in 4-bit NF4 (bitsandbytes); needs a CUDA GPU."""
+    gradient_checkpointing: bool = False
+    """Keep only each block's input and recompute the rest in the backward pass: activation memory
+    falls from every layer's to about one layer's, for about a third more compute."""
     log_every: int = 1
     """Log the loss every this many steps."""
     progress: bool = True

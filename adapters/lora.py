@@ -84,8 +84,12 @@ def wrap(model, config: TrainConfig, base_name: str):
     """Freeze the base and add trainable LoRA weights (named "default", as PEFT saves them)."""
     from peft import get_peft_model, prepare_model_for_kbit_training
 
+    checkpointing = {"use_reentrant": False}  # the reentrant kind would need the inputs to require grads
     if config.qlora:
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=config.gradient_checkpointing,
+                                                gradient_checkpointing_kwargs=checkpointing)
+    elif config.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=checkpointing)
     peft_model = get_peft_model(model, lora_config(config))
     # PEFT records the folder the weights came from; the registry matches on the canonical id.
     peft_model.peft_config["default"].base_model_name_or_path = base_name

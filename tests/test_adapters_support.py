@@ -30,7 +30,7 @@ def train_tiny(base: str, data: Path, out: Path, **overrides):
     from adapters.train import train
 
     options = dict(rank=4, alpha=8.0, dropout=0.0, learning_rate=3e-2, max_steps=8, batch_size=4, max_length=64,
-                   progress=False, seed=0)
+                   progress=False, seed=0, precision="fp32")  # "auto" would depend on the CPU
     options.update(overrides)
     return train(TrainConfig(data=str(data), output=str(out), model=base, **options))
 

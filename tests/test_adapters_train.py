@@ -142,6 +142,32 @@ def test_crash_while_saving_keeps_the_old_adapter_loadable(setup, monkeypatch):
     assert AdapterHost(load_tiny(base), threading.Lock(), registry).attach("persona") == "persona"
 
 
+def test_gradient_checkpointing_recomputes_blocks_and_trains_the_same_adapter(setup, monkeypatch):
+    from safetensors.torch import load_file
+
+    import adapters.lora
+
+    base, data, root = setup
+    real_wrap = adapters.lora.wrap
+    attention_calls = []
+
+    def counting(model, config, base_name):
+        peft_model = real_wrap(model, config, base_name)
+        attention_calls.append(0)
+        attention = peft_model.get_base_model().model.layers[0].self_attn
+        attention.register_forward_pre_hook(lambda *_: attention_calls.__setitem__(-1, attention_calls[-1] + 1))
+        return peft_model
+
+    monkeypatch.setattr(adapters.lora, "wrap", counting)
+    plain = train_tiny(base, data, root / "plain", max_steps=3)
+    checkpointed = train_tiny(base, data, root / "checkpointed", max_steps=3, gradient_checkpointing=True)
+    assert attention_calls == [3, 6]  # each of the 3 steps runs the first block again in its backward pass
+    expected, got = (load_file(folder / "adapter_model.safetensors") for folder in (plain, checkpointed))
+    assert got.keys() == expected.keys()
+    for key in expected:
+        torch.testing.assert_close(got[key], expected[key], rtol=0, atol=1e-6)
+
+
 def test_qlora_without_cuda_is_a_clear_error(setup):
     if torch.cuda.is_available():
         pytest.skip("this machine has a GPU")
@@ -180,9 +206,10 @@ def test_qlora_trains_through_nf4_layers_and_serves_on_the_dense_base(tmp_path, 
         return seen["model"]
 
     monkeypatch.setattr(adapters.lora, "wrap", spy)
-    out = train_tiny(base, data, tmp_path / "qlora", qlora=True)
+    out = train_tiny(base, data, tmp_path / "qlora", qlora=True, gradient_checkpointing=True)
 
     trained = seen["model"].eval()
+    assert trained.is_gradient_checkpointing
     layers = [m for m in trained.modules() if isinstance(m, bnb.nn.Linear4bit)]
     assert len(layers) == 2 * 7 and all(layer.weight.dtype == torch.uint8 for layer in layers)
     after = {k.replace(".base_layer", ""): v for k, v in trained.get_base_model().state_dict().items() if "lora_" not in k}
@@ -225,6 +252,26 @@ def test_in_process_runs_may_change_precision(setup):
     assert first.is_dir() and second.is_dir()
 
 
+@pytest.mark.parametrize("native_bf16", [True, False])
+def test_auto_precision_is_bf16_where_the_hardware_has_it(setup, monkeypatch, native_bf16):
+    import accelerate
+
+    import adapters.train
+
+    base, data, root = setup
+    monkeypatch.setattr(adapters.train, "cpu_bf16", lambda: native_bf16)
+    asked = []
+
+    class Spy(accelerate.Accelerator):
+        def __init__(self, *args, **kwargs):
+            asked.append(kwargs["mixed_precision"])
+            super().__init__(*args, **kwargs)
+
+    monkeypatch.setattr(accelerate, "Accelerator", Spy)
+    train_tiny(base, data, root / "auto", max_steps=1, precision="auto")
+    assert asked == ["bf16" if native_bf16 else "no"]
+
+
 def test_accelerate_launch_ddp_equals_one_process_with_gradient_accumulation(setup):
     """The shipped multi-GPU config, run on CPU (gloo): two processes of batch 2 take the same steps as
     one process of batch 2 accumulating 2 micro-batches, so the adapters are equal."""
@@ -236,7 +283,7 @@ def test_accelerate_launch_ddp_equals_one_process_with_gradient_accumulation(set
     data = write_rows(root.parent / "varied.jsonl",
                       [{"input": f"question {i}", "output": "zebra quokka " * (1 + i % 5)} for i in range(16)])
     options = dict(rank=4, alpha=8.0, dropout=0.0, learning_rate=3e-2, max_steps=3, batch_size=2, max_length=64,
-                   eval_fraction=0.25, seed=0)
+                   eval_fraction=0.25, seed=0, precision="fp32")
     flags = [f"--{key.replace('_', '-')}={value}" for key, value in options.items()]
     command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
                str(ROOT / "adapters/accelerate/multi_gpu.yaml"), "--num_processes", "2", "--mixed_precision", "no",
