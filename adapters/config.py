@@ -6,6 +6,8 @@ flags, so both report the same errors. This module does not train.
 
 from __future__ import annotations
 
+import ast
+import inspect
 import math
 import re
 from dataclasses import asdict, dataclass, field
@@ -23,7 +25,7 @@ class TrainConfig:
     output: str
     """Adapter folder to write; its name is the adapter's name. Replaced only once the new one is complete."""
     model: str = "default"
-    """Base model spec, as `bot.models.load_model` takes it."""
+    """Base model: `default`, a model folder, a .gguf file or a hub id (as `bot.models.load_model` takes it)."""
     fill: dict[str, str] = field(default_factory=dict)
     """Values for `{{key}}` placeholders in the data."""
     rank: int = 16
@@ -35,6 +37,7 @@ class TrainConfig:
     target_modules: list[str] | str = ALL_LINEAR
     """Module names to adapt (e.g. ["q_proj", "v_proj"]), or "all-linear" (every linear layer but the output head)."""
     learning_rate: float = 2e-4
+    """Peak learning rate of AdamW (LoRA takes larger ones than full fine-tuning)."""
     epochs: float = 1.0
     """Passes over the data; ignored when max_steps is set."""
     max_steps: int | None = None
@@ -50,6 +53,7 @@ class TrainConfig:
     warmup_ratio: float = 0.05
     """Fraction of the steps spent warming the learning rate up linearly (then it decays linearly to 0)."""
     seed: int = 0
+    """Seeds the LoRA initialisation, the eval split and the order of the examples."""
     eval_fraction: float = 0.0
     """Fraction of the examples held out to report an eval loss (0 = no eval split)."""
     save_every: int = 0
@@ -108,3 +112,18 @@ class TrainConfig:
 
     def as_dict(self) -> dict:
         return asdict(self)
+
+
+def field_docs(cls=TrainConfig) -> dict[str, str]:
+    """Each field's docstring (the string literal under it in the class body), by field name: the
+    command line's help texts, so that they cannot drift from the fields they describe."""
+    docs, previous = {}, None
+    for node in ast.parse(inspect.getsource(cls)).body[0].body:
+        if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
+            previous = node.target.id
+        elif previous and isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant):
+            docs[previous] = " ".join(node.value.value.split())
+            previous = None
+        else:
+            previous = None
+    return docs

@@ -293,21 +293,28 @@ def key_value(text: str) -> tuple[str, str]:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from adapters.config import field_docs
+
+    docs = {name: doc.replace("%", "%%") for name, doc in field_docs().items()}
     parser = argparse.ArgumentParser(prog="python -m adapters.train", description="Train a LoRA adapter.")
-    parser.add_argument("--data", required=True, help="instruction data (.jsonl or .json)")
+    parser.add_argument("--data", required=True, help=docs["data"])
     where = parser.add_mutually_exclusive_group(required=True)
-    where.add_argument("--out", help="adapter folder to write")
-    where.add_argument("--name", help="adapter name: writes into the adapters directory")
-    parser.add_argument("--model", default="default")
-    parser.add_argument("--fill", type=key_value, action="append", default=[], help="KEY=VALUE for {{KEY}} in the data")
-    parser.add_argument("--target-modules", default=ALL_LINEAR, help="comma-separated names, or all-linear")
+    where.add_argument("--out", help="adapter folder to write; its name is the adapter's name")
+    where.add_argument("--name", help="adapter name: writes into the adapters directory ($ICL_BOT_ADAPTERS)")
+    parser.add_argument("--model", default="default", help=docs["model"] + " (default: default)")
+    parser.add_argument("--fill", type=key_value, action="append", default=[], metavar="KEY=VALUE",
+                        help="value for {{KEY}} placeholders in the data (repeatable)")
+    parser.add_argument("--target-modules", default=ALL_LINEAR, help="comma-separated module names, or all-linear")
     for flag, kind in [("rank", int), ("alpha", float), ("dropout", float), ("learning-rate", float),
                        ("epochs", float), ("max-steps", int), ("batch-size", int), ("grad-accum", int),
                        ("max-length", int), ("warmup-ratio", float), ("seed", int), ("eval-fraction", float),
                        ("save-every", int), ("log-every", int), ("precision", str)]:
-        parser.add_argument(f"--{flag}", type=kind, default=TrainConfig.__dataclass_fields__[flag.replace("-", "_")].default)
+        field = flag.replace("-", "_")
+        default = TrainConfig.__dataclass_fields__[field].default
+        shown = "" if default is None else f" (default: {default})"
+        parser.add_argument(f"--{flag}", type=kind, default=default, help=docs[field] + shown)
     for flag in ("packing", "resume", "qlora", "gradient-checkpointing"):
-        parser.add_argument(f"--{flag}", action="store_true")
+        parser.add_argument(f"--{flag}", action="store_true", help=docs[flag.replace("-", "_")])
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     return parser
 

@@ -103,3 +103,18 @@ def test_train_config_names_the_bad_field(field, value, message):
     options = {"data": "d.jsonl", "output": "/tmp/good", field: value}
     with pytest.raises(ValueError, match=message):
         TrainConfig(**options)
+
+
+def test_every_training_option_is_documented_on_the_command_line():
+    from dataclasses import fields
+
+    from adapters.config import TrainConfig, field_docs
+    from adapters.train import build_parser
+
+    docs = field_docs()
+    assert docs.keys() == {f.name for f in fields(TrainConfig)}
+    assert docs["rank"] == "LoRA rank r." and docs["precision"].startswith('"auto" (bf16 autocast')
+    helps = {action.dest: action.help for action in build_parser()._actions}
+    assert all(helps.values())
+    assert helps["gradient_checkpointing"] == docs["gradient_checkpointing"]
+    assert helps["batch_size"] == docs["batch_size"] + " (default: 4)"
