@@ -36,6 +36,18 @@ def check_qlora() -> None:
         raise QLoRAUnavailable("--qlora needs the bitsandbytes package: pip install bitsandbytes")
 
 
+def check_qlora_engine(distributed_type) -> None:
+    """Refuse QLoRA under FSDP and DeepSpeed: they flatten and shard every weight, and bitsandbytes'
+    packed uint8 weights sit beside fp32 ones in the same layers. One process or DDP is fine."""
+    from accelerate.utils import DistributedType
+
+    if distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED):
+        raise QLoRAUnavailable(
+            f"--qlora does not run under {distributed_type.value}; use one GPU or DDP "
+            "(adapters/accelerate/multi_gpu.yaml), where each GPU holds the whole 4-bit base"
+        )
+
+
 def load_base(spec: str, qlora: bool, device: str, use_bf16: bool) -> Base:
     """Load the base model for training: fp32 on CPU, bf16 on a GPU that has it, NF4 with qlora.
 

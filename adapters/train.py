@@ -93,16 +93,18 @@ def train(config: TrainConfig) -> Path:
     import torch
     from accelerate import Accelerator
 
-    from adapters.lora import check_qlora
+    from adapters.lora import check_qlora, check_qlora_engine
 
     if config.qlora:
         check_qlora()
     gpu_bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
     use_bf16 = config.precision == "bf16" or (config.precision == "auto" and (gpu_bf16 or cpu_bf16()))
     accelerator = Accelerator(gradient_accumulation_steps=config.grad_accum, mixed_precision="bf16" if use_bf16 else "no")
-    if accelerator.state.deepspeed_plugin is not None:  # DeepSpeed needs the batch size before prepare()
-        accelerator.state.deepspeed_plugin.deepspeed_config["train_micro_batch_size_per_gpu"] = config.batch_size
     try:
+        if config.qlora:
+            check_qlora_engine(accelerator.distributed_type)
+        if accelerator.state.deepspeed_plugin is not None:  # DeepSpeed needs the batch size before prepare()
+            accelerator.state.deepspeed_plugin.deepspeed_config["train_micro_batch_size_per_gpu"] = config.batch_size
         return _train(config, accelerator, load_bf16=use_bf16 and gpu_bf16)
     finally:
         if accelerator.num_processes == 1:

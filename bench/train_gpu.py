@@ -2,6 +2,7 @@
 
     python -m bench train_gpu                                  # Qwen2.5-1.5B and -7B shapes, every variant
     python -m bench train_gpu --models 1.5b --variants stock compile --json
+    python -m bench train_gpu --models 7b --jsonl                # a JSON line per variant as it finishes
     python -m bench train_gpu --tiny                           # tiny shapes on CPU: checks the script runs
 
 Models are built from Qwen2.5's public config values with random bf16 weights (nothing is
@@ -21,7 +22,7 @@ Variants (`VARIANTS` below; each is a set of the knobs of `Variant`):
   into full rows; their ratio is what packing buys;
 - qlora_stock: the usual QLoRA recipe: NF4 block weights with double quantization, then peft's
   `prepare_model_for_kbit_training` (every non-4-bit weight upcast to fp32, activation
-  checkpointing on), and the stock loss;
+  checkpointing on), the stock loss, under bf16 autocast (as the HF Trainer runs it with bf16=True);
 - qlora_chunked: NF4 as above, the other weights left in bf16, chunked cross-entropy;
 - qlora_lean: qlora_chunked with compiled blocks and checkpointing on every other block; the
   candidate for "QLoRA at half of bf16 LoRA's peak memory and at least 0.8x its speed".
@@ -97,6 +98,8 @@ class Variant:
     """bitsandbytes NF4 block weights, double quantization."""
     kbit_prep: bool = False
     """peft's `prepare_model_for_kbit_training` (fp32 upcast, checkpointing on)."""
+    autocast: bool = False
+    """Run forward and loss under bf16 autocast (for weights that are not all bf16)."""
 
 
 VARIANTS = {
@@ -107,7 +110,7 @@ VARIANTS = {
     "checkpointing": Variant(checkpoint_every=1),
     "padded": Variant(data="padded"),
     "packed": Variant(data="packed"),
-    "qlora_stock": Variant(nf4=True, kbit_prep=True),
+    "qlora_stock": Variant(nf4=True, kbit_prep=True, autocast=True),
     "qlora_chunked": Variant(nf4=True, chunked_ce=True),
     "qlora_lean": Variant(nf4=True, chunked_ce=True, compile=True, checkpoint_every=2),
 }
@@ -127,8 +130,9 @@ def build_model(shape: str, run: Run, variant: Variant = Variant()):
         model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16, attn_implementation="sdpa")
     if variant.nf4:
         to_nf4(model)
+        model.is_loaded_in_4bit = True  # as from_pretrained(quantization_config=...) marks it: peft then
+        # wraps the NF4 layers in its bitsandbytes LoRA layers, as `adapters.train --qlora` trains them
     if variant.kbit_prep:
-        model.is_loaded_in_4bit = True  # what from_pretrained(quantization_config=...) marks
         model = prepare_model_for_kbit_training(model, gradient_checkpointing_kwargs={"use_reentrant": False})
     model.config.use_cache = False
     lora = LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0, target_modules=LORA_TARGETS, task_type="CAUSAL_LM")
@@ -258,14 +262,18 @@ def peak_flops(device: str, override: float | None) -> float | None:
     return next((peak for key, peak in PEAK_BF16_FLOPS.items() if key in name), None)
 
 
-def train_step(model, batch: dict, optimizer, chunked: bool) -> float:
+def train_step(model, batch: dict, optimizer, variant: Variant) -> float:
     """One forward, backward and AdamW step; returns the loss."""
-    if chunked:
-        inner = model.get_base_model()
-        hidden = inner.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
-        loss = chunked_ce(hidden, inner.lm_head.weight, batch["labels"])
-    else:
-        loss = model(**batch).loss
+    import torch
+
+    device = batch["input_ids"].device.type
+    with torch.autocast(device, dtype=torch.bfloat16, enabled=variant.autocast):
+        if variant.chunked_ce:
+            inner = model.get_base_model()
+            hidden = inner.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
+            loss = chunked_ce(hidden, inner.lm_head.weight, batch["labels"])
+        else:
+            loss = model(**batch).loss
     loss.backward()
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
@@ -282,12 +290,12 @@ def measure(shape: str, name: str, run: Run, peak_override: float | None) -> Res
     batches = [{k: v.to(run.device) for k, v in b.items()}
                for b in make_batches(run, model.config.vocab_size, variant.data, run.warmup + run.steps)]
     for batch in batches[:run.warmup]:
-        train_step(model, batch, optimizer, variant.chunked_ce)
+        train_step(model, batch, optimizer, variant)
     _sync(run.device)
     if run.device == "cuda":
         torch.cuda.reset_peak_memory_stats()
     start = time.perf_counter()
-    losses = [train_step(model, batch, optimizer, variant.chunked_ce) for batch in batches[run.warmup:]]
+    losses = [train_step(model, batch, optimizer, variant) for batch in batches[run.warmup:]]
     _sync(run.device)
     seconds = time.perf_counter() - start
     tokens = sum(int((b["labels"] != -100).sum()) for b in batches[run.warmup:])
@@ -349,6 +357,8 @@ def parse(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--peak-tflops", type=float, help="bf16 peak of this GPU, when its name is not known")
     parser.add_argument("--tiny", action="store_true", help="tiny shapes, 2 steps, on CPU unless CUDA is present")
     parser.add_argument("--json", action="store_true", help="JSON on stdout instead of a table")
+    parser.add_argument("--jsonl", action="store_true",
+                        help="one JSON line per variant, printed as it finishes (a run cut short keeps them)")
     return parser.parse_args(argv)
 
 
@@ -364,10 +374,15 @@ def main(argv: list[str] | None = None) -> int:
         run, shapes = Run(batch=2, seq=64, warmup=1, steps=2, device="cuda" if cuda else "cpu"), ["tiny"]
     else:
         run, shapes = Run(steps=args.steps), args.models
-    results = [guarded(shape, variant, run, args.peak_tflops) for shape in shapes for variant in args.variants]
+    results = []
+    for shape in shapes:
+        for variant in args.variants:
+            results.append(guarded(shape, variant, run, args.peak_tflops))
+            if args.jsonl:
+                print(json.dumps(asdict(results[-1])), flush=True)
     if args.json:
         print(json.dumps([asdict(r) for r in results], indent=2))
-    else:
+    elif not args.jsonl:
         device = torch.cuda.get_device_name() if run.device == "cuda" else "CPU"
         print(f"LoRA r=16 training, batch {run.batch} x seq {run.seq}, bf16, {device}")
         print(table(results))

@@ -234,6 +234,18 @@ def test_qlora_trains_through_nf4_layers_and_serves_on_the_dense_base(tmp_path, 
     assert on_dense.norm() > (plain - nf4_plain).norm()
 
 
+def test_qlora_under_fsdp_or_deepspeed_is_refused_by_name():
+    from accelerate.utils import DistributedType
+
+    from adapters.lora import QLoRAUnavailable, check_qlora_engine
+
+    for engine in (DistributedType.NO, DistributedType.MULTI_GPU, DistributedType.MULTI_CPU):
+        check_qlora_engine(engine)
+    for engine in (DistributedType.FSDP, DistributedType.DEEPSPEED):
+        with pytest.raises(QLoRAUnavailable, match=f"does not run under {engine.value}; use one GPU or DDP"):
+            check_qlora_engine(engine)
+
+
 def test_train_cli_end_to_end(setup):
     base, data, root = setup
     command = [sys.executable, "-m", "adapters.train", "--data", str(data), "--out", str(root / "cli"), "--model", base,

@@ -32,13 +32,17 @@ def test_train_gpu_tiny_runs_every_variant_without_compile():
 
 def test_train_gpu_variants_build_what_they_name():
     import bitsandbytes as bnb
+    from peft.tuners.lora.bnb import Linear4bit as LoraLinear4bit
 
-    from bench.train_gpu import VARIANTS, Run, build_model
+    from bench.train_gpu import VARIANTS, Run, build_model, flops_per_token
 
     run = Run(device="cpu")
     stock, lean = build_model("tiny", run, VARIANTS["qlora_stock"]), build_model("tiny", run, VARIANTS["qlora_chunked"])
     for model in (stock, lean):
         assert sum(isinstance(m, bnb.nn.Linear4bit) for m in model.modules()) == 2 * 7
+        # peft's bitsandbytes LoRA layer, the one `adapters.train --qlora` trains, wraps each of them
+        assert sum(isinstance(m, LoraLinear4bit) for m in model.modules()) == 2 * 7
+        assert flops_per_token(model, run.seq) == flops_per_token(build_model("tiny", run), run.seq)
     assert stock.get_input_embeddings().weight.dtype == torch.float32  # the recipe's upcast ...
     assert lean.get_input_embeddings().weight.dtype == torch.bfloat16  # ... which the lean variants skip
     assert stock.is_gradient_checkpointing and not lean.is_gradient_checkpointing
@@ -64,8 +68,11 @@ def test_checkpointing_every_other_block_keeps_loss_and_gradients():
         assert got.keys() == expected.keys() and all(torch.allclose(got[n], expected[n], atol=1e-7) for n in got)
 
 
-def test_chunked_cross_entropy_equals_the_models_own_loss():
+def test_chunked_cross_entropy_equals_the_models_own_loss(monkeypatch):
+    import bench.train_gpu
     from bench.train_gpu import Run, build_model, chunked_ce
+
+    monkeypatch.setattr(bench.train_gpu, "CE_CHUNK", 16)  # several chunks, the last one partial
 
     model = build_model("tiny", Run(device="cpu")).float()
     ids = torch.randint(1, model.config.vocab_size, (2, 40), generator=torch.Generator().manual_seed(0))
@@ -103,3 +110,23 @@ def test_serve_quick_mode_batched_answers_equal_serial_ones():
 def test_train_quick_mode_runs():
     result = bench("train", "--batch", "1", "--seq", "16", "--steps", "1")
     assert all(rate > 0 for rate in result["tok_s"].values())
+
+
+def test_compiled_variants_run_and_learn_like_their_eager_twins(monkeypatch):
+    """The variants that compile are the likeliest to break on a GPU: run them here with the eager
+    backend (dynamo traces the same graphs, in seconds) and compare their losses with the same
+    variants uncompiled."""
+    from dataclasses import replace
+
+    import bench.train_gpu
+    from bench.train_gpu import VARIANTS, Run, guarded
+
+    real_compile = torch.nn.Module.compile
+    monkeypatch.setattr(torch.nn.Module, "compile", lambda self, **kw: real_compile(self, backend="eager"))
+    run = Run(batch=2, seq=64, warmup=1, steps=2, device="cpu")
+    for name in ("compile_chunked_ce", "qlora_lean"):
+        compiled = guarded("tiny", name, run, None)
+        monkeypatch.setitem(bench.train_gpu.VARIANTS, "eager", replace(VARIANTS[name], compile=False))
+        eager = guarded("tiny", "eager", run, None)
+        assert compiled.note is None and compiled.tokens_per_s > 0, compiled
+        assert compiled.loss == pytest.approx(eager.loss, rel=1e-2)
