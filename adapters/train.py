@@ -97,18 +97,25 @@ def train(config: TrainConfig) -> Path:
 
     if config.qlora:
         check_qlora()
-    gpu_bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
-    use_bf16 = config.precision == "bf16" or (config.precision == "auto" and (gpu_bf16 or cpu_bf16()))
+    use_bf16 = config.precision == "bf16" or (config.precision == "auto" and (bf16_base() or cpu_bf16()))
     accelerator = Accelerator(gradient_accumulation_steps=config.grad_accum, mixed_precision="bf16" if use_bf16 else "no")
     try:
         if config.qlora:
             check_qlora_engine(accelerator.distributed_type)
         if accelerator.state.deepspeed_plugin is not None:  # DeepSpeed needs the batch size before prepare()
             accelerator.state.deepspeed_plugin.deepspeed_config["train_micro_batch_size_per_gpu"] = config.batch_size
-        return _train(config, accelerator, load_bf16=use_bf16 and gpu_bf16)
+        return _train(config, accelerator, load_bf16=use_bf16 and bf16_base())
     finally:
         if accelerator.num_processes == 1:
             _forget_accelerator_state()
+
+
+def bf16_base() -> bool:
+    """Whether a bf16 run also loads the frozen base in bf16: on a GPU that has bf16, where it halves
+    the base's memory. On a CPU the base stays fp32 and autocast computes the matrix products in bf16."""
+    import torch
+
+    return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
 
 
 def cpu_bf16() -> bool:

@@ -168,6 +168,28 @@ def test_gradient_checkpointing_recomputes_blocks_and_trains_the_same_adapter(se
         torch.testing.assert_close(got[key], expected[key], rtol=0, atol=1e-6)
 
 
+def test_bf16_base_as_on_a_gpu_trains_fp32_adapter_weights_that_serve_on_the_fp32_base(setup, captured, monkeypatch):
+    """A GPU run loads the frozen base in bf16 (`bf16_base`); here the CPU takes that path."""
+    from safetensors.torch import load_file
+
+    import adapters.train
+    from adapters.host import AdapterHost
+
+    base, data, root = setup
+    monkeypatch.setattr(adapters.train, "bf16_base", lambda: True)
+    out = train_tiny(base, data, root / "bf16", precision="bf16")
+    model = captured["model"]
+    frozen = {p.dtype for p in model.parameters() if not p.requires_grad}
+    trained = {p.dtype for p in model.parameters() if p.requires_grad}
+    assert frozen == {torch.bfloat16} and trained == {torch.float32}  # peft keeps the adapter in fp32
+    assert {t.dtype for t in load_file(out / "adapter_model.safetensors").values()} == {torch.float32}
+
+    dense = load_tiny(base)  # fp32: the registry must accept an adapter fingerprinted on a bf16 load
+    plain = logits(dense.model, PROBE)
+    name = AdapterHost(dense, threading.Lock()).attach_path(out)
+    assert not torch.allclose(plain, logits(dense.model, PROBE, adapter=name), atol=1e-3)
+
+
 def test_qlora_without_cuda_is_a_clear_error(setup):
     if torch.cuda.is_available():
         pytest.skip("this machine has a GPU")
