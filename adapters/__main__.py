@@ -24,8 +24,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
     from adapters.registry import AdapterRegistry
 
+    if args.dir is not None and not Path(args.dir).is_dir():
+        print(f"error: adapters directory '{args.dir}' does not exist", file=sys.stderr)
+        return 2
     rows = [info.summary() for info in AdapterRegistry(args.dir).list()]
     if args.json:
         print(json.dumps(rows, ensure_ascii=False, indent=2))

@@ -50,13 +50,16 @@ def _numpy_rng_state() -> tuple:
     return kind, torch.from_numpy(keys.astype(np.int64)), int(position), int(has_gauss), float(cached)
 
 
-def save(output: Path, step: int, model, optimizer, scheduler) -> Path:
-    """Write the checkpoint of `step` (call on the main process only) and keep just the newest two."""
-    import numpy as np
+def save(output: Path, step: int, model, optimizer, scheduler, run: dict | None = None) -> Path:
+    """Write the checkpoint of `step` (call on the main process only) and keep just the newest two.
+
+    `run` describes the run (options and data) so that a resume can refuse different ones.
+    """
     import torch
 
     state = {
         "step": step,
+        "run": run or {},
         "weights": trainable_state(model),
         "optimizer": optimizer.state_dict(),
         "scheduler": scheduler.state_dict(),
@@ -69,13 +72,21 @@ def save(output: Path, step: int, model, optimizer, scheduler) -> Path:
     return folder
 
 
-def load(folder: Path, model, optimizer, scheduler) -> Resumed:
-    """Restore a checkpoint into a model built the same way; names that do not match are an error."""
+def load(folder: Path, model, optimizer, scheduler, run: dict | None = None) -> Resumed:
+    """Restore a checkpoint into a model built the same way; names that do not match are an error,
+    and so is a `run` description that differs from the one saved (where both have one)."""
     import numpy as np
     import torch
 
     # Tensors, numbers and tuples only: weights_only=True refuses anything that would run code.
     state = torch.load(Path(folder) / STATE_FILE, map_location="cpu", weights_only=True)
+    saved = state.get("run") or {}
+    changed = sorted(key for key in set(saved) | set(run or {}) if saved and run and saved.get(key) != run.get(key))
+    if changed:
+        was = ", ".join(f"{key}={saved.get(key)!r}" for key in changed)
+        now = ", ".join(f"{key}={run.get(key)!r}" for key in changed)
+        raise ValueError(f"--resume: the checkpoint was made with {was}, but this run has {now}; "
+                         "resume with the same options and data, or start over without --resume")
     parameters = dict(model.named_parameters())
     missing = sorted(set(state["weights"]) - set(parameters))
     if missing:

@@ -34,7 +34,7 @@ def check_files(folder: Path, allow_pickle: bool) -> Path:
         if not allow_pickle:
             raise AdapterError(
                 f"adapter '{folder.name}' ships pickle weights ({PICKLE_WEIGHTS}), which can run code when loaded; "
-                "convert it to safetensors, or opt in with allow_pickle=True if you trust its source"
+                "convert it to safetensors (in Python, AdapterRegistry(allow_pickle=True) opts in if you trust its source)"
             )
         return folder / PICKLE_WEIGHTS
     raise AdapterError(f"adapter '{folder.name}' is missing its weights ({SAFE_WEIGHTS}) in {folder}")

@@ -16,6 +16,19 @@ ALL_LINEAR = "all-linear"
 PRECISIONS = ("auto", "bf16", "fp32")
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 """Adapter names: they become folder names and keys inside PEFT's module dicts (which refuse dots)."""
+RESERVED = ("base", "__base__")
+"""Names the generator gives special meaning (no adapter)."""
+
+
+def check_adapter_name(name: str, what: str = "adapter name") -> None:
+    """Raise ValueError unless `name` can name an adapter: a plain name, not a path, not reserved."""
+    if name in RESERVED:
+        raise ValueError(f"{what} '{name}' is reserved: it means the base model without an adapter")
+    if not NAME_PATTERN.match(name):
+        raise ValueError(
+            f"{what} '{name}' is not a valid adapter name: use letters, digits, '-' and '_' "
+            "(at most 64, starting with a letter or digit; no paths)"
+        )
 
 
 @dataclass
@@ -97,12 +110,9 @@ class TrainConfig:
             raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         if not self.target_modules:
             raise ValueError("target_modules must name at least one module")
-        name = self.output.rstrip("/").rsplit("/", 1)[-1]
-        if not NAME_PATTERN.match(name):
-            raise ValueError(
-                f"output folder name '{name}' is not a valid adapter name: use letters, digits, '-' and '_' "
-                "(at most 64, starting with a letter or digit)"
-            )
+        if not self.output.strip():
+            raise ValueError("output must name the adapter folder to write")
+        check_adapter_name(self.output.rstrip("/").rsplit("/", 1)[-1], what="output folder name")
 
     def _check_positive_ints(self, *names: str) -> None:
         for name in names:

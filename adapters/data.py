@@ -29,16 +29,27 @@ def read_records(path: Path) -> list[dict]:
     path = Path(path)
     if not path.is_file():
         raise DataError(f"data file '{path}' does not exist")
-    text = path.read_text(encoding="utf-8")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as error:
+        raise DataError(f"{path} is not UTF-8 text (byte {error.start} cannot be decoded); save it as UTF-8") from None
     if path.suffix == ".json":
-        records = json.loads(text)
+        try:
+            records = json.loads(text)
+        except json.JSONDecodeError as error:
+            raise DataError(f"{path} is not valid JSON: {error.msg} at line {error.lineno}, column {error.colno}") from None
         if not isinstance(records, list):
             raise DataError(f"{path}: a .json data file must hold a list of records")
         return records
-    try:
-        return [json.loads(line) for line in text.splitlines() if line.strip()]
-    except json.JSONDecodeError as error:
-        raise DataError(f"{path}: line {error.lineno} is not JSON: {error.msg}") from error
+    records = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError as error:
+            raise DataError(f"{path}: line {number} is not JSON: {error.msg} (column {error.colno})") from None
+    return records
 
 
 def to_messages(record: dict) -> list[dict]:

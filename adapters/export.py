@@ -19,14 +19,16 @@ import threading
 from pathlib import Path
 
 MERGE_NOTE = "merged_from.json"
+MERGED = "a merged model"
 
 
 def export(adapter: str, out: Path | str, model: str = "default", dtype: str = "float32", registry=None) -> Path:
     """Load `model`, attach `adapter` (name, folder or hub id), merge it, and publish the folder `out`."""
     from adapters.host import attach_for_cli
-    from adapters.publish import publish
+    from adapters.publish import check_target, publish
     from bot.models import load_model
 
+    check_target(out, MERGE_NOTE, MERGED)  # before loading and merging, not after
     loaded = load_model(model, dtype=dtype, device="cpu")
     base_name = loaded.name
     name = attach_for_cli(loaded, adapter, threading.Lock(), registry)
@@ -40,7 +42,7 @@ def export(adapter: str, out: Path | str, model: str = "default", dtype: str = "
         # bot.models reads this to report the merged model under its base's lineage, not a temp path
         (folder / "source_name.txt").write_text(f"{base_name}+{name}\n")
 
-    return publish(Path(out), write)
+    return publish(Path(out), write, marker=MERGE_NOTE, kind=MERGED)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -54,11 +56,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(args: argparse.Namespace) -> int:
     from adapters.checks import AdapterError
+    from adapters.publish import TargetError
     from bot.models import ModelError
 
     try:
         out = export(args.adapter, args.out, args.model, args.dtype)
-    except (AdapterError, ModelError) as error:
+    except (AdapterError, ModelError, TargetError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     print(f"merged model written: {out}")

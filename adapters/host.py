@@ -104,9 +104,14 @@ def attach_for_cli(loaded, name_or_path: str, lock: threading.Lock, registry: Ad
     Returns the name to pass to `Generator.stream/complete(adapter=...)`. `lock` is the generator's.
     """
     host = AdapterHost(loaded, lock, registry)
-    if Path(name_or_path).expanduser().is_dir() and not _is_plain_name(name_or_path):
-        return host.attach_path(name_or_path)
+    if _looks_like_path(name_or_path) or (Path(name_or_path).expanduser().is_dir() and not _is_plain_name(name_or_path)):
+        return host.attach_path(name_or_path)  # says so when the folder does not exist
     return host.attach(name_or_path)
+
+
+def _looks_like_path(text: str) -> bool:
+    """Written as a path: absolute, relative with ./ or ../, or from ~ (a hub id is `owner/repo`)."""
+    return text.startswith(("/", "./", "../", "~")) or text in (".", "..")
 
 
 def _is_plain_name(text: str) -> bool:

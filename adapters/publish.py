@@ -23,15 +23,41 @@ PARTIAL_PREFIX = ".partial-"
 RETIRED_PREFIX = ".retired-"
 
 
-def publish(target: Path, write: Callable[[Path], None]) -> Path:
-    """Call `write(staging_folder)`, then put the staging folder in place of `target`."""
-    target = Path(target)
+class TargetError(ValueError):
+    """The folder to write would replace something that is not an earlier version of it."""
+
+
+def check_target(target: Path | str, marker: str, kind: str) -> Path:
+    """Refuse a `target` that publishing would destroy: a file, or a non-empty folder without `marker`
+    (the file every folder of this `kind` holds). An earlier version of the same kind, an empty
+    folder or a new path may be replaced. Returns the target as a Path."""
+    if not str(target).strip():
+        raise TargetError(f"no output folder given; name one for {kind}")
+    path = Path(target).expanduser()
+    if path.is_file() or path.is_symlink():
+        raise TargetError(f"'{path}' is a file (or a link); {kind} needs a folder of its own")
+    if path.is_dir() and not (path / marker).is_file() and any(path.iterdir()):
+        raise TargetError(
+            f"'{path}' already holds files and is not {kind}, so writing there would delete them; "
+            "choose a new folder (or empty that one yourself)"
+        )
+    return path
+
+
+def publish(target: Path, write: Callable[[Path], None], marker: str | None = None, kind: str = "a folder") -> Path:
+    """Call `write(staging_folder)`, then put the staging folder in place of `target`.
+
+    With `marker`, an existing target must pass `check_target` first, and again just before the swap.
+    """
+    target = check_target(target, marker, kind) if marker else Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f"{PARTIAL_PREFIX}{target.name}-", dir=target.parent))
     staging.chmod(0o755)  # mkdtemp makes it private; the published folder is an ordinary one
     try:
         write(staging)
         _sync_folder(staging)
+        if marker:
+            check_target(target, marker, kind)  # it may have changed while `write` ran
         _swap(staging, target)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)

@@ -15,13 +15,11 @@ from pathlib import Path
 from adapters.checks import (
     AdapterError, check_base, check_checksums, check_files, check_inside, check_shapes, read_config, weight_shapes,
 )
-from adapters.config import NAME_PATTERN
-from adapters.metadata import CONFIG_FILE, AdapterMetadata, MetadataError
+from adapters.config import NAME_PATTERN, RESERVED, check_adapter_name
+from adapters.metadata import CONFIG_FILE, AdapterMetadata, MetadataError, weight_files
 from adapters.publish import recover
 
 HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$")
-RESERVED = ("base", "__base__")
-"""Names the generator gives special meaning (no adapter)."""
 
 
 @dataclass
@@ -62,13 +60,27 @@ class AdapterRegistry:
         return [self._describe(folder) for folder in folders]
 
     def names(self) -> list[str]:
-        return [info.name for info in self.list()]
+        """The adapters that can be offered: listed, and with no problem the folder itself shows."""
+        return [info.name for info in self.list() if info.problem is None]
 
     def _describe(self, folder: Path) -> AdapterInfo:
         try:
-            return AdapterInfo(name=folder.name, path=folder, metadata=AdapterMetadata.read(folder))
+            metadata = AdapterMetadata.read(folder)
         except MetadataError as error:
             return AdapterInfo(name=folder.name, path=folder, metadata=None, problem=str(error))
+        return AdapterInfo(name=folder.name, path=folder, metadata=metadata, problem=self._problem(folder, metadata))
+
+    def _problem(self, folder: Path, metadata: AdapterMetadata) -> str | None:
+        """What the folder alone shows would stop it from loading: a reserved name, missing or pickle
+        weights, changed checksums. (The base and the shapes need the model: `vet` checks them.)"""
+        if folder.name in RESERVED:
+            return f"the name '{folder.name}' is reserved for the base model; rename the folder"
+        try:
+            check_files(folder, self.allow_pickle)
+            _check_checksums_once(folder, metadata)
+        except AdapterError as error:
+            return str(error)
+        return None
 
     def resolve(self, name: str) -> AdapterInfo:
         """A registry name or a hub id (`owner/repo`) as an AdapterInfo; files are not checked yet."""
@@ -95,12 +107,10 @@ class AdapterRegistry:
 
     @staticmethod
     def _check_name(name: str) -> None:
-        if name in RESERVED:
-            raise AdapterError(f"'{name}' means the base model and cannot name an adapter")
-        if not NAME_PATTERN.match(name):
-            raise AdapterError(
-                f"invalid adapter name '{name}': use letters, digits, '-' and '_' (no paths, at most 64 characters)"
-            )
+        try:
+            check_adapter_name(name)
+        except ValueError as error:
+            raise AdapterError(str(error)) from None
 
     def _from_hub(self, hub_id: str) -> AdapterInfo:
         """Download a hub adapter's files, or, offline, use the copy in the local hub cache."""
@@ -147,6 +157,18 @@ class AdapterRegistry:
         else:  # a hub adapter trained elsewhere: PEFT's config names its base
             check_base(info.name, config.get("base_model_name_or_path") or "unknown", None, loaded.name, base_fingerprint)
         check_shapes(info.name, config, weight_shapes(weights), _unwrapped(loaded.model))
+
+
+_VERIFIED: set[tuple] = set()
+"""Folders whose checksums matched, keyed by their weight files' sizes and times: listing stays cheap."""
+
+
+def _check_checksums_once(folder: Path, metadata: AdapterMetadata) -> None:
+    stats = tuple((f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in weight_files(folder))
+    key = (str(folder.resolve()), stats, tuple(sorted(metadata.checksums.items())))
+    if key not in _VERIFIED:
+        check_checksums(folder, metadata)
+        _VERIFIED.add(key)
 
 
 def _unwrapped(model):

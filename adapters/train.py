@@ -26,6 +26,8 @@ from adapters.config import ALL_LINEAR, TrainConfig
 from adapters.encode import Example
 
 LOG_FILE = "train_log.jsonl"
+ADAPTER = "an adapter"
+"""What the output folder holds, in messages about it."""
 
 
 @dataclass
@@ -46,6 +48,8 @@ class Run:
     pad_token_id: int
     steps_per_epoch: int
     total_steps: int
+    identity: dict
+    """What a checkpoint must match to be resumed (`run_identity`)."""
 
 
 def prepare_data(config: TrainConfig, tokenizer) -> Prepared:
@@ -94,7 +98,10 @@ def train(config: TrainConfig) -> Path:
     from accelerate import Accelerator
 
     from adapters.lora import check_qlora, check_qlora_engine
+    from adapters.metadata import CONFIG_FILE
+    from adapters.publish import check_target
 
+    check_target(config.output, CONFIG_FILE, ADAPTER)  # before the work, not after it
     if config.qlora:
         check_qlora()
     use_bf16 = config.precision == "bf16" or (config.precision == "auto" and (bf16_base() or cpu_bf16()))
@@ -161,13 +168,26 @@ def _train(config: TrainConfig, accelerator, load_bf16: bool) -> Path:
     steps_per_epoch = math.ceil(micro_batches / config.grad_accum)
     total = config.max_steps or math.ceil(config.epochs * steps_per_epoch)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(total, config.warmup_ratio))
-    run = Run(config, accelerator, data, base.tokenizer.pad_token_id, steps_per_epoch, total)
+    run = Run(config, accelerator, data, base.tokenizer.pad_token_id, steps_per_epoch, total, run_identity(config))
 
     step = resume_or_start(run, model, optimizer, scheduler)
     last_loss = loop(run, model, optimizer, scheduler, step)
     eval_loss = evaluate(run, model) if data.eval else None
     stats = {"steps": total, "final_loss": last_loss, "eval_loss": eval_loss, "seconds": time.perf_counter() - started}
     return finish(run, model, base, fingerprint, stats)
+
+
+RESUMABLE = ("resume", "progress", "save_every", "log_every")
+"""Options a resumed run may change: they do not change what is trained."""
+
+
+def run_identity(config: TrainConfig) -> dict:
+    """The options and the data's hash: a checkpoint resumes only a run with the same ones."""
+    from adapters.metadata import file_sha256
+
+    identity = {key: value for key, value in config.as_dict().items() if key not in RESUMABLE}
+    identity["data_sha256"] = file_sha256(Path(config.data))
+    return identity
 
 
 def resume_or_start(run: Run, model, optimizer, scheduler) -> int:
@@ -182,7 +202,7 @@ def resume_or_start(run: Run, model, optimizer, scheduler) -> int:
             checkpoint.run_dir(output).mkdir(parents=True, exist_ok=True)
         run.accelerator.wait_for_everyone()
         return 0
-    step = checkpoint.load(found, run.accelerator.unwrap_model(model), optimizer, scheduler).step
+    step = checkpoint.load(found, run.accelerator.unwrap_model(model), optimizer, scheduler, run.identity).step
     if run.accelerator.is_main_process:
         _truncate_log(output, step)
     return step
@@ -231,7 +251,8 @@ def loop(run: Run, model, optimizer, scheduler, step: int) -> float | None:
 
 def _checkpoint(run: Run, model, optimizer, scheduler, step: int) -> None:
     if run.accelerator.is_main_process:
-        checkpoint.save(Path(run.config.output), step, run.accelerator.unwrap_model(model), optimizer, scheduler)
+        checkpoint.save(Path(run.config.output), step, run.accelerator.unwrap_model(model), optimizer, scheduler,
+                        run.identity)
     run.accelerator.wait_for_everyone()
 
 
@@ -253,7 +274,7 @@ def evaluate(run: Run, model) -> float:
 def finish(run: Run, model, base, fingerprint: str, stats: dict) -> Path:
     """Publish the adapter folder atomically (main process) and drop the checkpoints."""
     from adapters.lora import save_weights
-    from adapters.metadata import AdapterMetadata, file_sha256, weight_checksums
+    from adapters.metadata import CONFIG_FILE, AdapterMetadata, file_sha256, weight_checksums
     from adapters.publish import publish
 
     accelerator, config = run.accelerator, run.config
@@ -274,7 +295,7 @@ def finish(run: Run, model, base, fingerprint: str, stats: dict) -> Path:
                 config=config.as_dict(), **stats,
             ).write(folder)
 
-        publish(output, write)
+        publish(output, write, marker=CONFIG_FILE, kind=ADAPTER)
         checkpoint.remove_all(output)
     accelerator.wait_for_everyone()
     return output
@@ -329,13 +350,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    from adapters.config import check_adapter_name
     from bot.paths import adapters_dir
 
+    if args.name is not None:
+        check_adapter_name(args.name)  # a name, not a path: it must land inside the adapters directory
     targets = args.target_modules if args.target_modules == ALL_LINEAR else args.target_modules.split(",")
     options = {k: v for k, v in vars(args).items() if k not in ("out", "name", "fill", "target_modules", "no_progress")}
     return TrainConfig(
-        output=args.out or str(adapters_dir() / args.name), fill=dict(args.fill), target_modules=targets,
-        progress=not args.no_progress, **options,
+        output=args.out if args.out is not None else str(adapters_dir() / args.name), fill=dict(args.fill),
+        target_modules=targets, progress=not args.no_progress, **options,
     )
 
 
@@ -347,6 +371,10 @@ def main(args: argparse.Namespace) -> int:
     except (ValueError, FileNotFoundError, QLoRAUnavailable) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        saved = " (--resume continues from the last checkpoint)" if args.save_every else ""
+        print(f"interrupted: no adapter written; an earlier adapter in that folder is unchanged{saved}", file=sys.stderr)
+        return 130
     if _is_main_process():
         print(f"adapter written: {output}")
     return 0

@@ -118,3 +118,20 @@ def test_every_training_option_is_documented_on_the_command_line():
     assert all(helps.values())
     assert helps["gradient_checkpointing"] == docs["gradient_checkpointing"]
     assert helps["batch_size"] == docs["batch_size"] + " (default: 4)"
+
+
+def test_unreadable_files_name_the_file_and_the_line(tmp_path):
+    from adapters.data import DataError, load_conversations
+
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text('{"input": "a", "output": "b"}\n\n{"input": "c", "output": "d"}\n{"input": oops}\n')
+    with pytest.raises(DataError, match=r"rows.jsonl: line 4 is not JSON"):
+        load_conversations(rows)
+    latin = tmp_path / "latin.jsonl"
+    latin.write_bytes('{"input": "caf\u00e9", "output": "x"}\n'.encode("latin-1"))
+    with pytest.raises(DataError, match=r"latin.jsonl is not UTF-8 text"):
+        load_conversations(latin)
+    broken = tmp_path / "broken.json"
+    broken.write_text('[{"input": "a", "output": "b"},\n {"input": }]')
+    with pytest.raises(DataError, match=r"broken.json is not valid JSON: .* line 2"):
+        load_conversations(broken)

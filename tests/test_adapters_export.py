@@ -56,3 +56,20 @@ def test_export_cli_end_to_end(adapter, tmp_path):
     done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert "merged model written" in done.stdout and (tmp_path / "m" / "config.json").is_file()
+
+
+def test_export_refuses_a_folder_that_is_not_a_merged_model_before_merging(adapter, tmp_path, monkeypatch):
+    import bot.models
+    from adapters.export import export
+
+    base, folder = adapter
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "keep.txt").write_text("mine")
+    monkeypatch.setattr(bot.models, "load_model", lambda *a, **k: pytest.fail("loaded the model before refusing"))
+    for out, message in ((tmp_path / "notes", "already holds files and is not a merged model"), ("", "no output folder")):
+        with pytest.raises(ValueError, match=message):
+            export(str(folder), out, model=base)
+    assert (tmp_path / "notes" / "keep.txt").read_text() == "mine"
+    monkeypatch.undo()
+    first = export(str(folder), tmp_path / "merged", model=base)
+    assert export(str(folder), first, model=base) == first  # an earlier export may be replaced

@@ -10,6 +10,7 @@ import threading
 from pathlib import Path
 
 import pytest
+import torch
 
 from test_adapters_support import PERSONA_ROWS, load_tiny, tiny_base, train_tiny, write_rows
 
@@ -60,6 +61,43 @@ def test_lists_adapters_with_metadata_and_skips_hidden_folders(trained, root):
     assert "no adapter_metadata.json" in rows[1]["problem"]
 
 
+def test_listing_flags_what_would_fail_to_load_and_offers_only_the_rest(trained, root):
+    from safetensors.torch import load_file, save_file
+
+    from adapters.registry import AdapterRegistry
+
+    for name in ("base", "tampered", "pickled"):
+        shutil.copytree(root / "persona", root / name)
+    weights = load_file(root / "tampered" / "adapter_model.safetensors")
+    save_file({key: value + 1 for key, value in weights.items()}, root / "tampered" / "adapter_model.safetensors")
+    torch.save(weights, root / "pickled" / "adapter_model.bin")
+    (root / "pickled" / "adapter_model.safetensors").unlink()
+    rewrite_checksums(root / "pickled")
+    problems = {info.name: info.problem for info in AdapterRegistry(root).list()}
+    assert problems["persona"] is None
+    assert "reserved for the base model" in problems["base"]
+    assert "checksum mismatch" in problems["tampered"]
+    assert "pickle weights" in problems["pickled"]
+    assert AdapterRegistry(root).names() == ["persona"]
+    assert AdapterRegistry(root, allow_pickle=True).names() == ["persona", "pickled"]
+    with pytest.raises(ValueError, match="checksum mismatch"):  # loading refuses what the listing flagged
+        attach(trained, root, name="tampered")
+
+
+def test_list_cli_refuses_a_missing_directory(tmp_path):
+    done = subprocess.run([sys.executable, "-m", "adapters", "list", "--dir", str(tmp_path / "nowhere")], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and "adapters directory" in done.stderr and "does not exist" in done.stderr
+
+
+def test_cli_adapter_path_that_does_not_exist_is_named_as_a_path(trained, tmp_path):
+    from adapters.host import attach_for_cli
+
+    for text in (str(tmp_path / "nope"), "./nope", "../nope", "~/nope"):
+        with pytest.raises(ValueError, match=r"adapter folder '.*nope' does not exist"):
+            attach_for_cli(load_tiny(trained[0]), text, threading.Lock())
+
+
 def test_empty_or_missing_directory_lists_nothing(tmp_path):
     from adapters.registry import AdapterRegistry
 
@@ -105,7 +143,7 @@ def test_pickle_weights_are_refused_unless_opted_in(trained, root):
 
 @pytest.mark.parametrize("name", ["../persona", "..", "/etc/passwd", ".hidden", "a\\b", "x y", "a/../../b", "base"])
 def test_unsafe_or_reserved_names_are_refused(trained, root, name):
-    with pytest.raises(ValueError, match="invalid adapter name|means the base model|hub cannot be reached"):
+    with pytest.raises(ValueError, match="is not a valid adapter name|is reserved: it means the base|hub cannot be reached"):
         attach(trained, root, name=name)
 
 

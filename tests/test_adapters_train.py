@@ -85,24 +85,31 @@ def test_output_folder_is_a_peft_adapter_with_metadata(setup):
     assert sorted(p.name for p in root.iterdir()) == ["persona"]  # no checkpoints or partial folders left
 
 
+def crash_at_step(monkeypatch, step: int, *train_args, **train_options) -> None:
+    """Train until the loss of `step` is logged, then die as a crash would (checkpoints stay behind)."""
+    import adapters.train
+
+    real_log = adapters.train._log
+
+    def crash(run, row):
+        if row["step"] == step:
+            raise KeyboardInterrupt("simulated crash")
+        real_log(run, row)
+
+    monkeypatch.setattr(adapters.train, "_log", crash)
+    with pytest.raises(KeyboardInterrupt):
+        train_tiny(*train_args, **train_options)
+    monkeypatch.setattr(adapters.train, "_log", real_log)
+
+
 def test_resume_continues_the_step_count_and_matches_an_uninterrupted_run(setup, monkeypatch):
     import adapters.train
     from safetensors.torch import load_file
 
     base, data, root = setup
     straight = train_tiny(base, data, root / "straight", max_steps=6, save_every=2)
-    real_log = adapters.train._log
-
-    def crash_at_step_5(run, row):
-        if row["step"] == 5:
-            raise KeyboardInterrupt("simulated crash")
-        real_log(run, row)
-
-    monkeypatch.setattr(adapters.train, "_log", crash_at_step_5)
-    with pytest.raises(KeyboardInterrupt):
-        train_tiny(base, data, root / "resumed", max_steps=6, save_every=2)
+    crash_at_step(monkeypatch, 5, base, data, root / "resumed", max_steps=6, save_every=2)
     assert not (root / "resumed").exists()
-    monkeypatch.setattr(adapters.train, "_log", real_log)
     resumed = train_tiny(base, data, root / "resumed", max_steps=6, save_every=2, resume=True)
 
     log = [json.loads(line)["step"] for line in (resumed / "train_log.jsonl").read_text().splitlines()]
@@ -340,3 +347,76 @@ def test_accelerate_launch_ddp_equals_one_process_with_gradient_accumulation(set
     assert (ddp_meta.steps, ddp_meta.examples, ddp_meta.eval_examples) == (3, 12, 4)
     assert ddp_meta.eval_loss == pytest.approx(reference_meta.eval_loss, abs=1e-6)
     assert ddp_meta.final_loss == pytest.approx(reference_meta.final_loss, abs=1e-6)
+
+
+def test_output_that_is_not_an_adapter_is_refused_before_training_and_kept(setup, monkeypatch):
+    import adapters.train
+
+    base, data, root = setup
+    precious = root / "notes"
+    (precious / "sub").mkdir(parents=True)
+    (precious / "thesis.txt").write_text("years of work")
+    monkeypatch.setattr(adapters.train, "_train", lambda *a, **k: pytest.fail("trained before refusing"))
+    with pytest.raises(ValueError, match="already holds files and is not an adapter, so writing there would delete"):
+        train_tiny(base, data, precious)
+    assert (precious / "thesis.txt").read_text() == "years of work" and (precious / "sub").is_dir()
+    (root / "afile").write_text("x")
+    with pytest.raises(ValueError, match="is a file"):
+        train_tiny(base, data, root / "afile")
+    monkeypatch.undo()
+    (root / "empty").mkdir()
+    assert train_tiny(base, data, root / "empty", max_steps=1) == root / "empty"  # an empty folder may be filled
+    assert train_tiny(base, data, root / "empty", max_steps=1) == root / "empty"  # and an adapter replaced
+
+
+@pytest.mark.parametrize(("flags", "message"), [
+    (["--name", ""], "adapter name '' is not a valid adapter name"),
+    (["--name", "../../etc"], "adapter name '../../etc' is not a valid adapter name"),
+    (["--name", "a/b"], "adapter name 'a/b' is not a valid adapter name"),
+    (["--name", "base"], "adapter name 'base' is reserved"),
+    (["--out", ""], "output must name the adapter folder"),
+])
+def test_cli_refuses_names_that_are_paths_or_reserved(setup, tmp_path, monkeypatch, capsys, flags, message):
+    from adapters.train import build_parser, main
+
+    base, data, _ = setup
+    adapters_home = tmp_path / "home"
+    (adapters_home / "kept").mkdir(parents=True)
+    monkeypatch.setenv("ICL_BOT_ADAPTERS", str(adapters_home))
+    assert main(build_parser().parse_args(["--data", str(data), "--model", base, *flags])) == 2
+    assert message in capsys.readouterr().err
+    assert (adapters_home / "kept").is_dir() and not (tmp_path / "etc").exists()
+
+
+def test_resume_with_other_options_or_data_is_refused_by_name(setup, monkeypatch):
+    base, data, root = setup
+    crash_at_step(monkeypatch, 3, base, data, root / "run", max_steps=6, save_every=2)
+    with pytest.raises(ValueError, match=r"made with batch_size=4, but this run has batch_size=2"):
+        train_tiny(base, data, root / "run", max_steps=6, save_every=2, resume=True, batch_size=2)
+    data.write_text(data.read_text() + json.dumps({"input": "one more", "output": "row"}) + "\n")
+    with pytest.raises(ValueError, match=r"made with data_sha256="):
+        train_tiny(base, data, root / "run", max_steps=6, save_every=2, resume=True)
+    assert not (root / "run").exists()  # refusals wrote nothing
+
+
+def test_ctrl_c_during_training_is_one_line_and_keeps_the_old_adapter(setup):
+    import signal
+    import time
+
+    from adapters.metadata import file_sha256
+
+    base, data, root = setup
+    old = train_tiny(base, data, root / "kept", max_steps=1)
+    before = file_sha256(old / "adapter_model.safetensors")
+    command = [sys.executable, "-m", "adapters.train", "--data", str(data), "--out", str(old), "--model", base,
+               "--max-steps", "100000", "--rank", "4", "--max-length", "32", "--no-progress", "--precision", "fp32"]
+    child = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    log = root / ".kept.run" / "train_log.jsonl"
+    deadline = time.monotonic() + 120
+    while not (log.is_file() and log.read_text()) and time.monotonic() < deadline and child.poll() is None:
+        time.sleep(0.2)
+    child.send_signal(signal.SIGINT)
+    _, stderr = child.communicate(timeout=60)
+    assert child.returncode == 130, stderr[-2000:]
+    assert "Traceback" not in stderr and "interrupted: no adapter written" in stderr
+    assert file_sha256(old / "adapter_model.safetensors") == before
