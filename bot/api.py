@@ -4,10 +4,12 @@
     POST /v1/chat/completions    `model` picks the base or an adapter per request; `stream: true`
                                  answers with server-sent events as the OpenAI API does
     POST /v1/completions         raw text or token ids, no chat template; `logprobs` and `echo`
-                                 score tokens (the prompt's too), as vLLM's endpoint does
+                                 score tokens (the prompt's too), as vLLM's endpoint does;
+                                 `max_tokens: 0` with `echo` scores the prompt alone
 
 Few-shot settings ride in the namespaced extra field `icl`:
 `{"icl": {"pool": "sentiment", "mode": "few", "k": 4, "select": "knn", "order": "nearest-last"}}`.
+`icl.pool` is one of the pool names the UI offers; pool files and index folders by path are for the CLI.
 Errors have OpenAI's shape `{"error": {"message", "type", "param", "code"}}` with status 400
 (bad values), 401 (missing or wrong key), 404 (unknown model) or 422 (malformed body).
 Set `ICL_BOT_API_KEY` to require `Authorization: Bearer <key>`.
@@ -75,8 +77,8 @@ FewShotFields = _fewshot_fields()
 class ChatRequest(BaseModel):
     model: str
     messages: list[Message] = Field(min_length=1)
-    max_tokens: int | None = None
-    max_completion_tokens: int | None = None
+    max_tokens: int | None = Field(default=None, ge=0)
+    max_completion_tokens: int | None = Field(default=None, ge=0)
     temperature: float | None = None
     top_p: float | None = None
     seed: int | None = None
@@ -172,6 +174,10 @@ def _text_completions(service, body: CompletionRequest) -> dict:
 
     if body.n != 1:
         raise APIError(400, "only n=1 is supported", param="n")
+    if body.max_tokens == 0 and not body.echo:
+        raise APIError(400, "max_tokens must be at least 1 (or 0 with echo, to score the prompt alone)",
+                       param="max_tokens")
+    max_tokens = 16 if body.max_tokens is None else body.max_tokens
     if body.stream:
         raise APIError(400, "streaming is supported on /v1/chat/completions only", param="stream")
     generator = service.generator
@@ -196,7 +202,6 @@ def _text_completions(service, body: CompletionRequest) -> dict:
             temperature=0.0 if body.temperature is None else body.temperature,
             top_p=1.0 if body.top_p is None else body.top_p, seed=body.seed,
         )
-        max_tokens = 16 if body.max_tokens is None else body.max_tokens
         done = complete_tokens(generator, rows, max_tokens, settings, adapter, body.logprobs, body.echo)
     except ValueError as error:
         raise APIError(400, str(error)) from error
@@ -281,9 +286,13 @@ def _plan(service, body: ChatRequest):
     turns = [{"role": m.role, "content": m.text()} for m in body.messages if m.role in ("user", "assistant")]
     if not turns or turns[-1]["role"] != "user":
         raise APIError(400, "the last message must come from the user", param="messages")
+    max_tokens = _token_limit(body.max_tokens, "max_tokens")
+    max_new_tokens = _token_limit(body.max_completion_tokens, "max_completion_tokens") or max_tokens or 256
+    if body.icl:
+        _check_pool(service, body.icl.pool)
     try:
         settings = GenerationSettings(
-            max_new_tokens=body.max_completion_tokens or body.max_tokens or 256,
+            max_new_tokens=max_new_tokens,
             temperature=0.0 if body.temperature is None else body.temperature,
             top_p=1.0 if body.top_p is None else body.top_p, seed=body.seed,
         )
@@ -293,6 +302,24 @@ def _plan(service, body: ChatRequest):
     except ValueError as error:
         raise APIError(400, str(error)) from error
     return adapter, _chain(first, turn)
+
+
+def _token_limit(value: int | None, param: str) -> int | None:
+    """A chat request's token limit, which OpenAI requires to be at least 1 (below 0 is a 422); None if not given."""
+    if value == 0:
+        raise APIError(400, f"{param} must be at least 1, got 0", param=param)
+    return value
+
+
+def _check_pool(service, pool: str) -> None:
+    """Refuse any pool but the names the UI's pool picker offers: over HTTP a path would open server files.
+
+    Every other value gets the same message, so a caller learns nothing about which files exist.
+    """
+    choices = service.pool_choices()
+    if pool not in choices:
+        available = ", ".join(choices) or "none (this server has no pool library)"
+        raise APIError(400, f"unknown pool '{pool}'; available: {available}", param="icl.pool")
 
 
 def _chain(first, rest):

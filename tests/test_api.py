@@ -11,6 +11,8 @@ from bot.conversation import build_messages
 from bot.generation import Generator
 from bot.service import ChatService
 from bot.settings import GenerationSettings
+from retrieval.embedder import HashEmbedder
+from retrieval.library import PoolLibrary
 from servers import serving
 from tiny import tiny_loaded, with_lora_adapters
 
@@ -28,12 +30,40 @@ def api():
         yield service, url
 
 
+@pytest.fixture(scope="module")
+def pools_api(tmp_path_factory):
+    """A server with a pool library and, as by default, no API key."""
+    import app
+
+    library = PoolLibrary(root=tmp_path_factory.mktemp("indexes"), embedder=HashEmbedder())
+    service = ChatService(Generator(tiny_loaded()), library)
+    with serving(app.create_server(service)) as url:
+        yield service, url
+
+
 def client(url, key=KEY):
     return openai.OpenAI(base_url=f"{url}/v1", api_key=key, max_retries=0)
 
 
 def expected(service, adapter, text, tokens=8):
     return service.generator.complete(build_messages(text), GenerationSettings(max_new_tokens=tokens), adapter).text
+
+
+def post(url, path, body, key=KEY) -> tuple[int, dict]:
+    """The status and JSON body of a raw POST to /v1`path`, error responses included."""
+    request = urllib.request.Request(
+        f"{url}/v1{path}", data=json.dumps(body).encode(), method="POST",
+        headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"},
+    )
+    try:
+        with urllib.request.urlopen(request) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read())
+
+
+def chat_body(**extra) -> dict:
+    return {"model": "tiny-llama", "messages": [{"role": "user", "content": "a wonderful film"}], **extra}
 
 
 def test_models_lists_base_and_adapters_with_parent(api):
@@ -100,21 +130,71 @@ def test_unknown_model_is_404(api):
          "the last message must come from the user"),
         ({"model": "tiny-llama", "messages": []}, 422, "messages"),
         ({"model": "tiny-llama", "messages": [{"role": "user", "content": "hi"}], "icl": {"pool": "x"}}, 400,
-         "few-shot prompts need a pool library"),
+         "unknown pool 'x'; available: none (this server has no pool library)"),
         ({"messages": [{"role": "user", "content": "hi"}]}, 422, "model: Field required"),
     ],
 )
 def test_bad_requests_get_openai_style_errors(api, body, status, message):
     _, url = api
-    request = urllib.request.Request(
-        f"{url}/v1/chat/completions", data=json.dumps(body).encode(), method="POST",
-        headers={"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"},
-    )
-    with pytest.raises(urllib.error.HTTPError) as caught:
-        urllib.request.urlopen(request)
-    assert caught.value.code == status
-    error = json.loads(caught.value.read())["error"]
+    code, answer = post(url, "/chat/completions", body)
+    assert code == status
+    error = answer["error"]
     assert message in error["message"] and set(error) == {"message", "type", "param", "code"}
+
+
+@pytest.mark.parametrize(
+    "path, field, value, status, message",
+    [
+        ("/chat/completions", "max_tokens", 0, 400, "max_tokens must be at least 1, got 0"),
+        ("/chat/completions", "max_tokens", -3, 422, "max_tokens: Input should be greater than or equal to 0"),
+        ("/chat/completions", "max_completion_tokens", 0, 400, "max_completion_tokens must be at least 1, got 0"),
+        ("/chat/completions", "max_tokens", 2.5, 422, "max_tokens: Input should be a valid integer"),
+        ("/completions", "max_tokens", 0, 400, "max_tokens must be at least 1 (or 0 with echo"),
+        ("/completions", "max_tokens", -1, 422, "max_tokens: Input should be greater than or equal to 0"),
+        ("/completions", "max_tokens", 2.5, 422, "max_tokens: Input should be a valid integer"),
+    ],
+)
+def test_token_limits_below_one_are_refused(api, path, field, value, status, message):
+    _, url = api
+    body = chat_body() if path == "/chat/completions" else {"model": "tiny-llama", "prompt": "once upon a"}
+    code, answer = post(url, path, {**body, field: value})
+    assert code == status and message in answer["error"]["message"]
+    assert answer["error"]["param"] == field
+
+
+def test_zero_max_tokens_with_echo_scores_the_prompt_alone(api):
+    _, url = api
+    body = {"model": "tiny-llama", "prompt": "once upon a", "max_tokens": 0, "echo": True, "logprobs": 0}
+    status, answer = post(url, "/completions", body)
+    assert status == 200 and answer["usage"]["completion_tokens"] == 0
+    assert answer["choices"][0]["text"].endswith("once upon a")
+    assert len(answer["choices"][0]["logprobs"]["tokens"]) == answer["usage"]["prompt_tokens"]
+
+
+def test_icl_pool_names_what_the_server_offers(pools_api, tmp_path):
+    service, url = pools_api
+    pool = tmp_path / "mine.jsonl"
+    pool.write_text("\n".join(json.dumps({"input": f"film {i}", "output": "good"}) for i in range(6)))
+    service.library.build_from_upload("mine", pool)  # what the Pools tab's upload does
+    for name, demo_input in [("sentiment", ""), ("mine", "film ")]:
+        status, answer = post(url, "/chat/completions", chat_body(max_tokens=2, icl={"pool": name, "k": 2}), key=None)
+        assert status == 200 and len(answer["icl"]["demos"]) == 2
+        assert all(demo["input"].startswith(demo_input) for demo in answer["icl"]["demos"])
+
+
+def test_icl_pool_refuses_server_paths_without_saying_which_exist(pools_api, tmp_path):
+    service, url = pools_api
+    secret = tmp_path / "secret.jsonl"
+    secret.write_text("\n".join(json.dumps({"input": f"secret {i}", "output": "hidden"}) for i in range(6)))
+    service.library.get("sentiment")  # builds and saves the built-in index folder
+    folder = service.library.root / "builtin" / "sentiment"
+    assert service.open_index(str(secret)) and service.open_index(str(folder)), "sanity check: the CLI opens both"
+    available = ", ".join(service.pool_choices())
+    for pool in [str(secret), str(folder), "/etc/passwd", str(tmp_path / "missing.jsonl"), "../sentiment", "nowhere"]:
+        status, answer = post(url, "/chat/completions", chat_body(icl={"pool": pool, "k": 2}), key=None)
+        assert status == 400, pool
+        assert answer["error"]["message"] == f"unknown pool '{pool}'; available: {available}"
+        assert answer["error"]["param"] == "icl.pool"
 
 
 def test_ui_is_served_beside_the_api(api):
