@@ -7,6 +7,9 @@
 `search --json` prints a JSON list of {"id", "input", "output", "score"}, most similar first,
 score being the cosine similarity. Bad flags or values end with one line on stderr and a
 non-zero exit status. Parsing lives here; `main(args)` does the work with heavy imports inside it.
+
+`build --out` replaces only an index: a folder holding anything else, or the pool file, is
+refused before any embedding starts (see `retrieval.storage.check_writable`).
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 from bot.cli import OneLineParser, positive_int
 
@@ -24,7 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     build = commands.add_parser("build", help="embed a pool file and save its index")
     build.add_argument("--pool", required=True, help="JSONL, CSV, TSV or alpaca JSON file")
-    build.add_argument("--out", required=True, help="index folder (replaced crash-safe if it exists)")
+    build.add_argument("--out", required=True, help="index folder: new, empty, or an index to replace (crash-safe)")
     build.add_argument("--input-field", default="input", help="field or column holding the input text")
     build.add_argument("--output-field", default="output", help="field or column holding the answer")
     build.add_argument("--task", default=None, help="task description (default: the pool's sidecar <name>.json)")
@@ -47,19 +51,40 @@ def add_embedder_flag(parser: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     from retrieval.embedder import load_embedder
 
+    check = check_build if args.command == "build" else check_search
     try:
+        check(args)
         embedder = load_embedder(args.embedder)
         return build(args, embedder) if args.command == "build" else search(args, embedder)
-    except ValueError as error:  # PoolError, EmbedderError, IndexMismatch, StorageError, bad k
+    except (ValueError, OSError) as error:  # PoolError, EmbedderError, IndexMismatch, StorageError, bad k, disk full
         print(f"error: {error}", file=sys.stderr)
         return 2
 
 
+def check_build(args: argparse.Namespace) -> None:
+    """Refuse an --out that would overwrite anything but an index, before the slow embedding starts."""
+    from retrieval.storage import check_writable
+
+    if not args.out.strip():
+        raise ValueError("--out is empty; name the folder to write the index into")
+    if Path(args.pool).resolve().is_relative_to(Path(args.out).resolve()):
+        raise ValueError(f"--out '{args.out}' holds the pool file '{args.pool}'; write the index into another folder")
+    check_writable(Path(args.out))
+
+
+def check_search(args: argparse.Namespace) -> None:
+    if not args.query.strip():
+        raise ValueError("--query is empty; give the text to search for")
+
+
 def build(args: argparse.Namespace, embedder) -> int:
     from retrieval.index import DemoIndex
-    from retrieval.pool import load_pool
+    from retrieval.pool import BadRowsError, load_pool
 
-    pool = load_pool(args.pool, args.input_field, args.output_field, skip_bad=args.skip_bad, task=args.task)
+    try:
+        pool = load_pool(args.pool, args.input_field, args.output_field, skip_bad=args.skip_bad, task=args.task)
+    except BadRowsError as error:
+        raise BadRowsError(f"{error}; pass --skip-bad to leave them out") from None
     index = DemoIndex.build(pool, embedder)
     meta = index.save(args.out)
     notes = [f"{pool.skipped} bad rows skipped"] if pool.skipped else []

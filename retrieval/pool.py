@@ -13,9 +13,12 @@ The task description of a JSONL/CSV/TSV pool lives in a sidecar file with the sa
 `<name>.json` holding `{"task": "..."}`, so the pool itself stays plain rows any tool can read.
 The built-in pools under `retrieval/pools/` follow this layout.
 
-Rows are checked one by one (see `retrieval.rows`); a file with bad rows is refused with the first
-few errors and their line numbers, unless `skip_bad` is set, in which case the pool reports how
-many rows it skipped. Exact duplicates (same input and output) are dropped, the first one kept.
+Rows are checked one by one (see `retrieval.rows`, which also caps their size); a file with bad
+rows is refused with a `BadRowsError` naming the first few and their line numbers, unless
+`skip_bad` is set, in which case the pool reports how many rows it skipped. The message names no
+way to skip them: the callers differ (`retrieval build --skip-bad`, a checkbox in the UI, none in
+`bot` or `lab`), so each adds its own hint. Exact duplicates (same input and output) are dropped,
+the first one kept.
 This module reads files; it knows nothing about embeddings or indexes.
 """
 
@@ -31,7 +34,11 @@ from retrieval.rows import PoolError, RowError, read_rows
 BUILTIN_DIR = Path(__file__).resolve().parent / "pools"
 MAX_ERRORS_SHOWN = 5
 
-__all__ = ["BUILTIN_DIR", "Example", "Pool", "PoolError", "builtin_pools", "load_pool"]
+__all__ = ["BUILTIN_DIR", "BadRowsError", "Example", "Pool", "PoolError", "builtin_pools", "load_pool"]
+
+
+class BadRowsError(PoolError):
+    """A pool file with rows that fail the checks; a caller that can skip them says how."""
 
 
 @dataclass(frozen=True)
@@ -115,7 +122,7 @@ def load_pool(
         raise PoolError(f"pool file '{path}' does not exist")
     rows, errors = read_rows(path, input_field, output_field)
     if errors and not skip_bad:
-        raise PoolError(_describe_errors(path, errors))
+        raise BadRowsError(_describe_errors(path, errors))
     if not rows:
         raise PoolError(f"{path.name}: no valid rows" + (f" ({len(errors)} bad rows skipped)" if errors else ""))
     examples, duplicates = _deduplicate(rows)
@@ -132,7 +139,7 @@ def _describe_errors(path: Path, errors: list[RowError]) -> str:
     shown = "; ".join(f"line {error.line}: {error.message}" for error in errors[:MAX_ERRORS_SHOWN])
     more = f" (first {MAX_ERRORS_SHOWN} shown)" if len(errors) > MAX_ERRORS_SHOWN else ""
     rows = "row" if len(errors) == 1 else "rows"
-    return f"{path.name}: {len(errors)} bad {rows}{more}: {shown}; pass --skip-bad to leave them out"
+    return f"{path.name}: {len(errors)} bad {rows}{more}: {shown}"
 
 
 def _deduplicate(rows: list[tuple[str, str, dict]]) -> tuple[list[Example], int]:

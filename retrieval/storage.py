@@ -4,7 +4,12 @@ A stored folder holds content-named data files and one `meta.json` that lists th
 sha256. A save writes the data files under temporary names, renames each into place, and only
 then replaces `meta.json` (one `os.replace`, atomic on POSIX and Windows). Until that last step
 the old `meta.json` still names the old files, which are left alone, so an interrupted save
-leaves the previous version readable; files no longer named are removed afterwards.
+leaves the previous version readable; data files no longer named are removed afterwards.
+
+A save goes only into a folder that is missing, empty, or one a save wrote (its `meta.json`
+lists content-named files, or it holds only what an interrupted save left). Anything else, a
+home directory or the folder holding the pool, is refused, and the cleanup after a save only
+ever removes files named the way a save names them, so no file of the user's is ever deleted.
 
 This module moves bytes; what the files mean is `retrieval.index`'s business.
 """
@@ -14,11 +19,16 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
 META_FILE = "meta.json"
+DATA_NAME = re.compile(r"[a-z]+-[0-9a-f]{16}")
+"""How a save names a data file: `<role>-<sha256 prefix>`."""
+TEMP_PREFIXES = (".partial-", ".staged-")
+"""Temporary names a save writes under; an interrupted save leaves them behind."""
 
 
 class StorageError(ValueError):
@@ -53,7 +63,11 @@ def save_folder(folder: Path, files: dict[str, Callable[[Path], None]], meta: di
     current `meta.json` refers to. The meta gains `files`: role -> {name, sha256}.
     """
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
+    check_writable(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise StorageError(f"cannot create the folder '{folder}': {error.strerror}") from error
     listed = {}
     for role, write in files.items():
         staged = folder / f".staged-{role}"
@@ -69,9 +83,41 @@ def save_folder(folder: Path, files: dict[str, Callable[[Path], None]], meta: di
     return meta
 
 
+def check_writable(folder: Path) -> None:
+    """Refuse a `folder` that is a file, or that holds anything a save might overwrite or delete."""
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise StorageError(f"'{folder}' is a file, not a folder; choose a folder to save into")
+    if folder.is_dir() and not _written_by_save(folder):
+        raise StorageError(
+            f"'{folder}' is not empty and holds no saved index ({META_FILE} missing or not ours); "
+            "refusing to write into it; choose a new or empty folder"
+        )
+
+
+def _written_by_save(folder: Path) -> bool:
+    """Whether `folder` is empty or holds a save's files, so that saving again loses nothing of anyone's."""
+    names = {path.name for path in folder.iterdir()}
+    others = names - {META_FILE}
+    if META_FILE not in names:
+        return all(_save_named(name) for name in others)
+    try:
+        listed = read_meta(folder)["files"].values()
+    except (StorageError, KeyError, AttributeError):
+        # A damaged meta.json among nothing but a save's data files is an index of ours that a rebuild
+        # repairs; a lone meta.json, or one beside other files, may be someone else's.
+        return any(DATA_NAME.fullmatch(name) for name in others) and all(_save_named(name) for name in others)
+    return all(isinstance(entry, dict) and DATA_NAME.fullmatch(str(entry.get("name"))) for entry in listed)
+
+
+def _save_named(name: str) -> bool:
+    return bool(DATA_NAME.fullmatch(name)) or name.startswith(TEMP_PREFIXES)
+
+
 def _remove_unlisted(folder: Path, keep: set[str]) -> None:
+    """Delete older versions' data files and interrupted saves' leftovers; nothing else in `folder`."""
     for path in folder.iterdir():
-        if path.is_file() and path.name != META_FILE and path.name not in keep:
+        if _save_named(path.name) and path.name not in keep and path.is_file():
             path.unlink(missing_ok=True)
 
 

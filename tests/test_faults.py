@@ -144,6 +144,17 @@ def test_corrupt_builtin_index_is_rebuilt_from_its_pool(tmp_path):
     folder = root / BUILTIN_FOLDER / "sentiment"
     flip_bytes(folder / read_meta(folder)["files"]["index"]["name"])
     assert neighbours(PoolLibrary(root, HashEmbedder()).get("sentiment"), "a wonderful film") == before
+    (folder / "meta.json").write_text('{"files": ')  # its table of contents torn: still ours, still rebuilt
+    assert neighbours(PoolLibrary(root, HashEmbedder()).get("sentiment"), "a wonderful film") == before
+
+
+def test_a_lone_meta_json_is_not_taken_for_an_index(tmp_path):
+    from retrieval.storage import StorageError, check_writable
+
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "meta.json").write_text("{}")
+    with pytest.raises(StorageError, match="holds no saved index"):
+        check_writable(tmp_path / "mine")
 
 
 # --- training and adapters ---------------------------------------------------------------------

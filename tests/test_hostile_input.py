@@ -12,17 +12,17 @@ from retrieval.library import PoolLibrary
 
 CATALOGUE = {
     "malformed JSONL line": "a.jsonl: 1 bad row: line 2: not valid JSON (Expecting property name enclosed in double "
-                            "quotes at column 16); pass --skip-bad to leave them out",
-    "JSONL row missing its output": "b.jsonl: 1 bad row: line 2: missing field 'output'; pass --skip-bad to leave them out",
+                            "quotes at column 16)",
+    "JSONL row missing its output": "b.jsonl: 1 bad row: line 2: missing field 'output'",
     "JSONL row that is not an object": "c.jsonl: 1 bad row: line 2: expected an object with 'input' and 'output', got "
-                                       "list; pass --skip-bad to leave them out",
+                                       "list",
     "empty pool file": "d.jsonl: the pool file is empty",
     "pool file of blank lines": "e.jsonl: the pool file is empty",
     "Latin-1 pool file": "f.jsonl: not UTF-8 text (byte 0xe9 on line 1); save the file as UTF-8",
     "UTF-16 pool file": "g.jsonl: not UTF-8 text (byte 0xff on line 1); save the file as UTF-8",
     "CSV without the named column": "h.csv: the header has no column 'sentence' (columns: text, label); choose one "
                                     "with --input-field",
-    "CSV with an empty output": "i.csv: 1 bad row: line 2: field 'output' is empty; pass --skip-bad to leave them out",
+    "CSV with an empty output": "i.csv: 1 bad row: line 2: field 'output' is empty",
     "alpaca JSON that is not an array": "j.json: expected a JSON array of records, got dict",
     "unknown pool format": "k.xlsx: unknown pool format '.xlsx'; use one of: .jsonl, .ndjson, .csv, .tsv, .json",
     "missing pool file": "pool file '{dir}/nowhere.jsonl' does not exist",

@@ -7,8 +7,13 @@ from pathlib import Path
 
 import pytest
 
+from retrieval.cli import run as cli
 from retrieval.embedder import HashEmbedder
+from retrieval.index import DemoIndex
 from retrieval.library import LibraryError, PoolLibrary, check_name
+from retrieval.pool import load_pool
+from retrieval.rows import MAX_RECORD_CHARS
+from retrieval.storage import StorageError
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -91,3 +96,78 @@ def test_library_refuses_large_uploads_and_builtin_names(tmp_path):
         library.build_from_upload("mine", upload)
     with pytest.raises(LibraryError, match="'sentiment' is a built-in pool"):
         library.build_from_upload("sentiment", upload)
+
+
+def write_pool(path: Path, *rows: tuple[str, str]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rows = rows or (("good film", "pos"), ("bad film", "neg"))
+    path.write_text("".join(json.dumps({"input": i, "output": o}) + "\n" for i, o in rows), encoding="utf-8")
+    return path
+
+
+def snapshot(folder: Path) -> dict[Path, bytes]:
+    return {path: path.read_bytes() for path in folder.rglob("*") if path.is_file()}
+
+
+@pytest.mark.parametrize("out, message", [
+    ("", "--out is empty; name the folder to write the index into"),
+    (".", "'.' is not empty and holds no saved index (meta.json missing or not ours); refusing to write into it; "
+          "choose a new or empty folder"),
+    ("notes", "'notes' is not empty and holds no saved index"),
+    ("../data", "--out '../data' holds the pool file '../data/p.jsonl'; write the index into another folder"),
+    ("..", "--out '..' holds the pool file '../data/p.jsonl'"),
+    ("notes/todo.txt", "'notes/todo.txt' is a file, not a folder; choose a folder to save into"),
+    ("notes/todo.txt/idx", "cannot create the folder 'notes/todo.txt/idx': Not a directory"),
+])
+def test_build_refuses_an_out_that_is_not_an_index(tmp_path, monkeypatch, capsys, out, message):
+    """Run from a scratch folder: before the fix, `--out ""` or `--out .` deleted the working folder's files."""
+    write_pool(tmp_path / "data" / "p.jsonl")
+    (tmp_path / "work" / "notes").mkdir(parents=True)
+    (tmp_path / "work" / "notes" / "todo.txt").write_text("keep me", encoding="utf-8")
+    monkeypatch.chdir(tmp_path / "work")
+    before = snapshot(tmp_path)
+    assert cli(["build", "--pool", "../data/p.jsonl", "--out", out, "--embedder", "hash"]) == 2
+    error = capsys.readouterr().err
+    assert error.startswith(f"error: {message}") and error.count("\n") == 1, error
+    assert snapshot(tmp_path) == before
+
+
+def test_rebuild_replaces_the_index_and_nothing_else(tmp_path, capsys):
+    first, second = write_pool(tmp_path / "a.jsonl"), write_pool(tmp_path / "b.jsonl", ("loved it", "pos"))
+    out = tmp_path / "idx"
+    assert cli(["build", "--pool", str(first), "--out", str(out), "--embedder", "hash"]) == 0
+    old_files = {path.name for path in out.iterdir()}
+    (out / "README").write_text("my notes about this index", encoding="utf-8")
+    assert cli(["build", "--pool", str(second), "--out", str(out), "--embedder", "hash"]) == 0
+    names = {path.name for path in out.iterdir()}
+    assert names & old_files == {"meta.json"}, "the first build's data files are removed"
+    assert (out / "README").read_text(encoding="utf-8") == "my notes about this index"
+    assert DemoIndex.load(out, HashEmbedder()).pool.sha256 == load_pool(second).sha256
+
+
+def test_library_refuses_to_build_over_a_folder_that_is_not_an_index(tmp_path):
+    library = PoolLibrary(root=tmp_path / "indexes", embedder=HashEmbedder())
+    (tmp_path / "indexes" / "mine").mkdir(parents=True)
+    (tmp_path / "indexes" / "mine" / "photo.jpg").write_bytes(b"not an index")
+    with pytest.raises(StorageError, match="mine' is not empty and holds no saved index"):
+        library.build_from_upload("mine", write_pool(tmp_path / "upload.jsonl"))
+    assert (tmp_path / "indexes" / "mine" / "photo.jpg").read_bytes() == b"not an index"
+
+
+@pytest.mark.parametrize("query", ["", "   "])
+def test_search_refuses_an_empty_query(tmp_path, capsys, query):
+    assert cli(["build", "--pool", str(write_pool(tmp_path / "p.jsonl")), "--out", str(tmp_path / "idx"),
+                "--embedder", "hash"]) == 0
+    capsys.readouterr()
+    assert cli(["search", "--index", str(tmp_path / "idx"), "--query", query, "-k", "1", "--embedder", "hash"]) == 2
+    assert capsys.readouterr().err == "error: --query is empty; give the text to search for\n"
+
+
+def test_overlong_row_is_refused_or_skipped_with_the_flag(tmp_path, capsys):
+    pool = write_pool(tmp_path / "p.jsonl", ("fine", "pos"), ("x" * MAX_RECORD_CHARS, "neg"))
+    build = ["build", "--pool", str(pool), "--out", str(tmp_path / "idx"), "--embedder", "hash"]
+    assert cli(build) == 2
+    assert capsys.readouterr().err == ("error: p.jsonl: 1 bad row: line 2: input and output are 20,003 characters; "
+                                       "the limit is 20,000 per row; pass --skip-bad to leave them out\n")
+    assert cli([*build, "--skip-bad"]) == 0
+    assert "indexed 1 examples" in capsys.readouterr().out

@@ -1,10 +1,13 @@
 """Pool files: the formats that load, the messages for those that do not, and the built-in pools."""
 
 import json
+import tracemalloc
 
 import pytest
 
-from retrieval.pool import Example, Pool, PoolError, builtin_pools, content_sha256, load_pool
+import retrieval.rows
+from retrieval.pool import BadRowsError, Example, Pool, PoolError, builtin_pools, content_sha256, load_pool
+from retrieval.rows import MAX_RECORD_CHARS
 
 
 def write_jsonl(path, rows):
@@ -52,7 +55,7 @@ def test_missing_field_is_named(tmp_path):
 
 def test_many_errors_show_the_first_few(tmp_path):
     path = write_jsonl(tmp_path / "p.jsonl", [{"text": str(i)} for i in range(9)])
-    with pytest.raises(PoolError, match=r"9 bad rows \(first 5 shown\): line 1: .*line 5: missing field 'input'; pass"):
+    with pytest.raises(PoolError, match=r"9 bad rows \(first 5 shown\): line 1: .*line 5: missing field 'input'$"):
         load_pool(path)
 
 
@@ -155,3 +158,70 @@ def test_builtin_pools_are_big_enough_and_have_tasks():
         pool = load_pool(path)
         assert len(pool) >= 60, name
         assert pool.task and pool.duplicates == 0, name
+
+
+def test_bad_rows_message_names_no_flag(tmp_path):
+    """`bot ask --pool` and `lab` have no --skip-bad; only the callers that can skip add a hint."""
+    path = write_jsonl(tmp_path / "p.jsonl", [{"input": "a", "output": "b"}, {"input": "c"}])
+    with pytest.raises(BadRowsError) as caught:
+        load_pool(path)
+    assert str(caught.value) == "p.jsonl: 1 bad row: line 2: missing field 'output'"
+
+
+def write_pool(path, long_input: str):
+    """A pool of one short row, one with `long_input`, one short row, in the format of `path`'s suffix."""
+    rows = [{"input": "short", "output": "a"}, {"input": long_input, "output": "b"}, {"input": "also short", "output": "c"}]
+    if path.suffix == ".csv":
+        path.write_text("input,output\n" + "".join(f"{r['input']},{r['output']}\n" for r in rows), encoding="utf-8")
+    elif path.suffix == ".json":
+        path.write_text("[\n" + ",\n".join(json.dumps(r) for r in rows) + "\n]\n", encoding="utf-8")
+    else:
+        write_jsonl(path, rows)
+    return path
+
+
+@pytest.mark.parametrize("name, line", [("p.jsonl", 2), ("p.csv", 3), ("p.json", 3)])
+def test_overlong_row_is_a_bad_row_naming_its_line_and_the_limit(tmp_path, name, line):
+    at_limit = write_pool(tmp_path / name, "x" * (MAX_RECORD_CHARS - 1))  # plus the 1-character output
+    assert len(load_pool(at_limit)) == 3
+    path = write_pool(tmp_path / name, "x" * MAX_RECORD_CHARS)
+    with pytest.raises(BadRowsError, match=rf": line {line}: input and output are 20,001 characters; the limit is 20,000 per row$"):
+        load_pool(path)
+    pool = load_pool(path, skip_bad=True)
+    assert [e.input for e in pool.examples] == ["short", "also short"] and pool.skipped == 1
+
+
+def test_huge_jsonl_line_is_skipped_unread(tmp_path):
+    """A 12 MB line must not be held in memory, let alone parsed (a 200 MB one once took 24 GB)."""
+    path = write_pool(tmp_path / "p.jsonl", "word " * 2_400_000)
+    tracemalloc.start()
+    try:
+        with pytest.raises(BadRowsError, match=r"p.jsonl: 1 bad row: line 2: over 262,144 bytes, the limit for one row$"):
+            load_pool(path)
+        pool = load_pool(path, skip_bad=True)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert [e.input for e in pool.examples] == ["short", "also short"] and pool.skipped == 1
+    assert peak < 5_000_000, f"reading the pool took {peak:,} bytes"
+
+
+def test_pool_file_over_the_size_limit_is_refused_unread(tmp_path, monkeypatch):
+    path = write_jsonl(tmp_path / "p.jsonl", [{"input": "a", "output": "b"}] * 10)
+    monkeypatch.setattr(retrieval.rows, "MAX_POOL_BYTES", 100)
+    with pytest.raises(PoolError, match=r"p.jsonl: the file is 300 bytes; the limit for a pool is 100 bytes"):
+        load_pool(path)
+
+
+def test_csv_cell_beyond_the_csv_module_limit_is_one_error(tmp_path):
+    path = write_pool(tmp_path / "p.csv", "x" * 200_000)
+    with pytest.raises(PoolError, match=r"p.csv: line 3: not readable as a table \(field larger than field limit"):
+        load_pool(path, skip_bad=True)
+
+
+def test_jsonl_with_bom_crlf_and_unicode_line_separators(tmp_path):
+    """Lines end only at '\\n': U+2028 inside a JSON string is text, not a line break."""
+    path = tmp_path / "p.jsonl"
+    path.write_bytes(b"\xef\xbb\xbf" + '{"input": "a\u2028b", "output": "x"}\r\n\r\n{"input": "c", "output": "y"}'.encode())
+    pool = load_pool(path)
+    assert [(e.input, e.output) for e in pool.examples] == [("a\u2028b", "x"), ("c", "y")]

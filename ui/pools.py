@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import gradio as gr
 
-from ui.text import t
+from retrieval.pool import BadRowsError
+from ui.text import EN, t
 
 
 def pools_tab(service, pool_picker: gr.Dropdown) -> None:
@@ -36,6 +37,8 @@ def pools_tab(service, pool_picker: gr.Dropdown) -> None:
                 name.strip(), path, input_field=input_field.strip(), output_field=output_field.strip(),
                 skip_bad=bool(skip_bad), task=task.strip() or None, progress=report,
             )
+        except BadRowsError as error:
+            raise gr.Error(f"{error}; tick '{EN['skip_bad']}' to leave them out") from error  # errors stay English
         except ValueError as error:
             raise gr.Error(str(error)) from error
         choices = ["(none)", *service.pool_choices()]

@@ -1,0 +1,34 @@
+"""The Pools tab through gradio_client: an uploaded pool becomes an index, and bad rows are named."""
+
+import json
+
+import pytest
+from gradio_client import Client, handle_file
+
+from bot.generation import Generator
+from bot.service import ChatService
+from retrieval.embedder import HashEmbedder
+from retrieval.library import PoolLibrary
+from servers import launched
+
+
+@pytest.fixture(scope="module")
+def pools_app(tiny, tmp_path_factory):
+    library = PoolLibrary(root=tmp_path_factory.mktemp("indexes"), embedder=HashEmbedder())
+    service = ChatService(Generator(tiny), library)
+    with launched(service) as url:
+        yield service, Client(url)
+
+
+def test_upload_builds_an_index_and_bad_rows_point_at_the_checkbox(pools_app, tmp_path):
+    service, client = pools_app
+    rows = [{"input": f"movie {i} was fine", "output": "positive"} for i in range(6)]
+    bad = tmp_path / "reviews.jsonl"
+    bad.write_text("".join(json.dumps(row) + "\n" for row in rows) + '{"input": "no answer"}\n')
+    with pytest.raises(Exception, match=r"1 bad row: line 7: missing field 'output'; tick 'Skip bad rows' to leave"):
+        client.predict(handle_file(str(bad)), "reviews", "input", "output", "", False, api_name="/build_index")
+    assert "reviews" not in service.pool_choices()
+
+    note, _, _ = client.predict(handle_file(str(bad)), "reviews", "input", "output", "", True, api_name="/build_index")
+    assert note == "Built **reviews**: 6 examples."
+    assert "reviews" in service.pool_choices()
