@@ -1,7 +1,11 @@
 """The chat bot: models, prompts and generation. The UI (app.py) is a thin shell over it."""
 
 import logging
+import warnings
 
 # bitsandbytes (installed for QLoRA) warns at import, on CPUs with AVX-512 BF16, that an optional
 # kernel package is missing; its built-in fallback works, so the warning is noise on every command.
 logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
+# peft 0.21 asks transformers 5 for `is_gradient_checkpointing`, deprecated there: a FutureWarning on
+# every adapter load that the user can do nothing about.
+warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
