@@ -18,6 +18,7 @@ import gradio as gr
 
 from bot.backend import add_backend_flags
 from bot.generation import DECODERS
+from bot.models import DTYPES
 from ui.chat import chat_tab
 from ui.compare import compare_tab
 from ui.lab import lab_tab
@@ -55,20 +56,30 @@ def build_app(service, model_spec: str = "default") -> gr.Blocks:
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description="Serve the chat app.")
-    parser.add_argument("--host", default=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"))
-    parser.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", 7860)))
-    parser.add_argument("--model", default=os.environ.get("ICL_BOT_MODEL", "default"))
-    parser.add_argument("--dtype", default=os.environ.get("ICL_BOT_DTYPE", "auto"))
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--trust-remote-code", action="store_true")
+    from bot.cli import DefaultsHelpFormatter, OneLineParser
+
+    parser = OneLineParser(description="Serve the chat app.", formatter_class=DefaultsHelpFormatter)
+    parser.add_argument("--host", default=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"),
+                        help="address to listen on; 0.0.0.0 for every interface; $GRADIO_SERVER_NAME sets the default")
+    parser.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", 7860)),
+                        help="port to listen on; $GRADIO_SERVER_PORT sets the default")
+    parser.add_argument("--model", default=os.environ.get("ICL_BOT_MODEL", "default"),
+                        help="'default', a local folder, a .gguf file or a hub id; $ICL_BOT_MODEL sets the default")
+    parser.add_argument("--dtype", default=os.environ.get("ICL_BOT_DTYPE", "auto"), choices=DTYPES,
+                        help="weights' dtype; auto: float32 when decoding fast on the CPU, else bfloat16 where "
+                             "supported, float16 otherwise; $ICL_BOT_DTYPE sets the default")
+    parser.add_argument("--device", default="auto",
+                        help="cpu, cuda, cuda:1, mps, or auto: the first of cuda, mps, cpu that is available")
+    parser.add_argument("--trust-remote-code", action="store_true", help="run the model repository's own code")
     parser.add_argument("--fast-decode", action=argparse.BooleanOptionalAction,
                         default=os.environ.get("ICL_BOT_FAST_DECODE", "1") != "0",
-                        help="on the CPU, answer greedy base-model requests with a fast decoder that gives generate's "
-                             "tokens (fp32, which --dtype auto then picks); default on, ICL_BOT_FAST_DECODE=0 turns it off")
+                        help="on the CPU, answer greedy requests with a fast decoder that gives generate's tokens "
+                             "(fp32, which --dtype auto then picks): base-model requests, and with the native "
+                             "decoder LoRA adapter requests too (default: on; ICL_BOT_FAST_DECODE=0 turns it off)")
     parser.add_argument("--decoder", choices=DECODERS, default=os.environ.get("ICL_BOT_DECODER", "auto"),
                         help="auto: the native C decoder where it can run the model, else plain generate; "
-                             "native or compiled: that one, or an error saying why not")
+                             "native, compiled or eager (the compiled loop uncompiled, for tests): that one, or an "
+                             "error saying why not; $ICL_BOT_DECODER sets the default")
     parser.add_argument("--hub-adapter", action="append", metavar="ID", help="attach this hub adapter at start "
                         "(repeatable; default: the comma-separated ids in ICL_BOT_HUB_ADAPTERS)")
     add_backend_flags(parser)
@@ -130,9 +141,13 @@ def main(argv=None) -> None:
     args = parse_args(argv)
     # Uploads land inside the data home too, so the app writes nowhere else.
     os.environ.setdefault("GRADIO_TEMP_DIR", str(data_home() / "uploads"))
-    users = users_from_env(os.environ.get("ICL_BOT_USERS"))
-    server = create_server(create_service(args), api_key=os.environ.get("ICL_BOT_API_KEY"), users=users,
-                           model_spec=args.model)
+    try:
+        users = users_from_env(os.environ.get("ICL_BOT_USERS"))
+        service = create_service(args)
+    except ValueError as error:  # a bad model, device, dtype or user list: the message names it
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)
+    server = create_server(service, api_key=os.environ.get("ICL_BOT_API_KEY"), users=users, model_spec=args.model)
     print(f"serving http://{args.host}:{args.port}/ (API at /v1)", flush=True)
     uvicorn.run(server, host=args.host, port=args.port, log_level="warning")
 

@@ -19,7 +19,27 @@ class OneLineParser(argparse.ArgumentParser):
     """argparse, but a bad flag or value ends with one line on stderr and exit status 2."""
 
     def error(self, message):
-        self.exit(2, f"{self.prog}: error: {message}\n")
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+class DefaultsHelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Help that ends each option with its default, unless the text already says it or there is none."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        default = action.default
+        unset = default is None or default is False or default is argparse.SUPPRESS
+        if unset or not action.option_strings or "(default" in text:
+            return text
+        shown = " ".join(map(str, default)) if isinstance(default, (list, tuple)) else str(default)
+        return f"{text} (default: {shown.replace('%', '%%')})"
+
+
+def documented(cls) -> dict[str, str]:
+    """Help texts from a settings dataclass's field docstrings, so that the two cannot drift apart."""
+    from adapters.config import field_docs
+
+    return {name: doc.replace("%", "%%") for name, doc in field_docs(cls).items()}
 
 
 def positive_int(text: str) -> int:
@@ -30,41 +50,50 @@ def positive_int(text: str) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from bot.service import FewShot
+    from bot.settings import GenerationSettings
+
     parser = OneLineParser(prog="python -m bot", description="Chat with a language model from the command line.")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
 
-    ask = commands.add_parser("ask", help="answer one question")
+    ask = commands.add_parser("ask", help="answer one question", formatter_class=DefaultsHelpFormatter)
     ask.add_argument("question")
     add_model_flags(ask)
-    ask.add_argument("--system", default=None, help="system prompt")
-    ask.add_argument("--max-new-tokens", type=positive_int, default=256)
-    ask.add_argument("--temperature", type=float, default=0.0, help="0 is greedy")
-    ask.add_argument("--top-p", type=float, default=1.0)
-    ask.add_argument("--seed", type=int, default=None)
+    sampling = documented(GenerationSettings)
+    ask.add_argument("--system", default=None, help="system prompt (default: none)")
+    ask.add_argument("--max-new-tokens", type=positive_int, default=256, help=sampling["max_new_tokens"])
+    ask.add_argument("--temperature", type=float, default=0.0, help=sampling["temperature"])
+    ask.add_argument("--top-p", type=float, default=1.0, help=sampling["top_p"])
+    ask.add_argument("--seed", type=int, default=None, help=sampling["seed"] + " (default: none)")
     ask.add_argument("--json", action="store_true", help="print one JSON object instead of the answer")
-    ask.add_argument("--adapter", default="base", help="a LoRA adapter: a name in the adapters folder or a path")
-    fewshot = ask.add_argument_group("few-shot prompts")
+    ask.add_argument("--adapter", default="base",
+                     help="a LoRA adapter: a name in the adapters folder, a hub id or a path; 'base' for none")
+    fewshot = ask.add_argument_group("few-shot prompts", "used with --pool; without it the question goes as it is")
+    shots = documented(FewShot)
     fewshot.add_argument("--pool", help="demonstration pool: a built-in name, an index folder or a pool file")
-    fewshot.add_argument("--mode", choices=["zero", "one", "few"], default="few")
-    fewshot.add_argument("--k", type=int, default=4, help="demonstrations in few mode")
-    fewshot.add_argument("--select", choices=["knn", "random", "mmr", "fixed"], default="knn")
+    fewshot.add_argument("--mode", choices=["zero", "one", "few"], default="few", help=shots["mode"])
+    fewshot.add_argument("--k", type=int, default=4, help=shots["k"] + " 0 gives the zero-shot prompt.")
+    fewshot.add_argument("--select", choices=["knn", "random", "mmr", "fixed"], default="knn", help=shots["select"])
     fewshot.add_argument("--order", choices=["nearest-last", "nearest-first", "random", "permutation"],
-                         default="nearest-last")
-    fewshot.add_argument("--demo-seed", type=int, default=0, help="seed for random selection and order")
-    fewshot.add_argument("--diversity", type=float, default=0.5, help="MMR diversity weight, 0-1")
-    fewshot.add_argument("--style", choices=["chat", "text"], default="chat")
-    fewshot.add_argument("--fixed-ids", type=int, nargs="+", help="pool rows for --select fixed")
-    fewshot.add_argument("--permutation", type=int, nargs="+", help="positions for --order permutation")
+                         default="nearest-last", help=shots["order"])
+    fewshot.add_argument("--demo-seed", type=int, default=0, help=shots["seed"])
+    fewshot.add_argument("--diversity", type=float, default=0.5, help=shots["diversity"] + " 0-1.")
+    fewshot.add_argument("--style", choices=["chat", "text"], default="chat", help=shots["style"])
+    fewshot.add_argument("--fixed-ids", type=int, nargs="+", help=shots["fixed_ids"])
+    fewshot.add_argument("--permutation", type=int, nargs="+", help=shots["permutation"])
 
-    prepare = commands.add_parser("prepare", help="convert and cache a model so later loads are fast")
+    prepare = commands.add_parser("prepare", help="convert and cache a model so later loads are fast",
+                                  formatter_class=DefaultsHelpFormatter)
     add_model_flags(prepare)
     return parser
 
 
 def add_model_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default="default", help="'default', a local folder, a .gguf file or a hub id")
-    parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps")
+    parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
+                        help="weights' dtype; auto: bfloat16 on the CPU and on GPUs that support it, else float16")
+    parser.add_argument("--device", default="auto",
+                        help="cpu, cuda, cuda:1, mps, or auto: the first of cuda, mps, cpu that is available")
     parser.add_argument("--trust-remote-code", action="store_true", help="run the model repository's own code")
     add_backend_flags(parser)
 

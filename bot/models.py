@@ -157,15 +157,52 @@ def pick_dtype(dtype: str, device: str):
 
 
 def pick_device(device: str = "auto") -> str:
-    import torch
-
+    """`auto` as the best device here; any other name checked, so a bad one fails before a model loads."""
     if device != "auto":
-        return device
-    if torch.cuda.is_available():
+        return check_device(device)
+    if _gpu_count():
         return "cuda"
-    if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+    if _mps_available():
         return "mps"
     return "cpu"
+
+
+def _gpu_count() -> int:
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def _mps_available() -> bool:
+    import torch
+
+    return bool(getattr(torch.backends, "mps", None) and torch.backends.mps.is_available())
+
+
+def available_devices() -> list[str]:
+    """The devices this machine can run a model on, as `--device` takes them."""
+    gpus = _gpu_count()
+    cuda = ["cuda"] if gpus == 1 else [f"cuda:{i}" for i in range(gpus)]
+    return ["cpu"] + cuda + (["mps"] if _mps_available() else [])
+
+
+def check_device(device: str) -> str:
+    """Return `device` if this machine has it, else raise ModelError naming what it has."""
+    import torch
+
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, TypeError):
+        parsed = None
+    if parsed is None or parsed.type not in ("cpu", "cuda", "mps"):
+        raise ModelError(f"unknown device '{device}'; choose auto, cpu, cuda, cuda:N or mps "
+                         f"(available here: {', '.join(available_devices())})")
+    gpus = _gpu_count()
+    usable = {"cpu": True, "cuda": gpus > (parsed.index or 0), "mps": _mps_available()}[parsed.type]
+    if not usable:
+        available = ", ".join(available_devices())
+        raise ModelError(f"device '{device}' is not available on this machine; available: {available}")
+    return device
 
 
 def dense_cache(source: ModelSource) -> Path:
@@ -221,9 +258,9 @@ def load_model(
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
+    device = pick_device(device)
     source = resolve_model(spec)
     path = str(dense_cache(source)) if source.gguf_file else source.path
-    device = pick_device(device)
     torch_dtype = pick_dtype(dtype, device)
     try:
         tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)

@@ -21,29 +21,33 @@ from lab.runner import EXPERIMENTS
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m lab", description="In-context learning experiments.")
-    parser.add_argument("experiment", choices=list(EXPERIMENTS))
-    parser.add_argument("--train", required=True, help="pool JSONL the demonstrations come from")
-    parser.add_argument("--test", required=True, help="labelled test JSONL; its outputs are the label set")
-    parser.add_argument("--model", default="default",
-                        help="model spec (with --backend openai: the model the server runs, for its tokenizer)")
-    parser.add_argument("--adapter", default=None,
-                        help="LoRA adapter folder applied to the model (with --backend openai: a model name on the server)")
-    parser.add_argument("--dtype", default="float32", choices=DTYPES)
-    parser.add_argument("--k", type=int, default=4)
-    parser.add_argument("--ks", type=int, nargs="+", default=[0, 1, 2, 4, 8], help="shot counts (shots)")
-    parser.add_argument("--n-test", type=int, default=100)
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--permutations", type=int, default=24, help="orders per set (order)")
-    parser.add_argument("--probe-size", type=int, default=16, help="GlobalE/LocalE probe inputs (order)")
-    parser.add_argument("--style", default="plain", choices=STYLES)
-    parser.add_argument("--calibrate", action="store_true", help="contextual calibration (Zhao et al. 2021)")
-    parser.add_argument("--task", default="auto", choices=TASKS)
-    parser.add_argument("--embedder", default="default", help="embedder for kNN/MMR ('hash': no model)")
-    parser.add_argument("--diversity", type=float, default=0.5, help="MMR trade-off (select)")
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--max-new-tokens", type=int, default=16)
-    parser.add_argument("--train-steps", type=int, default=200, help="LoRA steps (finetune)")
+    from bot.cli import DefaultsHelpFormatter, OneLineParser, documented
+
+    experiments = "\n".join(f"  {name:9} {text}" for name, text in EXPERIMENTS.items())
+    parser = OneLineParser(prog="python -m lab", description="In-context learning experiments.",
+                           epilog=f"experiments (and the options each reads besides the common ones):\n{experiments}",
+                           formatter_class=DefaultsHelpFormatter)
+    docs = documented(LabConfig)
+    parser.add_argument("experiment", choices=list(EXPERIMENTS), help="which experiment to run (listed below)")
+    parser.add_argument("--train", required=True, help=docs["train"])
+    parser.add_argument("--test", required=True, help=docs["test"])
+    parser.add_argument("--model", default="default", help=docs["model"])
+    parser.add_argument("--adapter", default=None, help=docs["adapter"])
+    parser.add_argument("--dtype", default="float32", choices=DTYPES, help=docs["dtype"])
+    parser.add_argument("--k", type=int, default=4, help=docs["k"])
+    parser.add_argument("--ks", type=int, nargs="+", default=[0, 1, 2, 4, 8], help=docs["ks"])
+    parser.add_argument("--n-test", type=int, default=100, help=docs["n_test"])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help=docs["seeds"])
+    parser.add_argument("--permutations", type=int, default=24, help=docs["permutations"])
+    parser.add_argument("--probe-size", type=int, default=16, help=docs["probe_size"])
+    parser.add_argument("--style", default="plain", choices=STYLES, help=docs["style"])
+    parser.add_argument("--calibrate", action="store_true", help=docs["calibrate"])
+    parser.add_argument("--task", default="auto", choices=TASKS, help=docs["task"])
+    parser.add_argument("--embedder", default="default", help=docs["embedder"])
+    parser.add_argument("--diversity", type=float, default=0.5, help=docs["diversity"])
+    parser.add_argument("--batch-size", type=int, default=32, help=docs["batch_size"])
+    parser.add_argument("--max-new-tokens", type=int, default=16, help=docs["max_new_tokens"])
+    parser.add_argument("--train-steps", type=int, default=200, help=docs["train_steps"])
     parser.add_argument("--out", default=None, help="result folder (default: runs/EXPERIMENT-TIME)")
     add_backend_flags(parser)
     return parser

@@ -23,9 +23,11 @@ class LabConfig:
     test: str
     """Labelled test items (same format); the label set is the set of their outputs."""
     model: str = "default"
-    """Model spec, as `bot.models.load_model` takes it."""
+    """Model spec: 'default', a local folder, a .gguf file or a hub id (with the openai backend: the model
+    the server runs, for its tokenizer)."""
     adapter: str | None = None
-    """A LoRA adapter folder to apply to the model for every prompt."""
+    """A LoRA adapter applied to the model for every prompt: a folder, a name in the adapters folder or a
+    hub id, as `python -m bot ask --adapter` takes it (with the openai backend: a model name on the server)."""
     dtype: str = "float32"
     """Model weights' dtype; float32 keeps scores reproducible across batch shapes."""
     k: int = 4
@@ -45,7 +47,8 @@ class LabConfig:
     calibrate: bool = False
     """Contextual calibration with content-free inputs (Zhao et al. 2021)."""
     task: str = "auto"
-    """`classify` (score each label), `generate` (greedy answer, exact match) or `auto`."""
+    """`classify` (score each label), `generate` (greedy answer, exact match) or `auto` (classify when the
+    test set has at most 20 distinct outputs)."""
     embedder: str = "default"
     """Embedder spec for kNN and MMR selection (`hash` for a model-free lexical one)."""
     diversity: float = 0.5

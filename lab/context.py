@@ -15,6 +15,7 @@ from pathlib import Path
 from lab.config import LabConfig
 from lab.data import LabData, check_fits, load_data
 from lab.demos import DemoChooser
+from lab.errors import LabError
 from lab.predict import Case, Predictor
 from lab.prompt import Demo, PromptFormat
 from lab.stats import accuracy
@@ -58,20 +59,24 @@ def max_k(config: LabConfig, experiment: str) -> int:
 
 def open_context(config: LabConfig, experiment: str, out: Path, progress: Progress = no_progress,
                  loaded=None) -> LabContext:
-    """Load data (checked), then the model (unless `loaded` is given) and its adapter."""
+    """Load data (checked) and find the adapter, then load the model (unless `loaded` is given) and apply it."""
     data = load_data(config.train, config.test, config.n_test, config.task)
     check_fits(data, max_k(config, experiment))
     options = dict(calibrated=config.calibrate, batch_size=config.batch_size, max_new_tokens=config.max_new_tokens)
+    adapter = find_adapter(config.adapter) if config.adapter and config.backend == "local" else None
     if config.backend == "openai":
         loaded, remote = open_remote(config)
         options.update(scorer=remote.score, generator=remote.generate)
     elif loaded is None:
-        from bot.models import load_model
+        from bot.models import ModelError, load_model
 
         progress(0.0, f"loading model {config.model}")
-        loaded = load_model(config.model, dtype=config.dtype)
-    if config.adapter and config.backend == "local":
-        loaded = with_adapter(loaded, config.adapter)
+        try:
+            loaded = load_model(config.model, dtype=config.dtype)
+        except ModelError as error:  # the message says what was tried, as `python -m bot ask` shows it
+            raise LabError(str(error)) from error
+    if adapter is not None:
+        loaded = with_adapter(loaded, adapter)
     predictor = Predictor(loaded.model, loaded.tokenizer, PromptFormat(config.style), data.labels, data.task, **options)
     chooser = DemoChooser(data.train, config.embedder, config.diversity)
     return LabContext(config, loaded, data, predictor, chooser, progress, out)
@@ -92,7 +97,6 @@ def open_remote(config: LabConfig):
     import os
 
     from bot.models import ModelError, load_tokenizer
-    from lab.errors import LabError
     from lab.remote import RemoteModel
 
     try:
@@ -104,8 +108,24 @@ def open_remote(config: LabConfig):
     return RemoteLoaded(name=remote.name, tokenizer=tokenizer), remote
 
 
-def with_adapter(loaded, adapter: str | Path):
-    """A copy of `loaded` whose model runs the LoRA adapter in folder `adapter`.
+def find_adapter(spec: str):
+    """`--adapter` as `python -m bot ask` reads it: a folder path as it is, else a name in the adapters
+    folder or a hub id, resolved by the adapter registry (an AdapterInfo, vetted once the model is loaded)."""
+    from adapters.checks import AdapterError
+    from adapters.config import NAME_PATTERN
+    from adapters.registry import AdapterRegistry
+
+    if Path(spec).expanduser().is_dir() and not NAME_PATTERN.match(spec):
+        return Path(spec).expanduser()
+    try:
+        return AdapterRegistry().resolve(spec)
+    except AdapterError as error:
+        raise LabError(f"--adapter {spec}: {error}") from error
+
+
+def with_adapter(loaded, adapter):
+    """A copy of `loaded` whose model runs a LoRA adapter: a folder path, or an AdapterInfo from
+    `find_adapter`, which is vetted against the model first (trained on this base, shapes that fit).
 
     The model is copied first: PEFT injects its layers in place, and `loaded` may be the one the
     chat service is serving.
@@ -114,9 +134,19 @@ def with_adapter(loaded, adapter: str | Path):
 
     from peft import PeftModel
 
-    from lab.errors import LabError
+    from adapters.checks import AdapterError
+    from adapters.metadata import weights_fingerprint
+    from adapters.registry import AdapterInfo, AdapterRegistry
 
-    if not (Path(adapter) / "adapter_config.json").is_file():
-        raise LabError(f"--adapter {adapter}: not a LoRA adapter folder (no adapter_config.json)")
-    model = PeftModel.from_pretrained(copy.deepcopy(loaded.model), str(adapter)).eval()
-    return replace(loaded, model=model, name=f"{loaded.name}+{Path(adapter).name}")
+    if isinstance(adapter, AdapterInfo):
+        try:
+            AdapterRegistry().vet(adapter, loaded, weights_fingerprint(loaded.model))
+        except AdapterError as error:
+            raise LabError(f"--adapter {adapter.name}: {error}") from error
+        folder, name = adapter.path, adapter.name
+    else:
+        folder, name = Path(adapter), Path(adapter).name
+        if not (folder / "adapter_config.json").is_file():
+            raise LabError(f"--adapter {adapter}: not a LoRA adapter folder (no adapter_config.json)")
+    model = PeftModel.from_pretrained(copy.deepcopy(loaded.model), str(folder)).eval()
+    return replace(loaded, model=model, name=f"{loaded.name}+{name}")

@@ -69,3 +69,30 @@ def test_lab_tab_runs_an_experiment_and_lists_it(tmp_path):
             "labels", "sentiment", "sentiment", None, None, 2, 6, "0", 2, "base", api_name="/lab")
     assert "gold" in report and "random" in report and "none" in report
     assert plot and runs["data"][0][1] == "labels"
+
+
+def test_every_command_line_option_is_described(capsys, monkeypatch):
+    import app
+    from test_cli import help_entries
+
+    for variable in ("GRADIO_SERVER_NAME", "GRADIO_SERVER_PORT", "ICL_BOT_MODEL", "ICL_BOT_DTYPE", "ICL_BOT_DECODER"):
+        monkeypatch.delenv(variable, raising=False)
+    with pytest.raises(SystemExit):
+        app.parse_args(["--help"])
+    entries = help_entries(capsys.readouterr().out)
+    assert all(entries.values()), [flag for flag, text in entries.items() if not text]
+    for flag, default in {"--host": "127.0.0.1", "--port": "7860", "--model": "default", "--dtype": "auto",
+                          "--device": "auto"}.items():
+        assert f"(default: {default})" in entries[flag], (flag, entries[flag])
+    assert "LoRA adapter requests" in entries["--fast-decode"]  # greedy adapter requests decode fast too
+
+
+def test_a_bad_device_stops_the_app_with_one_line(capsys, monkeypatch, tmp_path):
+    import app
+
+    monkeypatch.setenv("GRADIO_TEMP_DIR", str(tmp_path))  # main sets it when unset
+    with pytest.raises(SystemExit) as stopped:
+        app.main(["--device", "bogus", "--model", "/no/such/model"])
+    assert stopped.value.code == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and error.startswith("error: unknown device 'bogus'; choose auto, cpu, cuda")

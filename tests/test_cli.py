@@ -1,6 +1,7 @@
 """`python -m bot` through a subprocess, as a user runs it."""
 
 import json
+import os
 import subprocess
 import sys
 
@@ -12,7 +13,24 @@ ROOT = __import__("pathlib").Path(__file__).resolve().parent.parent
 
 
 def bot(*args, env=None):
-    return subprocess.run([sys.executable, "-m", "bot", *args], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    return subprocess.run([sys.executable, "-m", "bot", *args], cwd=ROOT, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, **(env or {})})
+
+
+def help_entries(text: str) -> dict[str, str]:
+    """`--help` output as {flag: its description}, continuation lines joined."""
+    entries, flag = {}, None
+    for line in text.splitlines():
+        if line.startswith("  -"):
+            head, _, rest = line.strip().partition("  ")
+            flag = head.split()[0].rstrip(",")
+            entries[flag] = rest.strip()
+        elif flag and line.startswith("    "):
+            entries[flag] = f"{entries[flag]} {line.strip()}".strip()
+        else:
+            flag = None
+    entries.pop("-h", None)
+    return entries
 
 
 @pytest.fixture(scope="module")
@@ -37,13 +55,49 @@ def test_json_answer_from_a_local_model_folder(tiny_folder):
         (["ask", "hi", "--temperature", "-1"], "temperature must be between 0 and 5"),
         (["ask", "hi", "--model", "/no/such/folder"], "unknown model '/no/such/folder'"),
         (["ask", "hi", "--model", "nobody/nothing"], "not in the local Hugging Face cache and the hub cannot be reached"),
+        (["ask", "hi", "--device", "bogus"], "unknown device 'bogus'; choose auto, cpu, cuda, cuda:N or mps"),
+        (["ask", "hi", "--device", "cuda"], "device 'cuda' is not available on this machine; available: cpu"),
     ],
 )
 def test_bad_input_exits_nonzero_with_one_line(args, message):
-    result = bot(*args)
+    result = bot(*args, env={"CUDA_VISIBLE_DEVICES": ""})  # no GPU, even on a machine that has one
     assert result.returncode != 0
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and message in lines[0]
+
+
+def test_a_bad_flag_points_to_help():
+    result = bot("ask", "hi", "--top-p")
+    assert result.returncode == 2
+    assert result.stderr == "python -m bot ask: error: argument --top-p: expected one argument " \
+                            "(see python -m bot ask --help)\n"
+
+
+def test_devices_are_checked_against_what_the_machine_has(monkeypatch):
+    from bot import models
+
+    monkeypatch.setattr(models, "_gpu_count", lambda: 1)
+    monkeypatch.setattr(models, "_mps_available", lambda: False)
+    assert [models.check_device(d) for d in ("cpu", "cuda", "cuda:0")] == ["cpu", "cuda", "cuda:0"]
+    with pytest.raises(models.ModelError, match="device 'cuda:1' is not available on this machine; "
+                                                "available: cpu, cuda$"):
+        models.check_device("cuda:1")
+    with pytest.raises(models.ModelError, match="device 'mps' is not available"):
+        models.check_device("mps")
+    with pytest.raises(models.ModelError, match="unknown device 'xla'"):
+        models.check_device("xla")
+
+
+def test_every_option_has_help_with_its_default():
+    entries = help_entries(bot("ask", "--help").stdout)
+    flagged = {"--top-p", "--seed", "--dtype", "--mode", "--select", "--order", "--style", "--max-new-tokens"}
+    assert flagged <= set(entries)
+    assert all(entries.values()), [flag for flag, text in entries.items() if not text]
+    defaults = {"--top-p": "1.0", "--seed": "none", "--dtype": "auto", "--device": "auto", "--mode": "few",
+                "--select": "knn", "--order": "nearest-last", "--style": "chat", "--max-new-tokens": "256", "--k": "4"}
+    for flag, default in defaults.items():
+        assert f"(default: {default})" in entries[flag], (flag, entries[flag])
+    assert "0 gives the zero-shot prompt" in entries["--k"]  # few mode with k=0 is zero-shot, as in the UI
 
 
 @pytest.mark.integration

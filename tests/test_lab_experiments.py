@@ -64,6 +64,8 @@ def test_shots(tmp_path, tiny):
     result = run(tmp_path, tiny, "shots")
     rows = {(r["k"], r["selection"], r["seed"]) for r in result["results"]}
     assert (0, "random", None) in rows and (2, "random", 1) in rows and (2, "knn", None) in rows
+    report = (tmp_path / "runs" / "shots" / "report.md").read_text()
+    assert "- ks=[0, 1, 2], seeds=[0, 1]" in report and "k=2" not in report  # shots sweeps ks; k does not apply
 
 
 def test_labels(tmp_path, tiny):
@@ -163,3 +165,65 @@ def test_finetune(tmp_path, tiny):
 def test_adapter_folder_must_hold_an_adapter(tmp_path, tiny):
     with pytest.raises(LabError, match="not a LoRA adapter folder"):
         run_experiment("labels", config(tmp_path, "x", adapter=str(tmp_path)), loaded=tiny)
+
+
+def lab_cli(*args):
+    return subprocess.run([sys.executable, "-m", "lab", *args], capture_output=True, text=True, timeout=120)
+
+
+def test_cli_bad_flag_is_one_line_with_a_pointer_to_help():
+    done = lab_cli("order", "--train", "a", "--test", "b", "--seeds")
+    assert done.returncode == 2
+    assert done.stderr == "python -m lab: error: argument --seeds: expected at least one argument " \
+                          "(see python -m lab --help)\n"
+
+
+def test_cli_unknown_model_is_an_error_line_not_a_traceback(tmp_path):
+    train, test = tiny_files(tmp_path)
+    done = lab_cli("order", "--train", train, "--test", test, "--k", "2", "--model", "/nonexistent",
+                   "--out", str(tmp_path / "out"))
+    assert done.returncode == 2
+    assert "Traceback" not in done.stderr
+    assert done.stderr.splitlines()[-1] == (
+        "error: unknown model '/nonexistent': expected 'default', a local folder, a .gguf file or a hub id")
+
+
+def test_cli_help_describes_every_option_with_its_default():
+    from test_cli import help_entries
+
+    entries = help_entries(lab_cli("order", "--help").stdout)
+    assert all(entries.values()), [flag for flag, text in entries.items() if not text]
+    defaults = {"--k": "4", "--n-test": "100", "--seeds": "0 1 2", "--ks": "0 1 2 4 8", "--style": "plain",
+                "--task": "auto", "--batch-size": "32", "--dtype": "float32", "--max-new-tokens": "16"}
+    for flag, default in defaults.items():
+        assert f"(default: {default})" in entries[flag], (flag, entries[flag])
+    assert "Demonstrations per prompt" in entries["--k"]  # LabConfig's field docs, not a second copy
+
+
+def test_unknown_adapter_name_lists_the_registry(tmp_path, tiny, monkeypatch):
+    monkeypatch.setenv("ICL_BOT_ADAPTERS", str(tmp_path / "adapters"))
+    with pytest.raises(LabError, match="--adapter kelp: unknown adapter 'kelp'; available: none"):
+        run_experiment("labels", config(tmp_path, "x", adapter="kelp"), loaded=tiny)
+
+
+def test_adapter_by_registry_name_equals_adapter_by_folder(tmp_path, monkeypatch):
+    from adapters.config import TrainConfig
+    from adapters.train import train
+    from tiny import save_tiny
+
+    from bot.models import load_model
+
+    base = save_tiny(tmp_path / "base")
+    train_file, _ = tiny_files(tmp_path)
+    folder = train(TrainConfig(data=train_file, output=str(tmp_path / "adapters" / "kelp"), model=base, rank=4,
+                               alpha=8.0, learning_rate=3e-2, max_steps=4, batch_size=4, max_length=64,
+                               progress=False, precision="fp32"))
+    monkeypatch.setenv("ICL_BOT_ADAPTERS", str(tmp_path / "adapters"))
+    loaded = load_model(base, dtype="float32", device="cpu")
+    by_name = run_experiment("labels", config(tmp_path, "name", model=base, adapter="kelp", seeds=[0], task="generate",
+                                              max_new_tokens=4), loaded=loaded)
+    by_folder = run_experiment("labels", config(tmp_path, "folder", model=base, adapter=str(folder), seeds=[0],
+                                                task="generate", max_new_tokens=4), loaded=loaded)
+    named, foldered = (json.loads((f / "result.json").read_text()) for f in (by_name, by_folder))
+    assert named["model"] == foldered["model"] == f"{loaded.name}+kelp"
+    assert [r["accuracy"] for r in named["results"]] == [r["accuracy"] for r in foldered["results"]]
