@@ -16,8 +16,7 @@ import sys
 
 import gradio as gr
 
-from bot.backend import add_backend_flags
-from bot.generation import DECODERS
+from bot.backend import add_backend_flags, add_decode_flags
 from bot.models import DTYPES
 from ui.chat import chat_tab
 from ui.compare import compare_tab
@@ -71,15 +70,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--device", default="auto",
                         help="cpu, cuda, cuda:1, mps, or auto: the first of cuda, mps, cpu that is available")
     parser.add_argument("--trust-remote-code", action="store_true", help="run the model repository's own code")
-    parser.add_argument("--fast-decode", action=argparse.BooleanOptionalAction,
-                        default=os.environ.get("ICL_BOT_FAST_DECODE", "1") != "0",
-                        help="on the CPU, answer greedy requests with a fast decoder that gives generate's tokens "
-                             "(fp32, which --dtype auto then picks): base-model requests, and with the native "
-                             "decoder LoRA adapter requests too (default: on; ICL_BOT_FAST_DECODE=0 turns it off)")
-    parser.add_argument("--decoder", choices=DECODERS, default=os.environ.get("ICL_BOT_DECODER", "auto"),
-                        help="auto: the native C decoder where it can run the model, else plain generate; "
-                             "native, compiled or eager (the compiled loop uncompiled, for tests): that one, or an "
-                             "error saying why not; $ICL_BOT_DECODER sets the default")
+    add_decode_flags(parser)
     parser.add_argument("--hub-adapter", action="append", metavar="ID", help="attach this hub adapter at start "
                         "(repeatable; default: the comma-separated ids in ICL_BOT_HUB_ADAPTERS)")
     add_backend_flags(parser)

@@ -18,6 +18,23 @@ def add_backend_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--api-key", help="bearer key for --base-url (default: $OPENAI_API_KEY)")
 
 
+def add_decode_flags(parser: argparse.ArgumentParser) -> None:
+    """How a local model decodes: the fast decoders (on by default on the CPU) and which one."""
+    import os
+
+    from bot.generation import DECODERS
+
+    parser.add_argument("--fast-decode", action=argparse.BooleanOptionalAction,
+                        default=os.environ.get("ICL_BOT_FAST_DECODE", "1") != "0",
+                        help="on the CPU, answer greedy requests with a fast decoder that gives generate's tokens "
+                             "(fp32, which --dtype auto then picks): base-model requests, and with the native "
+                             "decoder LoRA adapter requests too (default: on; ICL_BOT_FAST_DECODE=0 turns it off)")
+    parser.add_argument("--decoder", choices=DECODERS, default=os.environ.get("ICL_BOT_DECODER", "auto"),
+                        help="auto: the native C decoder where it can run the model, else plain generate; "
+                             "native, compiled or eager (the compiled loop uncompiled, for tests): that one, or an "
+                             "error saying why not; $ICL_BOT_DECODER sets the default")
+
+
 def open_generator(args: argparse.Namespace):
     """A Generator for `--backend local`, a RemoteGenerator for `--backend openai`."""
     import os

@@ -12,7 +12,7 @@ import argparse
 import json
 import sys
 
-from bot.backend import add_backend_flags
+from bot.backend import add_backend_flags, add_decode_flags
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -59,6 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     ask = commands.add_parser("ask", help="answer one question", formatter_class=DefaultsHelpFormatter)
     ask.add_argument("question")
     add_model_flags(ask)
+    add_decode_flags(ask)
     sampling = documented(GenerationSettings)
     ask.add_argument("--system", default=None, help="system prompt (default: none)")
     ask.add_argument("--max-new-tokens", type=positive_int, default=256, help=sampling["max_new_tokens"])
@@ -91,7 +92,8 @@ def build_parser() -> argparse.ArgumentParser:
 def add_model_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default="default", help="'default', a local folder, a .gguf file or a hub id")
     parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
-                        help="weights' dtype; auto: bfloat16 on the CPU and on GPUs that support it, else float16")
+                        help="weights' dtype; auto: float32 when decoding fast on the CPU, else bfloat16 where "
+                             "supported, float16 otherwise")
     parser.add_argument("--device", default="auto",
                         help="cpu, cuda, cuda:1, mps, or auto: the first of cuda, mps, cpu that is available")
     parser.add_argument("--trust-remote-code", action="store_true", help="run the model repository's own code")
@@ -110,6 +112,8 @@ def main(args: argparse.Namespace) -> int:
     if args.command == "prepare":
         print(f"ready: {generator.name}")
         return 0
+    if getattr(generator, "fast_note", ""):  # why the fast decoder cannot run this model
+        print(generator.fast_note, file=sys.stderr)
     try:
         return ask(args, generator, request)
     except ValueError as error:  # bad pool, k, adapter, prompt too long: all name the problem

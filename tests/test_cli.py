@@ -46,6 +46,16 @@ def test_json_answer_from_a_local_model_folder(tiny_folder):
     assert answer["model"] == tiny_folder and answer["completion_tokens"] == 5
 
 
+def test_ask_decodes_natively_by_default_with_generates_answer(tiny_folder):
+    common = ["ask", "hello there", "--model", tiny_folder, "--max-new-tokens", "12", "--json"]
+    plain = bot(*common, "--no-fast-decode", "--dtype", "float32")
+    native = bot(*common, "--decoder", "native")  # the native decoder or an error; fp32 is what auto picks
+    default = bot(*common)
+    assert plain.returncode == native.returncode == default.returncode == 0, native.stderr + default.stderr
+    answers = [json.loads(result.stdout)["answer"] for result in (plain, native, default)]
+    assert answers[0] and answers[0] == answers[1] == answers[2]
+
+
 @pytest.mark.parametrize(
     "args, message",
     [
