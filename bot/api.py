@@ -305,9 +305,12 @@ def _plan(service, body: ChatRequest):
 
 
 def _token_limit(value: int | None, param: str) -> int | None:
-    """A chat request's token limit, which OpenAI requires to be at least 1 (below 0 is a 422); None if not given."""
-    if value == 0:
-        raise APIError(400, f"{param} must be at least 1, got 0", param=param)
+    """A chat request's token limit, which OpenAI requires to be at least 1 (below 0 is a 422); None if not given.
+    Its errors name the request's own field, not the settings field it becomes."""
+    from bot.settings import MAX_NEW_TOKENS
+
+    if value is not None and not 1 <= value <= MAX_NEW_TOKENS:
+        raise APIError(400, f"{param} must be between 1 and {MAX_NEW_TOKENS}, got {value}", param=param)
     return value
 
 

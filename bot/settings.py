@@ -5,6 +5,9 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+MAX_NEW_TOKENS = 8192
+"""Most tokens one answer may ask for."""
+
 
 @dataclass(frozen=True)
 class GenerationSettings:
@@ -20,8 +23,8 @@ class GenerationSettings:
     def __post_init__(self):
         if isinstance(self.max_new_tokens, bool) or not isinstance(self.max_new_tokens, int):
             raise ValueError(f"max_new_tokens must be a whole number, got {self.max_new_tokens!r}")
-        if not 1 <= self.max_new_tokens <= 8192:
-            raise ValueError(f"max_new_tokens must be between 1 and 8192, got {self.max_new_tokens}")
+        if not 1 <= self.max_new_tokens <= MAX_NEW_TOKENS:
+            raise ValueError(f"max_new_tokens must be between 1 and {MAX_NEW_TOKENS}, got {self.max_new_tokens}")
         if not (math.isfinite(self.temperature) and 0 <= self.temperature <= 5):
             raise ValueError(f"temperature must be between 0 and 5, got {self.temperature}")
         if not (math.isfinite(self.top_p) and 0 < self.top_p <= 1):
