@@ -100,6 +100,8 @@ def wrap(model, config: TrainConfig, base_name: str):
     if config.qlora:
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=config.gradient_checkpointing,
                                                 gradient_checkpointing_kwargs=checkpointing)
+    elif config.gradient_checkpointing and hasattr(model, "activation_checkpointing_enable"):  # newer transformers
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=checkpointing)
     elif config.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=checkpointing)
     peft_model = get_peft_model(model, lora_config(config))
