@@ -90,8 +90,8 @@ def check_writable(folder: Path) -> None:
         raise StorageError(f"'{folder}' is a file, not a folder; choose a folder to save into")
     if folder.is_dir() and not _written_by_save(folder):
         raise StorageError(
-            f"'{folder}' is not empty and holds no saved index ({META_FILE} missing or not ours); "
-            "refusing to write into it; choose a new or empty folder"
+            f"'{folder}' already holds files and is not an index, so writing there would delete them; "
+            "choose a new folder (or empty that one yourself)"
         )
 
 

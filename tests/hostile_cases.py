@@ -32,10 +32,14 @@ def load(path, **kwargs):
 
 def cases(folder: Path, service, library) -> dict:
     """Case name -> zero-argument function returning the user's message."""
+    from adapters.config import check_adapter_name
+    from adapters.metadata import CONFIG_FILE
+    from adapters.publish import check_target
     from bot.conversation import build_messages
     from bot.service import FewShot
     from bot.settings import GenerationSettings
     from retrieval.library import check_name
+    from retrieval.storage import check_writable
 
     good = '{"input": "fine", "output": "positive"}\n'
 
@@ -75,7 +79,21 @@ def cases(folder: Path, service, library) -> dict:
         "unknown adapter": lambda: error_of(chat("hi", adapter="pirate")),
         "unknown model id offline": lambda: error_of(unknown_model),
         "model folder without weights": lambda: error_of(lambda: empty_model_folder(folder)),
+        "pool row beyond the length limit": lambda: error_of(load(pool_file(
+            folder, "l.jsonl", json.dumps({"input": "x" * 19990, "output": "positive words"}) + "\n"))),
+        "index written over a folder that is not one": lambda: error_of(lambda: check_writable(someones_folder(folder))),
+        "adapter written over a folder that is not one": lambda: error_of(
+            lambda: check_target(someones_folder(folder), CONFIG_FILE, "an adapter")),
+        "adapter name that is a path": lambda: error_of(lambda: check_adapter_name("../../etc")),
+        "adapter named like the base model": lambda: error_of(lambda: check_adapter_name("base")),
     }
+
+
+def someones_folder(folder: Path) -> Path:
+    """A folder of the user's own files, where an output must not land."""
+    (folder / "thesis").mkdir(exist_ok=True)
+    (folder / "thesis" / "chapter1.txt").write_text("years of work")
+    return folder / "thesis"
 
 
 def symlinked_index(folder: Path, library):

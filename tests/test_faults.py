@@ -153,7 +153,7 @@ def test_a_lone_meta_json_is_not_taken_for_an_index(tmp_path):
 
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "meta.json").write_text("{}")
-    with pytest.raises(StorageError, match="holds no saved index"):
+    with pytest.raises(StorageError, match="already holds files and is not an index"):
         check_writable(tmp_path / "mine")
 
 

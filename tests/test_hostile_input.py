@@ -47,6 +47,17 @@ CATALOGUE = {
     "unknown model id offline": "model 'no-such-org/no-such-model' is not in the local Hugging Face cache and the hub "
                                 "cannot be reached; pass a local folder, a .gguf file, or 'default'",
     "model folder without weights": "model folder '{dir}/empty-model' holds neither config.json nor a .gguf file",
+    "pool row beyond the length limit": "l.jsonl: 1 bad row: line 1: input and output are 20,004 characters; the limit "
+                                        "is 20,000 per row",
+    "index written over a folder that is not one": "'{dir}/thesis' already holds files and is not an index, so "
+                                                   "writing there would delete them; choose a new folder (or empty "
+                                                   "that one yourself)",
+    "adapter written over a folder that is not one": "'{dir}/thesis' already holds files and is not an adapter, so "
+                                                     "writing there would delete them; choose a new folder (or empty "
+                                                     "that one yourself)",
+    "adapter name that is a path": "adapter name '../../etc' is not a valid adapter name: use letters, digits, '-' and "
+                                   "'_' (at most 64, starting with a letter or digit; no paths)",
+    "adapter named like the base model": "adapter name 'base' is reserved: it means the base model without an adapter",
 }
 
 

@@ -111,9 +111,9 @@ def snapshot(folder: Path) -> dict[Path, bytes]:
 
 @pytest.mark.parametrize("out, message", [
     ("", "--out is empty; name the folder to write the index into"),
-    (".", "'.' is not empty and holds no saved index (meta.json missing or not ours); refusing to write into it; "
-          "choose a new or empty folder"),
-    ("notes", "'notes' is not empty and holds no saved index"),
+    (".", "'.' already holds files and is not an index, so writing there would delete them; "
+          "choose a new folder (or empty that one yourself)"),
+    ("notes", "'notes' already holds files and is not an index"),
     ("../data", "--out '../data' holds the pool file '../data/p.jsonl'; write the index into another folder"),
     ("..", "--out '..' holds the pool file '../data/p.jsonl'"),
     ("notes/todo.txt", "'notes/todo.txt' is a file, not a folder; choose a folder to save into"),
@@ -149,7 +149,7 @@ def test_library_refuses_to_build_over_a_folder_that_is_not_an_index(tmp_path):
     library = PoolLibrary(root=tmp_path / "indexes", embedder=HashEmbedder())
     (tmp_path / "indexes" / "mine").mkdir(parents=True)
     (tmp_path / "indexes" / "mine" / "photo.jpg").write_bytes(b"not an index")
-    with pytest.raises(StorageError, match="mine' is not empty and holds no saved index"):
+    with pytest.raises(StorageError, match="mine' already holds files and is not an index"):
         library.build_from_upload("mine", write_pool(tmp_path / "upload.jsonl"))
     assert (tmp_path / "indexes" / "mine" / "photo.jpg").read_bytes() == b"not an index"
 
