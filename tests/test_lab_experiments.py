@@ -163,7 +163,7 @@ def test_finetune(tmp_path, tiny):
 
 
 def test_adapter_folder_must_hold_an_adapter(tmp_path, tiny):
-    with pytest.raises(LabError, match="not a LoRA adapter folder"):
+    with pytest.raises(LabError, match=r"is missing adapter_config.json"):
         run_experiment("labels", config(tmp_path, "x", adapter=str(tmp_path)), loaded=tiny)
 
 
@@ -227,3 +227,7 @@ def test_adapter_by_registry_name_equals_adapter_by_folder(tmp_path, monkeypatch
     named, foldered = (json.loads((f / "result.json").read_text()) for f in (by_name, by_folder))
     assert named["model"] == foldered["model"] == f"{loaded.name}+kelp"
     assert [r["accuracy"] for r in named["results"]] == [r["accuracy"] for r in foldered["results"]]
+    other = load_model(save_tiny(tmp_path / "other-base", seed=1), dtype="float32", device="cpu")
+    with pytest.raises(LabError, match="was trained on base model"):  # a folder is vetted like a name
+        run_experiment("labels", config(tmp_path, "other", adapter=str(folder), seeds=[0], task="generate",
+                                        max_new_tokens=4), loaded=other)
