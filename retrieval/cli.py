@@ -79,12 +79,14 @@ def check_search(args: argparse.Namespace) -> None:
 
 def build(args: argparse.Namespace, embedder) -> int:
     from retrieval.index import DemoIndex
-    from retrieval.pool import BadRowsError, load_pool
+    from retrieval.pool import BadRowsError, MissingColumnError, load_pool
 
     try:
         pool = load_pool(args.pool, args.input_field, args.output_field, skip_bad=args.skip_bad, task=args.task)
     except BadRowsError as error:
         raise BadRowsError(f"{error}; pass --skip-bad to leave them out") from None
+    except MissingColumnError as error:
+        raise MissingColumnError(f"{error}; choose one with --{error.field}-field", error.field) from None
     index = DemoIndex.build(pool, embedder)
     meta = index.save(args.out)
     notes = [f"{pool.skipped} bad rows skipped"] if pool.skipped else []

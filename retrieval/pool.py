@@ -29,12 +29,13 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from retrieval.rows import PoolError, RowError, read_rows
+from retrieval.rows import MissingColumnError, PoolError, RowError, read_rows
 
 BUILTIN_DIR = Path(__file__).resolve().parent / "pools"
 MAX_ERRORS_SHOWN = 5
 
-__all__ = ["BUILTIN_DIR", "BadRowsError", "Example", "Pool", "PoolError", "builtin_pools", "load_pool"]
+__all__ = ["BUILTIN_DIR", "BadRowsError", "Example", "MissingColumnError", "Pool", "PoolError", "builtin_pools",
+           "load_pool"]
 
 
 class BadRowsError(PoolError):

@@ -39,6 +39,15 @@ class PoolError(ValueError):
     """A pool file that cannot be used; the message names the file and what is wrong."""
 
 
+class MissingColumnError(PoolError):
+    """A table without the named input or output column; a caller that can name another says how."""
+
+    def __init__(self, message: str, field: str):
+        super().__init__(message)
+        self.field = field
+        """"input" or "output": which of the two fields named a missing column."""
+
+
 @dataclass(frozen=True)
 class RowError:
     line: int
@@ -202,10 +211,8 @@ def _table_records(path: Path, reader: csv.DictReader, input_field: str, output_
     header = reader.fieldnames or []
     for name in (input_field, output_field):
         if name not in header:
-            flag = "--input-field" if name == input_field else "--output-field"
-            raise PoolError(
-                f"{path.name}: the header has no column '{name}' (columns: {', '.join(header)}); choose one with {flag}"
-            )
+            raise MissingColumnError(f"{path.name}: the header has no column '{name}' (columns: {', '.join(header)})",
+                                     "input" if name == input_field else "output")
     numbered: list[tuple[int, object]] = []
     for record in reader:
         if None in record:

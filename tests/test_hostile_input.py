@@ -20,8 +20,7 @@ CATALOGUE = {
     "pool file of blank lines": "e.jsonl: the pool file is empty",
     "Latin-1 pool file": "f.jsonl: not UTF-8 text (byte 0xe9 on line 1); save the file as UTF-8",
     "UTF-16 pool file": "g.jsonl: not UTF-8 text (byte 0xff on line 1); save the file as UTF-8",
-    "CSV without the named column": "h.csv: the header has no column 'sentence' (columns: text, label); choose one "
-                                    "with --input-field",
+    "CSV without the named column": "h.csv: the header has no column 'sentence' (columns: text, label)",
     "CSV with an empty output": "i.csv: 1 bad row: line 2: field 'output' is empty",
     "alpaca JSON that is not an array": "j.json: expected a JSON array of records, got dict",
     "unknown pool format": "k.xlsx: unknown pool format '.xlsx'; use one of: .jsonl, .ndjson, .csv, .tsv, .json",

@@ -32,3 +32,12 @@ def test_upload_builds_an_index_and_bad_rows_point_at_the_checkbox(pools_app, tm
     note, _, _ = client.predict(handle_file(str(bad)), "reviews", "input", "output", "", True, api_name="/build_index")
     assert note == "Built **reviews**: 6 examples."
     assert "reviews" in service.pool_choices()
+
+
+def test_a_missing_column_points_at_the_field_box(pools_app, tmp_path):
+    _, client = pools_app
+    table = tmp_path / "table.csv"
+    table.write_text("text,label\na fine film,positive\n")
+    with pytest.raises(Exception, match=r"no column 'input' \(columns: text, label\); type the column's name in "
+                                        r"'Input field'"):
+        client.predict(handle_file(str(table)), "table", "input", "label", "", False, api_name="/build_index")

@@ -96,11 +96,17 @@ def test_csv_with_chosen_fields(tmp_path):
     ]
 
 
-def test_csv_without_the_field(tmp_path):
+def test_csv_without_the_field(tmp_path, capsys):
+    from retrieval.cli import build_parser, main
+
     path = tmp_path / "p.csv"
     path.write_text("text,label\na,b\n", encoding="utf-8")
-    with pytest.raises(PoolError, match=r"no column 'input' \(columns: text, label\); choose one with --input-field"):
+    with pytest.raises(PoolError, match=r"no column 'input' \(columns: text, label\)$"):  # no flag the caller lacks
         load_pool(path)
+    args = ["build", "--pool", str(path), "--out", str(tmp_path / "idx"), "--embedder", "hash", "--input-field", "text"]
+    assert main(build_parser().parse_args(args)) == 2
+    assert capsys.readouterr().err.strip().endswith("no column 'output' (columns: text, label); choose one with "
+                                                    "--output-field")
 
 
 def test_tsv_short_row_names_its_line(tmp_path):

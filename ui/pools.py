@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import gradio as gr
 
-from retrieval.pool import BadRowsError
+from retrieval.pool import BadRowsError, MissingColumnError
 from ui.text import EN, t
 
 
@@ -37,8 +37,11 @@ def pools_tab(service, pool_picker: gr.Dropdown) -> None:
                 name.strip(), path, input_field=input_field.strip(), output_field=output_field.strip(),
                 skip_bad=bool(skip_bad), task=task.strip() or None, progress=report,
             )
-        except BadRowsError as error:
-            raise gr.Error(f"{error}; tick '{EN['skip_bad']}' to leave them out") from error  # errors stay English
+        except BadRowsError as error:  # errors stay in English (ui/text.py)
+            raise gr.Error(f"{error}; tick '{EN['skip_bad']}' to leave them out") from error
+        except MissingColumnError as error:
+            box = EN["input_field" if error.field == "input" else "output_field"]
+            raise gr.Error(f"{error}; type the column's name in '{box}'") from error
         except ValueError as error:
             raise gr.Error(str(error)) from error
         choices = ["(none)", *service.pool_choices()]
