@@ -6,8 +6,6 @@ flags, so both report the same errors. This module does not train.
 
 from __future__ import annotations
 
-import ast
-import inspect
 import math
 import re
 from dataclasses import asdict, dataclass, field
@@ -123,17 +121,3 @@ class TrainConfig:
     def as_dict(self) -> dict:
         return asdict(self)
 
-
-def field_docs(cls=TrainConfig) -> dict[str, str]:
-    """Each field's docstring (the string literal under it in the class body), by field name: the
-    command line's help texts, so that they cannot drift from the fields they describe."""
-    docs, previous = {}, None
-    for node in ast.parse(inspect.getsource(cls)).body[0].body:
-        if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
-            previous = node.target.id
-        elif previous and isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant):
-            docs[previous] = " ".join(node.value.value.split())
-            previous = None
-        else:
-            previous = None
-    return docs

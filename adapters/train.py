@@ -323,9 +323,9 @@ def key_value(text: str) -> tuple[str, str]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from adapters.config import field_docs
+    from bot.docstrings import help_texts
 
-    docs = {name: doc.replace("%", "%%") for name, doc in field_docs().items()}
+    docs = help_texts(TrainConfig)
     parser = argparse.ArgumentParser(prog="python -m adapters.train", description="Train a LoRA adapter.")
     parser.add_argument("--data", required=True, help=docs["data"])
     where = parser.add_mutually_exclusive_group(required=True)

@@ -35,13 +35,6 @@ class DefaultsHelpFormatter(argparse.RawDescriptionHelpFormatter):
         return f"{text} (default: {shown.replace('%', '%%')})"
 
 
-def documented(cls) -> dict[str, str]:
-    """Help texts from a settings dataclass's field docstrings, so that the two cannot drift apart."""
-    from adapters.config import field_docs
-
-    return {name: doc.replace("%", "%%") for name, doc in field_docs(cls).items()}
-
-
 def positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
@@ -50,6 +43,7 @@ def positive_int(text: str) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from bot.docstrings import help_texts
     from bot.service import FewShot
     from bot.settings import GenerationSettings
 
@@ -60,7 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     ask.add_argument("question")
     add_model_flags(ask)
     add_decode_flags(ask)
-    sampling = documented(GenerationSettings)
+    sampling = help_texts(GenerationSettings)
     ask.add_argument("--system", default=None, help="system prompt (default: none)")
     ask.add_argument("--max-new-tokens", type=positive_int, default=256, help=sampling["max_new_tokens"])
     ask.add_argument("--temperature", type=float, default=0.0, help=sampling["temperature"])
@@ -70,7 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
     ask.add_argument("--adapter", default="base",
                      help="a LoRA adapter: a name in the adapters folder, a hub id or a path; 'base' for none")
     fewshot = ask.add_argument_group("few-shot prompts", "used with --pool; without it the question goes as it is")
-    shots = documented(FewShot)
+    shots = help_texts(FewShot)
     fewshot.add_argument("--pool", help="demonstration pool: a built-in name, an index folder or a pool file")
     fewshot.add_argument("--mode", choices=["zero", "one", "few"], default="few", help=shots["mode"])
     fewshot.add_argument("--k", type=int, default=4, help=shots["k"] + " 0 gives the zero-shot prompt.")

@@ -21,13 +21,14 @@ from lab.runner import EXPERIMENTS
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from bot.cli import DefaultsHelpFormatter, OneLineParser, documented
+    from bot.cli import DefaultsHelpFormatter, OneLineParser
+    from bot.docstrings import help_texts
 
     experiments = "\n".join(f"  {name:9} {text}" for name, text in EXPERIMENTS.items())
     parser = OneLineParser(prog="python -m lab", description="In-context learning experiments.",
                            epilog=f"experiments (and the options each reads besides the common ones):\n{experiments}",
                            formatter_class=DefaultsHelpFormatter)
-    docs = documented(LabConfig)
+    docs = help_texts(LabConfig)
     parser.add_argument("experiment", choices=list(EXPERIMENTS), help="which experiment to run (listed below)")
     parser.add_argument("--train", required=True, help=docs["train"])
     parser.add_argument("--test", required=True, help=docs["test"])

@@ -108,10 +108,11 @@ def test_train_config_names_the_bad_field(field, value, message):
 def test_every_training_option_is_documented_on_the_command_line():
     from dataclasses import fields
 
-    from adapters.config import TrainConfig, field_docs
+    from adapters.config import TrainConfig
     from adapters.train import build_parser
+    from bot.docstrings import field_docs
 
-    docs = field_docs()
+    docs = field_docs(TrainConfig)
     assert docs.keys() == {f.name for f in fields(TrainConfig)}
     assert docs["rank"] == "LoRA rank r." and docs["precision"].startswith('"auto" (bf16 autocast')
     helps = {action.dest: action.help for action in build_parser()._actions}
