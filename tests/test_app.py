@@ -96,3 +96,15 @@ def test_a_bad_device_stops_the_app_with_one_line(capsys, monkeypatch, tmp_path)
     assert stopped.value.code == 2
     error = capsys.readouterr().err
     assert error.count("\n") == 1 and error.startswith("error: unknown device 'bogus'; choose auto, cpu, cuda")
+
+
+def test_failed_exchanges_never_reach_the_model_again():
+    from ui.chat import FAILED, without_failures
+
+    def turn(role, content):
+        return {"role": role, "content": content}
+
+    history = [turn("user", "hi"), turn("assistant", "hello"), turn("user", "word " * 9000),
+               turn("assistant", f"{FAILED}the message is too long"), turn("user", "and now?"), turn("assistant", "fine")]
+    assert without_failures(history) == [history[0], history[1], history[4], history[5]]
+    assert without_failures(history[:4]) == history[:2]

@@ -47,6 +47,25 @@ def test_html_in_messages_is_shown_as_text_and_never_runs(tiny_url):
     assert dialogs == []
 
 
+def test_a_refused_message_leaves_the_chat_usable(tiny_url):
+    with browser() as chromium:
+        page = chromium.new_page()
+        page.goto(tiny_url)
+        box = page.locator("#chat-input textarea")
+        box.wait_for()
+        assert page.locator("#chat-input button").count() >= 1  # a send button beside the box
+        send_chat(page, "   ")
+        page.wait_for_timeout(1500)
+        assert page.locator("[data-testid='user']").count() == 0 and box.is_enabled()  # refused before the chat
+        send_chat(page, "word " * 3000)
+        failed = watch_reply(page, timeout=60)[-1]
+        assert failed.startswith("⚠️") and "the message is too long" in failed
+        page.wait_for_function("!document.querySelector('#chat-input textarea').disabled", timeout=10000)
+        send_chat(page, "hello")
+        page.wait_for_function("document.querySelectorAll(\"[data-testid='bot']\").length === 2", timeout=60000)
+        assert not watch_reply(page, timeout=60)[-1].startswith("⚠️")
+
+
 @pytest.mark.integration
 def test_typed_message_gets_a_streamed_reply():
     # At generate's pace: the native decoder (the default) can finish a reply between two polls.

@@ -9,6 +9,8 @@ from ui.escape import EscapingChatbot
 from ui.text import t
 
 NO_POOL = "(none)"
+FAILED = "⚠️ "
+"""Starts an answer that is an error message: shown in the chat, never sent back to the model."""
 
 
 def settings_from(max_new_tokens, temperature, top_p, seed=None):
@@ -27,6 +29,24 @@ def fewshot_from(pool, mode, k, select, order):
     if not pool or pool == NO_POOL:
         return None
     return FewShot(pool=pool, mode=mode, k=int(k), select=select, order=order)
+
+
+def without_failures(history: list[dict]) -> list[dict]:
+    """The chat history minus each failed exchange (a user message answered by an error)."""
+    kept: list[dict] = []
+    for message in history:
+        content = message.get("content")
+        if message.get("role") == "assistant" and isinstance(content, str) and content.startswith(FAILED):
+            if kept and kept[-1].get("role") == "user":
+                kept.pop()
+            continue
+        kept.append(message)
+    return kept
+
+
+def check_message(message: str):
+    """Refuse an empty message before it enters the chat (Gradio's validator: the box stays usable)."""
+    return gr.validate(bool(message and message.strip()), "the message is empty")
 
 
 def demo_rows(demos: list[dict]) -> list[list]:
@@ -58,10 +78,12 @@ def chat_tab(service) -> dict:
     few = fewshot_controls(service)
 
     def respond(message, history, system, max_new_tokens, temperature, top_p, adapter, pool, mode, k, select, order):
+        # An error is the answer, marked, rather than a raised gr.Error: Gradio's chat would keep the
+        # input box disabled after one. The marked exchange never reaches the model again.
         try:
             turns = service.chat(
-                message, history, system, settings_from(max_new_tokens, temperature, top_p), adapter=adapter,
-                fewshot=fewshot_from(pool, mode, k, select, order),
+                message, without_failures(history), system, settings_from(max_new_tokens, temperature, top_p),
+                adapter=adapter, fewshot=fewshot_from(pool, mode, k, select, order),
             )
             warned = False
             for result in turns:
@@ -70,7 +92,7 @@ def chat_tab(service) -> dict:
                     warned = True
                 yield result.text, demo_rows(result.demos), result.prompt
         except ValueError as error:
-            raise gr.Error(str(error)) from error
+            yield f"{FAILED}{error}", [], ""
 
     with gr.Row(equal_height=True):
         adapter.render()
@@ -80,7 +102,9 @@ def chat_tab(service) -> dict:
     gr.ChatInterface(
         respond,
         chatbot=EscapingChatbot(label=t("chat"), height=420, elem_id="chatbot"),
-        textbox=gr.Textbox(placeholder=t("type_message"), elem_id="chat-input", show_label=False, scale=7),
+        textbox=gr.Textbox(placeholder=t("type_message"), elem_id="chat-input", show_label=False, scale=7,
+                           submit_btn=True, stop_btn=True),
+        validator=check_message,
         additional_inputs=[system, max_new_tokens, temperature, top_p, adapter, *few.values()],
         additional_inputs_accordion=gr.Accordion(t("settings"), open=False, render=False),
         additional_outputs=[demos_table, prompt_box],
