@@ -39,19 +39,40 @@ def build_app(service, model_spec: str = "default") -> gr.Blocks:
             gr.Markdown(t("title"), elem_id="title")
             gr.Textbox(service.model_name, label=t("model"), interactive=False, elem_id="model-name", scale=0)
         with gr.Tab(t("tab_chat")):
-            pickers = chat_tab(service)
+            chat = chat_tab(service)
         with gr.Tab(t("tab_compare")):
-            compare_models = compare_tab(service)
+            compare = compare_tab(service)
+        lab = None
         if service.library is not None:
             with gr.Tab(t("tab_pools")):
-                pools_tab(service, pickers["pool"])
+                pools_tab(service, [chat["pool"], compare["pool"]])
             with gr.Tab(t("tab_lab")):
-                lab_tab(service, model_spec)
+                lab = lab_tab(service, model_spec)
         if service.adapters is not None:
             with gr.Tab(t("tab_train")):
                 train_tab(model_spec)
-        demo.load(lambda: gr.update(choices=service.adapter_choices()), outputs=compare_models, api_name=False)
+        keep_pickers_current(demo, service, chat, compare, lab)
     return demo
+
+
+def keep_pickers_current(demo: gr.Blocks, service, chat: dict, compare: dict, lab: dict | None) -> None:
+    """Every adapter and pool picker, and the Lab's runs, as they are now: when a page opens (the
+    lists were built when the app started) and when the Chat tab's refresh is pressed."""
+    from ui.chat import NO_POOL
+    from ui.lab import runs_folder, runs_table
+
+    adapter_pickers = [chat["adapter"], compare["models"]] + ([lab["adapter"]] if lab else [])
+    pool_pickers = [chat["pool"], compare["pool"]]
+
+    def current():
+        adapters = gr.update(choices=service.adapter_choices())
+        pools = gr.update(choices=[NO_POOL, *service.pool_choices()])
+        runs = [runs_table(runs_folder())] if lab else []
+        return [adapters] * len(adapter_pickers) + [pools] * len(pool_pickers) + runs
+
+    outputs = adapter_pickers + pool_pickers + ([lab["runs"]] if lab else [])
+    demo.load(current, outputs=outputs, api_name=False)
+    chat["refresh"].click(current, outputs=outputs, api_name=False)
 
 
 def parse_args(argv=None) -> argparse.Namespace:

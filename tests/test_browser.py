@@ -116,3 +116,34 @@ def test_compare_tab_shows_each_adapter_side_by_side(adapters_url):
         shown = {page.locator(f"#compare-answer-{i} label").first.inner_text().strip():
                  page.locator(f"#compare-answer-{i} textarea").input_value() for i in range(3)}
     assert shown == expected
+
+
+def test_a_fresh_page_offers_adapters_and_pools_added_after_the_start(tmp_path):
+    from adapters.host import AdapterHost
+    from adapters.registry import AdapterRegistry
+    from bot.models import load_model
+    from retrieval.embedder import HashEmbedder
+    from retrieval.library import PoolLibrary
+    from test_adapters_support import PERSONA_ROWS, tiny_base, train_tiny, write_rows
+
+    base = tiny_base(tmp_path / "base")
+    loaded = load_model(base, dtype="float32", device="cpu")
+    generator = Generator(loaded)
+    registry = AdapterRegistry(tmp_path / "adapters")
+    service = ChatService(generator, PoolLibrary(tmp_path / "indexes", HashEmbedder()),
+                          AdapterHost(loaded, generator.lock, registry))
+    with launched(service) as url, browser() as chromium:
+        train_tiny(base, write_rows(tmp_path / "rows.jsonl", PERSONA_ROWS), tmp_path / "adapters" / "zebra", max_steps=1)
+        pool = write_rows(tmp_path / "reviews.jsonl", [{"input": f"film {i}", "output": "good"} for i in range(4)])
+        service.library.build_from_upload("reviews", pool)
+        page = chromium.new_page()
+        page.goto(url)
+        page.get_by_role("tab", name="Compare").click()
+        page.wait_for_selector("#compare-models")
+        page.wait_for_function("document.querySelector('#compare-models').innerText.includes('zebra')", timeout=15000)
+        page.get_by_role("tab", name="Lab").click()
+        page.get_by_label("Adapter").last.click()  # the Chat tab's picker comes first, hidden now
+        page.get_by_role("option", name="zebra").wait_for(timeout=15000)
+        page.get_by_role("tab", name="Chat").click()
+        page.get_by_label("Demonstration pool").first.click()
+        page.get_by_role("option", name="reviews").wait_for(timeout=15000)

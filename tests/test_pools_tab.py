@@ -29,9 +29,12 @@ def test_upload_builds_an_index_and_bad_rows_point_at_the_checkbox(pools_app, tm
         client.predict(handle_file(str(bad)), "reviews", "input", "output", "", False, api_name="/build_index")
     assert "reviews" not in service.pool_choices()
 
-    note, _, _ = client.predict(handle_file(str(bad)), "reviews", "input", "output", "", True, api_name="/build_index")
+    note, _, chat_pools, compare_pools = client.predict(handle_file(str(bad)), "reviews", "input", "output", "", True,
+                                                        api_name="/build_index")
     assert note == "Built **reviews**: 6 examples."
     assert "reviews" in service.pool_choices()
+    for picker in (chat_pools, compare_pools):  # the Chat and the Compare tab both offer the new pool
+        assert ["reviews", "reviews"] in picker["choices"]
 
 
 def test_a_missing_column_points_at_the_field_box(pools_app, tmp_path):

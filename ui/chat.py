@@ -66,7 +66,8 @@ def fewshot_controls(service) -> dict:
 
 
 def chat_tab(service) -> dict:
-    """Build the tab; return the components other tabs update (the pool and adapter pickers)."""
+    """Build the tab; return the pool and adapter pickers (the app keeps every tab's up to date) and
+    the adapters' refresh button."""
     with gr.Accordion(t("prompt_details"), open=False, render=False) as details:
         demos_table = gr.Dataframe(headers=["#", "input", "output", "score"], label=t("demos_used"), interactive=False)
         prompt_box = gr.Textbox(label=t("prompt_sent"), lines=8, max_lines=30, interactive=False)
@@ -77,9 +78,11 @@ def chat_tab(service) -> dict:
     adapter = gr.Dropdown(service.adapter_choices(), value="base", label=t("adapter"), render=False)
     few = fewshot_controls(service)
 
-    def respond(message, history, system, max_new_tokens, temperature, top_p, adapter, pool, mode, k, select, order):
-        # An error is the answer, marked, rather than a raised gr.Error: Gradio's chat would keep the
-        # input box disabled after one. The marked exchange never reaches the model again.
+    def respond(message, history, system, max_new_tokens, temperature, top_p, adapter, pool, mode, k, select, order,
+                request: gr.Request = None):
+        # In the page an error is the answer, marked, rather than a raised gr.Error, after which Gradio's
+        # chat would keep the input box disabled; the marked exchange never reaches the model again.
+        # A gradio_client call (it sends `x-gradio-user: api`) gets the error as an error.
         try:
             turns = service.chat(
                 message, without_failures(history), system, settings_from(max_new_tokens, temperature, top_p),
@@ -92,6 +95,8 @@ def chat_tab(service) -> dict:
                     warned = True
                 yield result.text, demo_rows(result.demos), result.prompt
         except ValueError as error:
+            if request is not None and request.headers.get("x-gradio-user") == "api":
+                raise gr.Error(str(error)) from error
             yield f"{FAILED}{error}", [], ""
 
     with gr.Row(equal_height=True):
@@ -112,5 +117,4 @@ def chat_tab(service) -> dict:
         concurrency_limit=16,
     )
     details.render()
-    refresh.click(lambda: gr.update(choices=service.adapter_choices()), outputs=adapter, api_name=False)
-    return {"pool": few["pool"], "adapter": adapter}
+    return {"pool": few["pool"], "adapter": adapter, "refresh": refresh}

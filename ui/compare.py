@@ -11,8 +11,8 @@ from ui.text import t
 SLOTS = 5
 
 
-def compare_tab(service) -> gr.CheckboxGroup:
-    """Build the tab; return the model picker so a refresh elsewhere can update it."""
+def compare_tab(service) -> dict:
+    """Build the tab; return its model and pool pickers so that the app can keep them up to date."""
     with gr.Row():
         with gr.Column(scale=2):
             message = gr.Textbox(label=t("message"), lines=3, elem_id="compare-input")
@@ -24,7 +24,7 @@ def compare_tab(service) -> gr.CheckboxGroup:
             few = fewshot_controls(service)
             for control in few.values():
                 control.render()
-            max_new_tokens = gr.Slider(1, 512, value=128, step=1, label=t("max_new_tokens"))
+            max_new_tokens = gr.Slider(1, 1024, value=128, step=1, label=t("max_new_tokens"))
             temperature = gr.Slider(0, 2, value=0, step=0.05, label=t("temperature"))
             seed = gr.Number(0, precision=0, label=t("seed"))
     with gr.Row():
@@ -55,4 +55,4 @@ def compare_tab(service) -> gr.CheckboxGroup:
         compare, [message, models, with_demos, *few.values(), max_new_tokens, temperature, seed],
         [*answers, demos_table, prompt_box], api_name="compare",
     )
-    return models
+    return {"models": models, "pool": few["pool"]}

@@ -35,11 +35,26 @@ def model_fields(service, adapter: str) -> dict:
     return {"adapter": None if adapter == "base" else str(service.adapters.registry.resolve(adapter).path)}
 
 
-def lab_tab(service, model_spec: str) -> None:
+def runs_folder():
     from bot.paths import data_home
+
+    return data_home() / "runs"
+
+
+def parse_seeds(text: str) -> list[int]:
+    """ "0 1, 2" -> [0, 1, 2], or a ValueError that says what a seed must be."""
+    parts = text.replace(",", " ").split()
+    bad = [part for part in parts if not part.isdigit()]
+    if not parts or bad:
+        raise ValueError(f"seeds must be whole numbers separated by spaces or commas, got '{text.strip()}'")
+    return [int(part) for part in parts]
+
+
+def lab_tab(service, model_spec: str) -> dict:
+    """Build the tab; return its adapter picker and runs table so that the app can keep them up to date."""
     from lab.runner import EXPERIMENTS
 
-    runs = data_home() / "runs"
+    runs = runs_folder()
     pools = pool_files()
     with gr.Row():
         with gr.Column():
@@ -58,7 +73,7 @@ def lab_tab(service, model_spec: str) -> None:
             adapter = gr.Dropdown(service.adapter_choices(), value="base", label=t("adapter"))
             run = gr.Button(t("run_experiment"), variant="primary", elem_id="lab-run")
     report = gr.Markdown(elem_id="lab-report")
-    plot = gr.Image(label=t("plot"), type="filepath", interactive=False)
+    plot = gr.Image(show_label=False, type="filepath", interactive=False)  # an I18n label shows as [object Object]
     table = gr.Dataframe(runs_table(runs), headers=["created", "experiment", "model", "train", "test", "seconds", "path"],
                          label=t("earlier_runs"), interactive=False)
 
@@ -70,7 +85,7 @@ def lab_tab(service, model_spec: str) -> None:
         try:
             config = LabConfig(
                 train=train_file or pools[train], test=test_file or pools[test], model=model_spec,
-                k=int(k), n_test=int(n_test), seeds=[int(s) for s in seeds.replace(",", " ").split()],
+                k=int(k), n_test=int(n_test), seeds=parse_seeds(seeds),
                 permutations=int(permutations), embedder="default", out=None, **model_fields(service, adapter),
             )
             config.out = str(runs / f"{experiment}-{time.strftime('%Y%m%d-%H%M%S')}")
@@ -82,3 +97,4 @@ def lab_tab(service, model_spec: str) -> None:
     experiment.change(lambda name: EXPERIMENTS[name], experiment, description, api_name=False)
     run.click(start, [experiment, train, test, train_file, test_file, k, n_test, seeds, permutations, adapter],
               [report, plot, table], api_name="lab", concurrency_limit=1)
+    return {"adapter": adapter, "runs": table}

@@ -8,7 +8,7 @@ from retrieval.pool import BadRowsError, MissingColumnError
 from ui.text import EN, t
 
 
-def pools_tab(service, pool_picker: gr.Dropdown) -> None:
+def pools_tab(service, pool_pickers: list[gr.Dropdown]) -> None:
     def listing():
         return [[name, kind] for name, kind in service.library.names().items()]
 
@@ -46,9 +46,9 @@ def pools_tab(service, pool_picker: gr.Dropdown) -> None:
             raise gr.Error(str(error)) from error
         choices = ["(none)", *service.pool_choices()]
         note = f"Built **{name.strip()}**: {len(index)} examples."  # a valid name is letters, digits, - and _
-        return note, listing(), gr.update(choices=choices)
+        return note, listing(), *[gr.update(choices=choices)] * len(pool_pickers)
 
     build.click(
-        build_index, [upload, name, input_field, output_field, task, skip_bad], [status, table, pool_picker],
+        build_index, [upload, name, input_field, output_field, task, skip_bad], [status, table, *pool_pickers],
         api_name="build_index",
     )
