@@ -39,6 +39,30 @@ def build_messages(message: str, history: list[dict] | None = None, system: str 
     return messages
 
 
+WORD_JOINER = "\u2060"
+"""Invisible, and no tokenizer's special token contains it."""
+
+
+def neutralize_special_tokens(tokenizer, messages: list[dict]) -> list[dict]:
+    """The messages with every special token string in their text (`<|im_end|>`, `<|im_start|>`...)
+    broken by an invisible character, so that typed text stays text: it cannot end a turn or start a
+    forged system turn. The template's own special tokens are added afterwards, untouched."""
+    specials = {str(token) for token in tokenizer.all_special_tokens}
+    specials |= {str(added) for added in getattr(tokenizer, "added_tokens_decoder", {}).values()
+                 if getattr(added, "special", False)}
+    specials = sorted((token for token in specials if len(token) > 1), key=len, reverse=True)
+    if not specials:
+        return messages
+
+    def neutral(text: str) -> str:
+        for token in specials:
+            if token in text:
+                text = text.replace(token, token[0] + WORD_JOINER + token[1:])
+        return text
+
+    return [{**m, "content": neutral(m["content"])} if isinstance(m.get("content"), str) else m for m in messages]
+
+
 def count_prompt_tokens(tokenizer, messages: list[dict]) -> int:
     return len(render_prompt_ids(tokenizer, messages))
 
@@ -56,6 +80,7 @@ def fit_to_window(tokenizer, messages: list[dict], budget: int) -> FittedPrompt:
     The system prompt and the newest user message always stay; if those alone exceed the budget,
     PromptTooLong says by how much.
     """
+    messages = neutralize_special_tokens(tokenizer, messages)
     head = [m for m in messages[:1] if m["role"] == "system"]
     body = messages[len(head):]
     dropped = 0
