@@ -124,7 +124,8 @@ class ChatService:
             return build_messages(message, history, system), TurnResult()
         messages, result = self.fewshot_messages(message, system, settings, fewshot)
         if history:
-            result.notice = "Few-shot mode answers each message on its own: earlier turns are not sent."
+            result.notice = (f"With a demonstration pool chosen, each message is answered on its own ({fewshot.mode}-shot "
+                             "prompt): earlier turns are not sent. Choose no pool to chat with history.")
         return messages, result
 
     def compare(

@@ -95,9 +95,12 @@ def test_compare_tab_shows_each_adapter_side_by_side(adapters_url):
     from bot.conversation import build_messages
     from bot.settings import GenerationSettings
 
+    from ui.chat import DEFAULT_SYSTEM
+
     service, url = adapters_url
     prompt = "the quick brown fox"
-    expected = {name: service.generator.complete(build_messages(prompt), GenerationSettings(max_new_tokens=12), name).text
+    messages = build_messages(prompt, system=DEFAULT_SYSTEM)  # the Chat tab's system prompt, as Compare sends it
+    expected = {name: service.generator.complete(messages, GenerationSettings(max_new_tokens=12), name).text
                 for name in ["base", "pirate", "poet"]}
     assert len(set(expected.values())) == 3, "sanity check: base and adapters answer differently"
     with browser() as chromium:

@@ -9,6 +9,7 @@ from ui.escape import EscapingChatbot
 from ui.text import t
 
 NO_POOL = "(none)"
+DEFAULT_SYSTEM = "You are a helpful assistant."
 FAILED = "⚠️ "
 """Starts an answer that is an error message: shown in the chat, never sent back to the model."""
 
@@ -71,7 +72,7 @@ def chat_tab(service) -> dict:
     with gr.Accordion(t("prompt_details"), open=False, render=False) as details:
         demos_table = gr.Dataframe(headers=["#", "input", "output", "score"], label=t("demos_used"), interactive=False)
         prompt_box = gr.Textbox(label=t("prompt_sent"), lines=8, max_lines=30, interactive=False)
-    system = gr.Textbox(label=t("system_prompt"), value="You are a helpful assistant.", lines=2, render=False)
+    system = gr.Textbox(label=t("system_prompt"), value=DEFAULT_SYSTEM, lines=2, render=False)
     max_new_tokens = gr.Slider(1, 1024, value=256, step=1, label=t("max_new_tokens"), render=False)
     temperature = gr.Slider(0, 2, value=0, step=0.05, label=t("temperature"), render=False)
     top_p = gr.Slider(0.05, 1, value=1, step=0.05, label=t("top_p"), render=False)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import gradio as gr
 
-from ui.chat import demo_rows, fewshot_controls, fewshot_from, settings_from
+from ui.chat import DEFAULT_SYSTEM, demo_rows, fewshot_controls, fewshot_from, settings_from
 from ui.text import t
 
 SLOTS = 5
@@ -27,6 +27,7 @@ def compare_tab(service) -> dict:
             max_new_tokens = gr.Slider(1, 1024, value=128, step=1, label=t("max_new_tokens"))
             temperature = gr.Slider(0, 2, value=0, step=0.05, label=t("temperature"))
             seed = gr.Number(0, precision=0, label=t("seed"))
+            system = gr.Textbox(label=t("system_prompt"), value=DEFAULT_SYSTEM, lines=2)  # the Chat tab's default
     with gr.Row():
         answers = [gr.Textbox(label=f"#{i + 1}", lines=6, visible=i == 0, elem_id=f"compare-answer-{i}")
                    for i in range(SLOTS)]
@@ -34,7 +35,8 @@ def compare_tab(service) -> dict:
         demos_table = gr.Dataframe(headers=["#", "input", "output", "score"], label=t("demos_used"), interactive=False)
         prompt_box = gr.Textbox(label=t("prompt_sent"), lines=8, interactive=False)
 
-    def compare(message, models, with_demos, pool, mode, k, select, order, max_new_tokens, temperature, seed):
+    def compare(message, models, with_demos, pool, mode, k, select, order, max_new_tokens, temperature, seed,
+                system=DEFAULT_SYSTEM):
         if len(models or []) > SLOTS:
             raise gr.Error(f"compare at most {SLOTS} models at once; {len(models)} are chosen")
         try:
@@ -42,7 +44,7 @@ def compare_tab(service) -> dict:
             if with_demos and fewshot is None:
                 raise ValueError("choose a demonstration pool to add few-shot demonstrations")
             results = service.compare(
-                message, list(models or []), settings=settings_from(max_new_tokens, temperature, 1.0, seed),
+                message, list(models or []), system=system, settings=settings_from(max_new_tokens, temperature, 1.0, seed),
                 fewshot=fewshot,
             )
         except ValueError as error:
@@ -52,7 +54,7 @@ def compare_tab(service) -> dict:
         return *boxes, demo_rows(results[0].demos), results[0].prompt
 
     run.click(
-        compare, [message, models, with_demos, *few.values(), max_new_tokens, temperature, seed],
+        compare, [message, models, with_demos, *few.values(), max_new_tokens, temperature, seed, system],
         [*answers, demos_table, prompt_box], api_name="compare",
     )
     return {"models": models, "pool": few["pool"]}
