@@ -108,3 +108,21 @@ def test_failed_exchanges_never_reach_the_model_again():
                turn("assistant", f"{FAILED}the message is too long"), turn("user", "and now?"), turn("assistant", "fine")]
     assert without_failures(history) == [history[0], history[1], history[4], history[5]]
     assert without_failures(history[:4]) == history[:2]
+
+
+def test_no_choice_is_taken_for_an_interface_text_key(tiny):
+    """Gradio translates any string that equals an I18n key, choices included: the Lab's experiment
+    'order' once showed as the label "Order" (and would have shown in Chinese for zh browsers)."""
+    import gradio as gr
+
+    import app
+    from bot.service import ChatService
+    from retrieval.embedder import HashEmbedder
+    from retrieval.library import PoolLibrary
+    from ui.text import EN
+
+    demo = app.build_app(ChatService(Generator(tiny), PoolLibrary(embedder=HashEmbedder())))
+    pickers = [block for block in demo.blocks.values() if isinstance(block, (gr.Dropdown, gr.Radio, gr.CheckboxGroup))]
+    values = {str(value) for picker in pickers for _, value in picker.choices}
+    assert {"order", "knn", "few"} <= values  # sanity: the pickers were found
+    assert not values & set(EN)

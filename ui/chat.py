@@ -61,7 +61,7 @@ def fewshot_controls(service) -> dict:
         "mode": gr.Radio(["zero", "one", "few"], value="few", label=t("mode"), render=False),
         "k": gr.Slider(0, 16, value=4, step=1, label=t("k"), render=False),
         "select": gr.Dropdown(["knn", "random", "mmr"], value="knn", label=t("selection"), render=False),
-        "order": gr.Dropdown(["nearest-last", "nearest-first", "random"], value="nearest-last", label=t("order"),
+        "order": gr.Dropdown(["nearest-last", "nearest-first", "random"], value="nearest-last", label=t("demo_order"),
                              render=False),
     }
 
@@ -107,7 +107,7 @@ def chat_tab(service) -> dict:
             control.render()
     gr.ChatInterface(
         respond,
-        chatbot=EscapingChatbot(label=t("chat"), height=420, elem_id="chatbot"),
+        chatbot=EscapingChatbot(label=t("chat_box"), height=420, elem_id="chatbot"),
         textbox=gr.Textbox(placeholder=t("type_message"), elem_id="chat-input", show_label=False, scale=7,
                            submit_btn=True, stop_btn=True),
         validator=check_message,
