@@ -150,3 +150,35 @@ def test_a_fresh_page_offers_adapters_and_pools_added_after_the_start(tmp_path):
         page.get_by_role("tab", name="Chat").click()
         page.get_by_label("Demonstration pool").first.click()
         page.get_by_role("option", name="reviews").wait_for(timeout=15000)
+
+
+def test_stop_button_ends_a_streaming_answer(tiny):
+    import time
+
+    from bot.conversation import build_messages
+    from bot.settings import GenerationSettings
+    from ui.chat import DEFAULT_SYSTEM
+
+    class Slow(Generator):
+        def stream(self, *args, **kwargs):
+            for piece in super().stream(*args, **kwargs):
+                time.sleep(0.05)  # about 13 s for the default 256 tokens
+                yield piece
+
+    service = ChatService(Slow(tiny))
+    full = service.generator.complete(build_messages("tell me a story", system=DEFAULT_SYSTEM),
+                                      GenerationSettings(max_new_tokens=256)).text
+    with launched(service) as url, browser() as chromium:
+        page = chromium.new_page()
+        page.goto(url)
+        send_chat(page, "tell me a story")
+        stop = page.locator("[data-testid='stop-button']")
+        stop.wait_for(timeout=20000)
+        page.wait_for_timeout(1000)
+        stop.click()
+        page.wait_for_timeout(1500)
+        stopped = page.locator("[data-testid='bot']").last.inner_text().strip()
+        page.wait_for_timeout(1500)
+        assert page.locator("[data-testid='bot']").last.inner_text().strip() == stopped  # no longer growing
+        assert 0 < len(stopped) < len(full.strip())
+        assert page.locator("#chat-input textarea").is_enabled()
