@@ -16,8 +16,7 @@ import sys
 
 import gradio as gr
 
-from bot.backend import add_backend_flags, add_decode_flags
-from bot.models import DTYPES
+from bot.backend import add_decode_flags
 from ui.chat import chat_tab
 from ui.compare import compare_tab
 from ui.lab import lab_tab
@@ -76,25 +75,17 @@ def keep_pickers_current(demo: gr.Blocks, service, chat: dict, compare: dict, la
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    from bot.cli import DefaultsHelpFormatter, OneLineParser
+    from bot.cli import DefaultsHelpFormatter, OneLineParser, add_model_flags
 
     parser = OneLineParser(description="Serve the chat app.", formatter_class=DefaultsHelpFormatter)
     parser.add_argument("--host", default=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"),
                         help="address to listen on; 0.0.0.0 for every interface; $GRADIO_SERVER_NAME sets the default")
     parser.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", 7860)),
                         help="port to listen on; $GRADIO_SERVER_PORT sets the default")
-    parser.add_argument("--model", default=os.environ.get("ICL_BOT_MODEL", "default"),
-                        help="'default', a local folder, a .gguf file or a hub id; $ICL_BOT_MODEL sets the default")
-    parser.add_argument("--dtype", default=os.environ.get("ICL_BOT_DTYPE", "auto"), choices=DTYPES,
-                        help="weights' dtype; auto: float32 when decoding fast on the CPU, else bfloat16 where "
-                             "supported, float16 otherwise; $ICL_BOT_DTYPE sets the default")
-    parser.add_argument("--device", default="auto",
-                        help="cpu, cuda, cuda:1, mps, or auto: the first of cuda, mps, cpu that is available")
-    parser.add_argument("--trust-remote-code", action="store_true", help="run the model repository's own code")
+    add_model_flags(parser, env=True)
     add_decode_flags(parser)
     parser.add_argument("--hub-adapter", action="append", metavar="ID", help="attach this hub adapter at start "
                         "(repeatable; default: the comma-separated ids in ICL_BOT_HUB_ADAPTERS)")
-    add_backend_flags(parser)
     args = parser.parse_args(argv)
     if args.hub_adapter is None:
         args.hub_adapter = [i.strip() for i in os.environ.get("ICL_BOT_HUB_ADAPTERS", "").split(",") if i.strip()]

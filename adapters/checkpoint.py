@@ -80,8 +80,8 @@ def load(folder: Path, model, optimizer, scheduler, run: dict | None = None) -> 
 
     # Tensors, numbers and tuples only: weights_only=True refuses anything that would run code.
     state = torch.load(Path(folder) / STATE_FILE, map_location="cpu", weights_only=True)
-    saved = state.get("run") or {}
-    changed = sorted(key for key in set(saved) | set(run or {}) if saved and run and saved.get(key) != run.get(key))
+    saved = state.get("run") or {}  # empty in a checkpoint written before runs were recorded
+    changed = sorted(key for key in saved.keys() | run.keys() if saved.get(key) != run.get(key)) if saved and run else []
     if changed:
         was = ", ".join(f"{key}={saved.get(key)!r}" for key in changed)
         now = ", ".join(f"{key}={run.get(key)!r}" for key in changed)

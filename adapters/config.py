@@ -120,4 +120,3 @@ class TrainConfig:
 
     def as_dict(self) -> dict:
         return asdict(self)
-

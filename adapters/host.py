@@ -104,9 +104,16 @@ def attach_for_cli(loaded, name_or_path: str, lock: threading.Lock, registry: Ad
     Returns the name to pass to `Generator.stream/complete(adapter=...)`. `lock` is the generator's.
     """
     host = AdapterHost(loaded, lock, registry)
-    if _looks_like_path(name_or_path) or (Path(name_or_path).expanduser().is_dir() and not _is_plain_name(name_or_path)):
-        return host.attach_path(name_or_path)  # says so when the folder does not exist
-    return host.attach(name_or_path)
+    return host.attach_info(resolve_cli_adapter(name_or_path, host.registry))
+
+
+def resolve_cli_adapter(text: str, registry: AdapterRegistry | None = None) -> AdapterInfo:
+    """`--adapter` as every command line reads it: a folder path (a missing one is named as a folder),
+    else a name in the adapters folder or a hub id. Files are checked when it is attached (`vet`)."""
+    registry = registry or AdapterRegistry()
+    if _looks_like_path(text) or (Path(text).expanduser().is_dir() and not _is_plain_name(text)):
+        return registry.resolve_path(text)
+    return registry.resolve(text)
 
 
 def _looks_like_path(text: str) -> bool:

@@ -323,15 +323,17 @@ def key_value(text: str) -> tuple[str, str]:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from bot.cli import DefaultsHelpFormatter
     from bot.docstrings import help_texts
 
     docs = help_texts(TrainConfig)
-    parser = argparse.ArgumentParser(prog="python -m adapters.train", description="Train a LoRA adapter.")
+    parser = argparse.ArgumentParser(prog="python -m adapters.train", description="Train a LoRA adapter.",
+                                     formatter_class=DefaultsHelpFormatter)
     parser.add_argument("--data", required=True, help=docs["data"])
     where = parser.add_mutually_exclusive_group(required=True)
     where.add_argument("--out", help="adapter folder to write; its name is the adapter's name")
     where.add_argument("--name", help="adapter name: writes into the adapters directory ($ICL_BOT_ADAPTERS)")
-    parser.add_argument("--model", default="default", help=docs["model"] + " (default: default)")
+    parser.add_argument("--model", default="default", help=docs["model"])
     parser.add_argument("--fill", type=key_value, action="append", default=[], metavar="KEY=VALUE",
                         help="value for {{KEY}} placeholders in the data (repeatable)")
     parser.add_argument("--target-modules", default=ALL_LINEAR, help="comma-separated module names, or all-linear")
@@ -340,9 +342,8 @@ def build_parser() -> argparse.ArgumentParser:
                        ("max-length", int), ("warmup-ratio", float), ("seed", int), ("eval-fraction", float),
                        ("save-every", int), ("log-every", int), ("precision", str)]:
         field = flag.replace("-", "_")
-        default = TrainConfig.__dataclass_fields__[field].default
-        shown = "" if default is None else f" (default: {default})"
-        parser.add_argument(f"--{flag}", type=kind, default=default, help=docs[field] + shown)
+        parser.add_argument(f"--{flag}", type=kind, default=TrainConfig.__dataclass_fields__[field].default,
+                            help=docs[field])
     for flag in ("packing", "resume", "qlora", "gradient-checkpointing"):
         parser.add_argument(f"--{flag}", action="store_true", help=docs[flag.replace("-", "_")])
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")

@@ -28,7 +28,7 @@ class DefaultsHelpFormatter(argparse.RawDescriptionHelpFormatter):
     def _get_help_string(self, action):
         text = action.help or ""
         default = action.default
-        unset = default is None or default is False or default is argparse.SUPPRESS
+        unset = default is None or default is False or default is argparse.SUPPRESS or default == []
         if unset or not action.option_strings or "(default" in text:
             return text
         shown = " ".join(map(str, default)) if isinstance(default, (list, tuple)) else str(default)
@@ -83,11 +83,24 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def add_model_flags(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", default="default", help="'default', a local folder, a .gguf file or a hub id")
-    parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
+def add_model_flags(parser: argparse.ArgumentParser, env: bool = False) -> None:
+    """Which model to load and how. With `env` (the app's, set on a Space), $ICL_BOT_MODEL and
+    $ICL_BOT_DTYPE give the defaults."""
+    import os
+
+    from bot.models import DTYPES
+
+    def default(variable: str, value: str) -> str:
+        return os.environ.get(variable, value) if env else value
+
+    def note(variable: str) -> str:
+        return f"; ${variable} sets the default" if env else ""
+
+    parser.add_argument("--model", default=default("ICL_BOT_MODEL", "default"),
+                        help="'default', a local folder, a .gguf file or a hub id" + note("ICL_BOT_MODEL"))
+    parser.add_argument("--dtype", default=default("ICL_BOT_DTYPE", "auto"), choices=DTYPES,
                         help="weights' dtype; auto: float32 when decoding fast on the CPU, else bfloat16 where "
-                             "supported, float16 otherwise")
+                             "supported, float16 otherwise" + note("ICL_BOT_DTYPE"))
     parser.add_argument("--device", default="auto",
                         help="cpu, cuda, cuda:1, mps, or auto: the first of cuda, mps, cpu that is available")
     parser.add_argument("--trust-remote-code", action="store_true", help="run the model repository's own code")

@@ -109,17 +109,13 @@ def open_remote(config: LabConfig):
 
 
 def find_adapter(spec: str):
-    """`--adapter` as `python -m bot ask` reads it: a folder path, a name in the adapters folder or a hub
-    id, resolved by the adapter registry (an AdapterInfo, vetted once the model is loaded)."""
+    """`--adapter` as `python -m bot ask` reads it (`resolve_cli_adapter`): an AdapterInfo, vetted
+    once the model is loaded."""
     from adapters.checks import AdapterError
-    from adapters.config import NAME_PATTERN
-    from adapters.registry import AdapterRegistry
+    from adapters.host import resolve_cli_adapter
 
-    registry = AdapterRegistry()
     try:
-        if Path(spec).expanduser().is_dir() and not NAME_PATTERN.match(spec):
-            return registry.resolve_path(spec)
-        return registry.resolve(spec)
+        return resolve_cli_adapter(spec)
     except AdapterError as error:
         raise LabError(f"--adapter {spec}: {error}") from error
 
