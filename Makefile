@@ -14,10 +14,11 @@ PYTEST_ARGS ?=
 
 install: $(STAMP)
 
-$(STAMP): requirements.txt requirements-offline.txt requirements-dev.txt
+$(STAMP): requirements.txt requirements-offline.txt requirements-dev.txt requirements-deepspeed.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -r requirements.txt -r requirements-dev.txt
+	DS_BUILD_OPS=0 $(PY) -m pip install --quiet --no-build-isolation -r requirements-deepspeed.txt
 	$(PY) -m pip install --quiet --no-deps -r requirements-offline.txt
 	$(PY) -m bot prepare
 	touch $(STAMP)
