@@ -5,6 +5,10 @@ registry never mistakes one for an adapter. Only the trainable (LoRA) parameters
 the frozen base, which keeps a checkpoint of the default model near 20 MB instead of 500.
 Each checkpoint is written with `publish`, so a crash while saving leaves the previous one usable.
 This module does not decide when to save; the training loop does.
+
+The weights and optimizer state go through torch's distributed state-dict API, which gathers
+FSDP's shards into whole tensors on the main process and shards them again on load; for one
+process or DDP it is the plain state dict with canonical names.
 """
 
 from __future__ import annotations
@@ -36,9 +40,22 @@ def latest(output: Path) -> Path | None:
     return folders[-1] if folders else None
 
 
-def trainable_state(model) -> dict:
-    """The parameters that receive gradients, by name, on the CPU."""
-    return {name: p.detach().cpu().clone() for name, p in model.named_parameters() if p.requires_grad}
+FORMAT = 2
+"""Version of the checkpoint layout: 2 keys the optimizer state by parameter name."""
+
+
+def _optimizer(optimizer):
+    return getattr(optimizer, "optimizer", optimizer)  # accelerate's wrapper holds the torch optimizer
+
+
+def gather(model, optimizer) -> tuple[dict, dict]:
+    """The trainable weights and the optimizer state, whole and on the CPU, on the main process;
+    the other processes get empty dicts. Every process calls it: under FSDP it is a collective."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict, get_optimizer_state_dict
+
+    options = StateDictOptions(full_state_dict=True, cpu_offload=True, ignore_frozen_params=True)
+    weights = get_model_state_dict(model, options=options)
+    return weights, get_optimizer_state_dict(model, _optimizer(optimizer), options=options)
 
 
 def _numpy_rng_state() -> tuple:
@@ -50,18 +67,19 @@ def _numpy_rng_state() -> tuple:
     return kind, torch.from_numpy(keys.astype(np.int64)), int(position), int(has_gauss), float(cached)
 
 
-def save(output: Path, step: int, model, optimizer, scheduler, run: dict | None = None) -> Path:
-    """Write the checkpoint of `step` (call on the main process only) and keep just the newest two.
+def save(output: Path, step: int, weights: dict, optimizer_state: dict, scheduler, run: dict | None = None) -> Path:
+    """Write the checkpoint of `step` from `gather`'s results (main process only); keep the newest two.
 
     `run` describes the run (options and data) so that a resume can refuse different ones.
     """
     import torch
 
     state = {
+        "format": FORMAT,
         "step": step,
         "run": run or {},
-        "weights": trainable_state(model),
-        "optimizer": optimizer.state_dict(),
+        "weights": weights,
+        "optimizer": optimizer_state,
         "scheduler": scheduler.state_dict(),
         "rng": {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": _numpy_rng_state()},
     }
@@ -73,8 +91,9 @@ def save(output: Path, step: int, model, optimizer, scheduler, run: dict | None 
 
 
 def load(folder: Path, model, optimizer, scheduler, run: dict | None = None) -> Resumed:
-    """Restore a checkpoint into a model built the same way; names that do not match are an error,
-    and so is a `run` description that differs from the one saved (where both have one)."""
+    """Restore a checkpoint into a model built and prepared the same way (every process calls it);
+    names that do not match are an error, and so is a `run` description that differs from the one
+    saved (where both have one)."""
     import numpy as np
     import torch
 
@@ -87,14 +106,16 @@ def load(folder: Path, model, optimizer, scheduler, run: dict | None = None) -> 
         now = ", ".join(f"{key}={run.get(key)!r}" for key in changed)
         raise ValueError(f"--resume: the checkpoint was made with {was}, but this run has {now}; "
                          "resume with the same options and data, or start over without --resume")
-    parameters = dict(model.named_parameters())
-    missing = sorted(set(state["weights"]) - set(parameters))
-    if missing:
-        raise ValueError(f"checkpoint {folder} does not fit this model: unknown parameters {missing[:3]}")
-    with torch.no_grad():
-        for name, value in state["weights"].items():
-            parameters[name].copy_(value.to(parameters[name].device))
-    optimizer.load_state_dict(state["optimizer"])
+    if state.get("format") != FORMAT:
+        raise ValueError(f"--resume: checkpoint {folder} was written by an older version of the trainer; "
+                         "start over without --resume")
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict, set_optimizer_state_dict
+
+    whole = StateDictOptions(full_state_dict=True, strict=False)  # every process read the whole file
+    unknown = set_model_state_dict(model, state["weights"], options=whole).unexpected_keys
+    if unknown:
+        raise ValueError(f"checkpoint {folder} does not fit this model: unknown parameters {sorted(unknown)[:3]}")
+    set_optimizer_state_dict(model, _optimizer(optimizer), state["optimizer"], options=whole)
     scheduler.load_state_dict(state["scheduler"])
     torch.set_rng_state(state["rng"]["torch"])
     random.setstate(state["rng"]["python"])

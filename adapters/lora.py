@@ -8,12 +8,17 @@ This module builds and saves models; the training loop lives in `train.py`.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 from adapters.config import ALL_LINEAR, TrainConfig
 
 
 class QLoRAUnavailable(RuntimeError):
     """4-bit training was asked for where bitsandbytes or a CUDA GPU is missing."""
+
+
+class IncompleteAdapter(RuntimeError):
+    """The adapter file would miss trained tensors, so the run publishes nothing."""
 
 
 @dataclass
@@ -36,16 +41,27 @@ def check_qlora() -> None:
         raise QLoRAUnavailable("--qlora needs the bitsandbytes package: pip install bitsandbytes")
 
 
-def check_qlora_engine(distributed_type) -> None:
-    """Refuse QLoRA under FSDP and DeepSpeed: they flatten and shard every weight, and bitsandbytes'
-    packed uint8 weights sit beside fp32 ones in the same layers. One process or DDP is fine."""
+def check_engine(state, config: TrainConfig) -> None:
+    """Refuse the distributed set-ups the trainer cannot serve, before any model loads.
+
+    `state` is the Accelerator's state (`accelerator.state`).
+    """
     from accelerate.utils import DistributedType
 
-    if distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED):
+    engine = state.distributed_type
+    if config.qlora and engine in (DistributedType.FSDP, DistributedType.DEEPSPEED):
+        # They flatten and shard every weight; bitsandbytes keeps packed uint8 weights beside fp32 ones.
         raise QLoRAUnavailable(
-            f"--qlora does not run under {distributed_type.value}; use one GPU or DDP "
+            f"--qlora does not run under {engine.value}; use one GPU or DDP "
             "(adapters/accelerate/multi_gpu.yaml), where each GPU holds the whole 4-bit base"
         )
+    if engine == DistributedType.FSDP and state.fsdp_plugin.fsdp_version != 2:
+        # FSDP1 renames the layers it wraps, and peft then finds no LoRA weights in the state dict.
+        raise ValueError("FSDP version 1 would write an empty adapter; set fsdp_version: 2 in the accelerate "
+                         "config, as adapters/accelerate/fsdp.yaml does")
+    if engine == DistributedType.DEEPSPEED and (config.save_every or config.resume):
+        raise ValueError("--save-every and --resume do not run under DeepSpeed here; "
+                         "use FSDP (adapters/accelerate/fsdp.yaml) or DDP for resumable runs")
 
 
 def load_base(spec: str, qlora: bool, device: str, use_bf16: bool) -> Base:
@@ -115,6 +131,16 @@ def save_weights(peft_model, folder, state_dict: dict | None = None) -> None:
     """Write adapter_config.json and adapter_model.safetensors into `folder`.
 
     `state_dict` is the gathered full state under FSDP / ZeRO-3 (`Accelerator.get_state_dict`);
-    PEFT keeps only the adapter's entries from it.
+    PEFT keeps only the adapter's entries from it. An adapter file that misses trained tensors
+    (PEFT matches them by module names, which engines and compilers can change) is an error, so
+    that a run never publishes an adapter that silently does nothing.
     """
+    from safetensors import safe_open
+
     peft_model.save_pretrained(str(folder), safe_serialization=True, state_dict=state_dict)
+    trained = sum(1 for parameter in peft_model.parameters() if parameter.requires_grad)
+    with safe_open(str(Path(folder) / "adapter_model.safetensors"), "pt") as handle:
+        saved = len(list(handle.keys()))
+    if saved != trained:
+        raise IncompleteAdapter(f"the adapter file holds {saved} of the {trained} trained tensors; "
+                           "PEFT did not recognise the rest, so no adapter was written")

@@ -53,6 +53,8 @@ class AdapterMetadata:
     """Wall time of the training run (s)."""
     config: dict = field(default_factory=dict)
     """The training options, as `TrainConfig` fields."""
+    engine: str = ""
+    """How the run was distributed, e.g. `one process`, `DDP x2`, `FSDP2 x8`, `DeepSpeed ZeRO-3 x4`."""
     format_version: int = FORMAT_VERSION
 
     def __post_init__(self):
@@ -103,12 +105,23 @@ def weights_fingerprint(model) -> str:
     It covers the input embedding matrix (rounded to bf16, so fp32 and bf16 loads agree) and the
     model's depth. The embeddings are never quantized, so a QLoRA run fingerprints its base like a
     full-precision load does; hashing one matrix keeps it well under a second for small models.
+    Under DeepSpeed ZeRO-3 each process holds a slice of the matrix; gathering it is a collective,
+    so there every process calls this.
     """
+    import contextlib
+
     import torch
 
-    embeddings = model.get_input_embeddings().weight.detach()
-    digest = hashlib.sha256(repr((tuple(embeddings.shape), model.config.num_hidden_layers)).encode())
-    as_bf16 = embeddings.to("cpu", torch.bfloat16).contiguous().view(torch.int16)
-    digest.update(as_bf16.numpy().tobytes())
+    weight = model.get_input_embeddings().weight
+    whole = contextlib.nullcontext()
+    if hasattr(weight, "ds_shape"):  # partitioned by ZeRO-3
+        import deepspeed
+
+        whole = deepspeed.zero.GatheredParameters([weight])
+    with whole:
+        embeddings = weight.detach()
+        digest = hashlib.sha256(repr((tuple(embeddings.shape), model.config.num_hidden_layers)).encode())
+        as_bf16 = embeddings.to("cpu", torch.bfloat16).contiguous().view(torch.int16)
+        digest.update(as_bf16.numpy().tobytes())
     return digest.hexdigest()[:16]
 

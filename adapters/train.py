@@ -96,8 +96,9 @@ def train(config: TrainConfig) -> Path:
     """Train an adapter as `config` says; return the published adapter folder."""
     import torch
     from accelerate import Accelerator
+    from accelerate.utils import GradientAccumulationPlugin
 
-    from adapters.lora import check_qlora, check_qlora_engine
+    from adapters.lora import check_engine, check_qlora
     from adapters.metadata import CONFIG_FILE
     from adapters.publish import check_target
 
@@ -105,12 +106,14 @@ def train(config: TrainConfig) -> Path:
     if config.qlora:
         check_qlora()
     use_bf16 = config.precision == "bf16" or (config.precision == "auto" and (bf16_base() or cpu_bf16()))
-    accelerator = Accelerator(gradient_accumulation_steps=config.grad_accum, mixed_precision="bf16" if use_bf16 else "no")
+    # A plugin, not gradient_accumulation_steps=, which the launcher's environment would override.
+    accelerator = Accelerator(gradient_accumulation_plugin=GradientAccumulationPlugin(num_steps=config.grad_accum),
+                              mixed_precision="bf16" if use_bf16 else "no")
     try:
-        if config.qlora:
-            check_qlora_engine(accelerator.distributed_type)
-        if accelerator.state.deepspeed_plugin is not None:  # DeepSpeed needs the batch size before prepare()
-            accelerator.state.deepspeed_plugin.deepspeed_config["train_micro_batch_size_per_gpu"] = config.batch_size
+        check_engine(accelerator.state, config)
+        if accelerator.state.deepspeed_plugin is not None:  # DeepSpeed takes both from its config, before prepare()
+            accelerator.state.deepspeed_plugin.deepspeed_config.update(
+                train_micro_batch_size_per_gpu=config.batch_size, gradient_accumulation_steps=config.grad_accum)
         return _train(config, accelerator, load_bf16=use_bf16 and bf16_base())
     finally:
         if accelerator.num_processes == 1:
@@ -160,7 +163,10 @@ def _train(config: TrainConfig, accelerator, load_bf16: bool) -> Path:
     set_seed(config.seed)
     base = load_base(config.model, config.qlora, str(accelerator.device), load_bf16)
     data = prepare_data(config, base.tokenizer)
-    fingerprint = weights_fingerprint(base.model)
+    # Under FSDP only the main process is sure to hold the weights (the others may hold meta tensors);
+    # under ZeRO-3 each holds a slice, and gathering them takes every process.
+    partitioned = hasattr(base.model.get_input_embeddings().weight, "ds_shape")
+    fingerprint = weights_fingerprint(base.model) if partitioned or accelerator.is_main_process else ""
     model = wrap(base.model, config, base.name)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=config.learning_rate)
     model, optimizer = accelerator.prepare(model, optimizer)
@@ -173,8 +179,25 @@ def _train(config: TrainConfig, accelerator, load_bf16: bool) -> Path:
     step = resume_or_start(run, model, optimizer, scheduler)
     last_loss = loop(run, model, optimizer, scheduler, step)
     eval_loss = evaluate(run, model) if data.eval else None
-    stats = {"steps": total, "final_loss": last_loss, "eval_loss": eval_loss, "seconds": time.perf_counter() - started}
+    stats = {"steps": total, "final_loss": last_loss, "eval_loss": eval_loss, "seconds": time.perf_counter() - started,
+             "engine": engine_name(accelerator.state)}
     return finish(run, model, base, fingerprint, stats)
+
+
+def engine_name(state) -> str:
+    """How `state` (an AcceleratorState) distributes the run, for the adapter's metadata."""
+    from accelerate.utils import DistributedType
+
+    kind = state.distributed_type
+    if kind == DistributedType.NO:
+        return "one process"
+    if kind == DistributedType.FSDP:
+        name = f"FSDP{state.fsdp_plugin.fsdp_version}"
+    elif kind == DistributedType.DEEPSPEED:
+        name = f"DeepSpeed ZeRO-{state.deepspeed_plugin.zero_stage}"
+    else:
+        name = "DDP"
+    return f"{name} x{state.num_processes}"
 
 
 RESUMABLE = ("resume", "progress", "save_every", "log_every")
@@ -202,7 +225,7 @@ def resume_or_start(run: Run, model, optimizer, scheduler) -> int:
             checkpoint.run_dir(output).mkdir(parents=True, exist_ok=True)
         run.accelerator.wait_for_everyone()
         return 0
-    step = checkpoint.load(found, run.accelerator.unwrap_model(model), optimizer, scheduler, run.identity).step
+    step = checkpoint.load(found, model, optimizer, scheduler, run.identity).step
     if run.accelerator.is_main_process:
         _truncate_log(output, step)
     return step
@@ -250,9 +273,9 @@ def loop(run: Run, model, optimizer, scheduler, step: int) -> float | None:
 
 
 def _checkpoint(run: Run, model, optimizer, scheduler, step: int) -> None:
+    weights, optimizer_state = checkpoint.gather(model, optimizer)  # a collective under FSDP
     if run.accelerator.is_main_process:
-        checkpoint.save(Path(run.config.output), step, run.accelerator.unwrap_model(model), optimizer, scheduler,
-                        run.identity)
+        checkpoint.save(Path(run.config.output), step, weights, optimizer_state, scheduler, run.identity)
     run.accelerator.wait_for_everyone()
 
 
@@ -365,11 +388,11 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 
 
 def main(args: argparse.Namespace) -> int:
-    from adapters.lora import QLoRAUnavailable
+    from adapters.lora import IncompleteAdapter, QLoRAUnavailable
 
     try:
         output = train(config_from_args(args))
-    except (ValueError, FileNotFoundError, QLoRAUnavailable) as error:
+    except (ValueError, FileNotFoundError, QLoRAUnavailable, IncompleteAdapter) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -263,16 +263,56 @@ def test_qlora_trains_through_nf4_layers_and_serves_on_the_dense_base(tmp_path, 
     assert on_dense.norm() > (plain - nf4_plain).norm()
 
 
-def test_qlora_under_fsdp_or_deepspeed_is_refused_by_name():
+def test_engines_the_trainer_cannot_serve_are_refused_by_name(tmp_path):
+    from types import SimpleNamespace
+
     from accelerate.utils import DistributedType
 
-    from adapters.lora import QLoRAUnavailable, check_qlora_engine
+    from adapters.config import TrainConfig
+    from adapters.lora import QLoRAUnavailable, check_engine
+
+    def state(engine, fsdp_version=2):
+        return SimpleNamespace(distributed_type=engine, fsdp_plugin=SimpleNamespace(fsdp_version=fsdp_version))
+
+    def config(**options):
+        return TrainConfig(data="d.jsonl", output=str(tmp_path / "out"), **options)
 
     for engine in (DistributedType.NO, DistributedType.MULTI_GPU, DistributedType.MULTI_CPU):
-        check_qlora_engine(engine)
+        check_engine(state(engine), config(qlora=True, save_every=5))
+    check_engine(state(DistributedType.FSDP), config(save_every=5, resume=True))
+    check_engine(state(DistributedType.DEEPSPEED), config())
     for engine in (DistributedType.FSDP, DistributedType.DEEPSPEED):
         with pytest.raises(QLoRAUnavailable, match=f"does not run under {engine.value}; use one GPU or DDP"):
-            check_qlora_engine(engine)
+            check_engine(state(engine), config(qlora=True))
+    with pytest.raises(ValueError, match="FSDP version 1 would write an empty adapter; set fsdp_version: 2"):
+        check_engine(state(DistributedType.FSDP, fsdp_version=1), config())
+    for options in (dict(save_every=5), dict(resume=True)):
+        with pytest.raises(ValueError, match="--save-every and --resume do not run under DeepSpeed"):
+            check_engine(state(DistributedType.DEEPSPEED), config(**options))
+
+
+def test_an_adapter_file_missing_trained_tensors_is_an_error(setup, captured, monkeypatch):
+    """PEFT picks the adapter's tensors out of a state dict by module names; where an engine renames
+    the modules (FSDP1 did), it picks none, and the trainer must refuse to publish the empty file."""
+    from adapters.lora import save_weights
+
+    base, data, root = setup
+    old = train_tiny(base, data, root / "persona")
+    old_bytes = (old / "adapter_model.safetensors").read_bytes()
+    model = captured["model"]
+    renamed = {key.replace(".layers.", ".layers._fsdp_wrapped_module."): value
+               for key, value in model.state_dict().items()}
+    save_weights(model, root / "whole", model.state_dict())  # sanity: the real names pass
+    with pytest.raises(RuntimeError, match=r"holds 0 of the \d+ trained tensors"):
+        save_weights(model, root / "renamed", renamed)
+    import adapters.lora
+
+    real = adapters.lora.save_weights
+    monkeypatch.setattr(adapters.lora, "save_weights",
+                        lambda peft_model, folder, state=None: real(peft_model, folder, renamed))
+    with pytest.raises(RuntimeError, match="no adapter was written"):
+        train_tiny(base, data, root / "persona")
+    assert (old / "adapter_model.safetensors").read_bytes() == old_bytes
 
 
 def test_train_cli_end_to_end(setup):
@@ -313,40 +353,109 @@ def test_auto_precision_is_bf16_where_the_hardware_has_it(setup, monkeypatch, na
     assert asked == ["bf16" if native_bf16 else "no"]
 
 
-def test_accelerate_launch_ddp_equals_one_process_with_gradient_accumulation(setup):
-    """The shipped multi-GPU config, run on CPU (gloo): two processes of batch 2 take the same steps as
-    one process of batch 2 accumulating 2 micro-batches, so the adapters are equal."""
+ENGINES = {
+    # name: (shipped config, environment), all on two CPU processes over gloo
+    "ddp": ("multi_gpu.yaml", {"ACCELERATE_USE_CPU": "1"}),
+    "fsdp2": ("fsdp.yaml", {"ACCELERATE_USE_CPU": "1"}),
+    "zero3": ("deepspeed_zero3.yaml", {"DS_ACCELERATOR": "cpu"}),
+}
+SHIM = str(ROOT / "tests/engines_on_cpu.py")
+ENGINE_NAMES = {"ddp": "DDP x2", "fsdp2": "FSDP2 x2", "zero3": "DeepSpeed ZeRO-3 x2"}
+ENGINE_OPTIONS = dict(rank=4, alpha=8.0, dropout=0.0, learning_rate=3e-2, batch_size=2, max_length=64,
+                      eval_fraction=0.2, seed=0, precision="fp32")
+
+
+def launch(engine: str, base: str, data: Path, out: Path, extra_env: dict | None = None, **options):
+    """`accelerate launch` of the trainer with a shipped config on two CPU processes."""
+    config, env = ENGINES[engine]
+    plain = engine == "ddp" and not extra_env  # DDP runs on CPUs as shipped; the others need the shim
+    program = ["-m", "adapters.train"] if plain else [SHIM]
+    flags = [f"--{key.replace('_', '-')}" + ("" if value is True else f"={value}")
+             for key, value in {**ENGINE_OPTIONS, **options}.items()]
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(ROOT / "adapters/accelerate" / config),
+               "--num_processes", "2", "--mixed_precision", "no", "--main_process_port", str(free_port()), *program,
+               "--data", str(data), "--out", str(out), "--model", base, "--no-progress", *flags]
+    environment = {key: value for key, value in os.environ.items() if key != "ACCELERATE_USE_CPU"}
+    return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300,
+                          env={**environment, **env, **(extra_env or {})})
+
+
+@pytest.fixture
+def varied(setup):
+    """16 training and 4 eval rows of different lengths: every step takes whole micro-batches."""
+    base, _, root = setup
+    rows = [{"input": f"question {i}", "output": "zebra quokka " * (1 + i % 5)} for i in range(20)]
+    return base, write_rows(root.parent / "varied.jsonl", rows), root
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_accelerate_launch_equals_one_process_with_gradient_accumulation(varied, engine):
+    """The shipped configs, run on CPU processes (tests/engines_on_cpu.py lifts accelerate's GPU
+    checks for FSDP and DeepSpeed): two processes of batch 2 accumulating 2 micro-batches take the
+    same steps as one process accumulating 4, so the adapters are equal."""
     from safetensors.torch import load_file
 
     from adapters.metadata import AdapterMetadata
 
-    base, _, root = setup
-    data = write_rows(root.parent / "varied.jsonl",
-                      [{"input": f"question {i}", "output": "zebra quokka " * (1 + i % 5)} for i in range(16)])
-    options = dict(rank=4, alpha=8.0, dropout=0.0, learning_rate=3e-2, max_steps=3, batch_size=2, max_length=64,
-                   eval_fraction=0.25, seed=0, precision="fp32")
-    flags = [f"--{key.replace('_', '-')}={value}" for key, value in options.items()]
-    command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
-               str(ROOT / "adapters/accelerate/multi_gpu.yaml"), "--num_processes", "2", "--mixed_precision", "no",
-               "--main_process_port", str(free_port()), "-m", "adapters.train", "--data", str(data),
-               "--out", str(root / "ddp"), "--model", base, "--no-progress", *flags]
-    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "ACCELERATE_USE_CPU": "1"})
+    base, data, root = varied
+    done = launch(engine, base, data, root / engine, max_steps=3, grad_accum=2)
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.count("adapter written") == 1  # the main process reports, the other one does not
 
-    accumulated = train_tiny(base, data, root / "accumulated", grad_accum=2, **options)
-    alone = train_tiny(base, data, root / "alone", grad_accum=1, **options)
-    ddp, reference, one_batch = (load_file(folder / "adapter_model.safetensors")
-                                 for folder in (root / "ddp", accumulated, alone))
-    assert any(not torch.equal(one_batch[key], reference[key]) for key in reference)  # sanity: batch size matters
-    assert ddp.keys() == reference.keys()
-    for key in reference:
-        torch.testing.assert_close(ddp[key], reference[key], rtol=0, atol=1e-6)
-    ddp_meta, reference_meta = AdapterMetadata.read(root / "ddp"), AdapterMetadata.read(accumulated)
-    assert (ddp_meta.steps, ddp_meta.examples, ddp_meta.eval_examples) == (3, 12, 4)
-    assert ddp_meta.eval_loss == pytest.approx(reference_meta.eval_loss, abs=1e-6)
-    assert ddp_meta.final_loss == pytest.approx(reference_meta.final_loss, abs=1e-6)
+    reference = train_tiny(base, data, root / "accumulated", max_steps=3, grad_accum=4, **ENGINE_OPTIONS)
+    fewer = train_tiny(base, data, root / "fewer", max_steps=3, grad_accum=2, **ENGINE_OPTIONS)
+    launched, expected, other = (load_file(folder / "adapter_model.safetensors") for folder in (root / engine, reference, fewer))
+    assert any(not torch.equal(other[key], expected[key]) for key in expected)  # sanity: the batch size matters
+    assert launched.keys() == expected.keys()
+    for key in expected:
+        torch.testing.assert_close(launched[key], expected[key], rtol=0, atol=1e-5)
+    meta, expected_meta = AdapterMetadata.read(root / engine), AdapterMetadata.read(reference)
+    assert meta.engine == ENGINE_NAMES[engine] and expected_meta.engine == "one process"  # the engine really ran
+    assert (meta.steps, meta.examples, meta.eval_examples) == (3, 16, 4)
+    assert meta.base_fingerprint == expected_meta.base_fingerprint
+    assert meta.eval_loss == pytest.approx(expected_meta.eval_loss, abs=1e-5)
+    assert meta.final_loss == pytest.approx(expected_meta.final_loss, abs=1e-5)
+
+
+@pytest.mark.parametrize("engine", ["ddp", "fsdp2"])
+def test_accelerate_launch_resumes_an_interrupted_run(varied, engine):
+    """Interrupted after step 3 with a checkpoint at step 2, then resumed: the adapter equals an
+    uninterrupted one-process run's. Under FSDP each process holds a shard of the adapter and of
+    the optimizer state, so the checkpoint must gather them and the resume must shard them again."""
+    from safetensors.torch import load_file
+
+    base, data, root = varied
+    out = root / engine
+    stopped = launch(engine, base, data, out, extra_env={"STOP_AFTER_STEP": "3"}, max_steps=4, grad_accum=2,
+                     save_every=2)
+    assert stopped.returncode != 0 and "interrupted: no adapter written" in stopped.stderr, stopped.stderr[-3000:]
+    assert not out.exists() and [p.name for p in (root / f".{engine}.run").glob("step-*")] == ["step-000002"]
+    resumed = launch(engine, base, data, out, max_steps=4, grad_accum=2, save_every=2, resume=True)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+
+    log = [json.loads(line)["step"] for line in (out / "train_log.jsonl").read_text().splitlines()]
+    assert log == [1, 2, 3, 4]
+    reference = train_tiny(base, data, root / "straight", max_steps=4, grad_accum=4, **ENGINE_OPTIONS)
+    got, expected = load_file(out / "adapter_model.safetensors"), load_file(reference / "adapter_model.safetensors")
+    assert got.keys() == expected.keys()
+    for key in expected:
+        torch.testing.assert_close(got[key], expected[key], rtol=0, atol=1e-5)
+
+
+def test_fsdp1_is_refused_before_training(varied):
+    """FSDP1 renames the layers it wraps, so PEFT would save no LoRA weights: refused up front."""
+    base, data, root = varied
+    done = launch("fsdp2", base, data, root / "fsdp1", max_steps=1)  # the shipped config, with the version overridden
+    assert done.returncode == 0, done.stderr[-3000:]  # sanity: the same launch with FSDP2 trains
+    config, env = ENGINES["fsdp2"]
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(ROOT / "adapters/accelerate" / config),
+               "--fsdp_version", "1", "--fsdp_sync_module_states", "false", "--fsdp_cpu_ram_efficient_loading", "false",
+               "--num_processes", "2", "--mixed_precision", "no", "--main_process_port", str(free_port()), SHIM,
+               "--data", str(data), "--out", str(root / "fsdp1-refused"), "--model", base, "--no-progress"]
+    refused = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300, env={**os.environ, **env})
+    assert refused.returncode != 0
+    assert "error: FSDP version 1 would write an empty adapter; set fsdp_version: 2" in refused.stderr
+    assert not (root / "fsdp1-refused").exists()
 
 
 def test_output_that_is_not_an_adapter_is_refused_before_training_and_kept(setup, monkeypatch):
