@@ -48,13 +48,21 @@ def _optimizer(optimizer):
     return getattr(optimizer, "optimizer", optimizer)  # accelerate's wrapper holds the torch optimizer
 
 
+def trainable_names(model) -> set[str]:
+    """Canonical names of the parameters that receive gradients (DDP's `module.` left out; FSDP2
+    keeps the names)."""
+    return {name for name, parameter in getattr(model, "module", model).named_parameters() if parameter.requires_grad}
+
+
 def gather(model, optimizer) -> tuple[dict, dict]:
     """The trainable weights and the optimizer state, whole and on the CPU, on the main process;
     the other processes get empty dicts. Every process calls it: under FSDP it is a collective."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict, get_optimizer_state_dict
 
     options = StateDictOptions(full_state_dict=True, cpu_offload=True, ignore_frozen_params=True)
-    weights = get_model_state_dict(model, options=options)
+    # Frozen parameters are left out, but not the quantization state that 4-bit layers add to a state dict.
+    trainable = trainable_names(model)
+    weights = {name: value for name, value in get_model_state_dict(model, options=options).items() if name in trainable}
     return weights, get_optimizer_state_dict(model, _optimizer(optimizer), options=options)
 
 
@@ -111,10 +119,14 @@ def load(folder: Path, model, optimizer, scheduler, run: dict | None = None) -> 
                          "start over without --resume")
     from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict, set_optimizer_state_dict
 
+    trainable = trainable_names(model)
+    unknown, missing = sorted(set(state["weights"]) - trainable), sorted(trainable - set(state["weights"]))
+    if unknown or missing:
+        raise ValueError(f"checkpoint {folder} does not fit this model: "
+                         + (f"unknown parameters {unknown[:3]}" if unknown else f"no weights for {missing[:3]}"))
     whole = StateDictOptions(full_state_dict=True, strict=False)  # every process read the whole file
-    unknown = set_model_state_dict(model, state["weights"], options=whole).unexpected_keys
-    if unknown:
-        raise ValueError(f"checkpoint {folder} does not fit this model: unknown parameters {sorted(unknown)[:3]}")
+    set_model_state_dict(model, state["weights"], options=whole)
+    # Like AdamW itself, this creates state for every parameter: LoRA steps all of them anyway.
     set_optimizer_state_dict(model, _optimizer(optimizer), state["optimizer"], options=whole)
     scheduler.load_state_dict(state["scheduler"])
     torch.set_rng_state(state["rng"]["torch"])

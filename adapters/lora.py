@@ -140,7 +140,7 @@ def save_weights(peft_model, folder, state_dict: dict | None = None) -> None:
     peft_model.save_pretrained(str(folder), safe_serialization=True, state_dict=state_dict)
     trained = sum(1 for parameter in peft_model.parameters() if parameter.requires_grad)
     with safe_open(str(Path(folder) / "adapter_model.safetensors"), "pt") as handle:
-        saved = len(list(handle.keys()))
-    if saved != trained:
+        saved = sum(1 for key in handle.keys() if ".lora_" in key)  # PEFT may add a layer it adapts, e.g. lm_head
+    if saved < trained:
         raise IncompleteAdapter(f"the adapter file holds {saved} of the {trained} trained tensors; "
-                           "PEFT did not recognise the rest, so no adapter was written")
+                                "PEFT did not recognise the rest, so no adapter was written")

@@ -15,7 +15,7 @@ differ, and so does speed.
 
 (FSDP wants ACCELERATE_USE_CPU set, DeepSpeed wants it unset.) With STOP_AFTER_STEP=N in the
 environment, every process is interrupted after logging step N, as Ctrl-C would: the resume tests
-use it. It is a test tool, not a way to train: on CPUs, DDP (`multi_gpu.yaml`) is the engine to use.
+use it. QLORA_ON_CPU=1 lets --qlora run on bitsandbytes' CPU kernels. It is a test tool, not a way to train: on CPUs, DDP (`multi_gpu.yaml`) is the engine to use.
 """
 
 from __future__ import annotations
@@ -84,6 +84,13 @@ def deepspeed_on_cpu() -> None:
     sys.modules["deepspeed.comm.torch"].build_shm_op = lambda: None
 
 
+def qlora_on_cpu() -> None:
+    """Let --qlora train on bitsandbytes' CPU kernels, as the in-process QLoRA test does."""
+    import adapters.lora
+
+    adapters.lora.check_qlora = lambda: None
+
+
 def stop_after_step(step: int) -> None:
     import adapters.train
 
@@ -104,6 +111,8 @@ if __name__ == "__main__":
     if os.environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() == "true":
         os.environ.setdefault("DS_ACCELERATOR", "cpu")
         deepspeed_on_cpu()
+    if os.environ.get("QLORA_ON_CPU"):
+        qlora_on_cpu()
     if os.environ.get("STOP_AFTER_STEP"):
         stop_after_step(int(os.environ["STOP_AFTER_STEP"]))
     from adapters.train import build_parser, main
