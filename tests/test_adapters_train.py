@@ -401,15 +401,18 @@ ENGINE_OPTIONS = dict(rank=4, alpha=8.0, dropout=0.0, learning_rate=3e-2, batch_
                       eval_fraction=0.2, seed=0, precision="fp32")
 
 
-def launch(engine: str, base: str, data: Path, out: Path, extra_env: dict | None = None, **options):
-    """`accelerate launch` of the trainer with a shipped config on two CPU processes."""
+def launch(engine: str, base: str, data: Path, out: Path, extra_env: dict | None = None, as_shipped: bool = False,
+           **options):
+    """`accelerate launch` of the trainer with a shipped config on two CPU processes, in fp32
+    unless `as_shipped` keeps the config's own mixed precision (bf16)."""
     config, env = ENGINES[engine]
+    precision = [] if as_shipped else ["--mixed_precision", "no"]
     plain = engine == "ddp" and not extra_env  # DDP runs on CPUs as shipped; the others need the shim
     program = ["-m", "adapters.train"] if plain else [SHIM]
     flags = [f"--{key.replace('_', '-')}" + ("" if value is True else f"={value}")
              for key, value in {**ENGINE_OPTIONS, **options}.items()]
     command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(ROOT / "adapters/accelerate" / config),
-               "--num_processes", "2", "--mixed_precision", "no", "--main_process_port", str(free_port()), *program,
+               "--num_processes", "2", *precision, "--main_process_port", str(free_port()), *program,
                "--data", str(data), "--out", str(out), "--model", base, "--no-progress", *flags]
     environment = {key: value for key, value in os.environ.items() if key != "ACCELERATE_USE_CPU"}
     return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300,
@@ -451,6 +454,31 @@ def test_accelerate_launch_equals_one_process_with_gradient_accumulation(varied,
     assert meta.base_fingerprint == expected_meta.base_fingerprint
     assert meta.eval_loss == pytest.approx(expected_meta.eval_loss, abs=1e-5)
     assert meta.final_loss == pytest.approx(expected_meta.final_loss, abs=1e-5)
+
+
+@pytest.mark.parametrize("engine", ["fsdp2", "zero3"])
+def test_sharded_engines_train_in_their_shipped_bf16(varied, engine):
+    """The FSDP2 and ZeRO-3 configs as shipped compute in bf16: the run keeps fp32 adapter weights,
+    lands near the fp32 run's losses, and the registry serves the adapter on the fp32 base."""
+    from safetensors.torch import load_file
+
+    from adapters.host import AdapterHost
+    from adapters.metadata import AdapterMetadata
+
+    base, data, root = varied
+    done = launch(engine, base, data, root / engine, as_shipped=True, max_steps=3, grad_accum=2, precision="bf16")
+    assert done.returncode == 0, done.stderr[-3000:]
+    weights = load_file(root / engine / "adapter_model.safetensors")
+    assert {value.dtype for value in weights.values()} == {torch.float32}
+    assert all(value.abs().sum() > 0 for key, value in weights.items() if "lora_B" in key)
+    meta = AdapterMetadata.read(root / engine)
+    reference = AdapterMetadata.read(train_tiny(base, data, root / "fp32", max_steps=3, grad_accum=4, **ENGINE_OPTIONS))
+    assert meta.engine == ENGINE_NAMES[engine] and meta.config["precision"] == "bf16"
+    assert meta.final_loss == pytest.approx(reference.final_loss, abs=0.05)  # at most 0.018 apart measured
+    assert meta.eval_loss == pytest.approx(reference.eval_loss, abs=0.05)
+    dense = load_tiny(base)
+    name = AdapterHost(dense, threading.Lock()).attach_path(root / engine)  # vetted: base fingerprint, shapes
+    assert not torch.allclose(logits(dense.model, PROBE), logits(dense.model, PROBE, adapter=name), atol=1e-3)
 
 
 @pytest.mark.parametrize("engine", ["ddp", "fsdp2"])
