@@ -46,9 +46,18 @@ def check_engine(state, config: TrainConfig) -> None:
 
     `state` is the Accelerator's state (`accelerator.state`).
     """
+    import os
+
     from accelerate.utils import DistributedType
 
     engine = state.distributed_type
+    launched = int(os.environ.get("WORLD_SIZE", "1"))
+    if launched > state.num_processes:
+        # accelerate falls back to independent single processes when the config's engine finds no
+        # GPU: each would train the same adapter and publish it over the others'.
+        raise ValueError(f"accelerate launch started {launched} processes, but accelerate runs each one alone "
+                         "(the config's engine needs GPUs, and none is visible); on CPUs use "
+                         "adapters/accelerate/multi_gpu.yaml with ACCELERATE_USE_CPU=1, or one process")
     if config.qlora and engine in (DistributedType.FSDP, DistributedType.DEEPSPEED):
         # They flatten and shard every weight; bitsandbytes keeps packed uint8 weights beside fp32 ones.
         raise QLoRAUnavailable(

@@ -299,7 +299,7 @@ def test_qlora_trains_through_nf4_layers_and_serves_on_the_dense_base(tmp_path, 
     assert on_dense.norm() > (plain - nf4_plain).norm()
 
 
-def test_engines_the_trainer_cannot_serve_are_refused_by_name(tmp_path):
+def test_engines_the_trainer_cannot_serve_are_refused_by_name(tmp_path, monkeypatch):
     from types import SimpleNamespace
 
     from accelerate.utils import DistributedType
@@ -307,8 +307,9 @@ def test_engines_the_trainer_cannot_serve_are_refused_by_name(tmp_path):
     from adapters.config import TrainConfig
     from adapters.lora import QLoRAUnavailable, check_engine
 
-    def state(engine, fsdp_version=2):
-        return SimpleNamespace(distributed_type=engine, fsdp_plugin=SimpleNamespace(fsdp_version=fsdp_version))
+    def state(engine, fsdp_version=2, processes=2):
+        return SimpleNamespace(distributed_type=engine, fsdp_plugin=SimpleNamespace(fsdp_version=fsdp_version),
+                               num_processes=processes)
 
     def config(**options):
         return TrainConfig(data="d.jsonl", output=str(tmp_path / "out"), **options)
@@ -325,6 +326,10 @@ def test_engines_the_trainer_cannot_serve_are_refused_by_name(tmp_path):
     for options in (dict(save_every=5), dict(resume=True)):
         with pytest.raises(ValueError, match="--save-every and --resume do not run under DeepSpeed"):
             check_engine(state(DistributedType.DEEPSPEED), config(**options))
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    check_engine(state(DistributedType.MULTI_CPU), config())
+    with pytest.raises(ValueError, match="started 2 processes, but accelerate runs each one alone"):
+        check_engine(state(DistributedType.NO, processes=1), config())
 
 
 def test_an_adapter_file_missing_trained_tensors_is_an_error(setup, captured, monkeypatch):
@@ -532,6 +537,21 @@ def test_qlora_under_ddp_equals_one_process_with_gradient_accumulation(tmp_path,
     assert max((other[key] - expected[key]).abs().max() for key in expected) > 1e-3
     for key in expected:
         torch.testing.assert_close(got[key], expected[key], rtol=0, atol=1e-4)
+
+
+def test_a_gpu_config_launched_without_gpus_is_refused_before_training(varied):
+    """Without a GPU (and without the test shim) accelerate runs each launched process alone, and
+    every one of them would train and publish the same adapter: refused, naming the way out."""
+    base, data, root = varied
+    config, _ = ENGINES["fsdp2"]
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(ROOT / "adapters/accelerate" / config),
+               "--num_processes", "2", "--main_process_port", str(free_port()), "-m", "adapters.train",
+               "--data", str(data), "--out", str(root / "alone"), "--model", base, "--no-progress", "--max-steps", "1"]
+    environment = {key: value for key, value in os.environ.items() if key != "ACCELERATE_USE_CPU"}
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300, env=environment)
+    assert done.returncode != 0 and "adapter written" not in done.stdout
+    assert "error: accelerate launch started 2 processes, but accelerate runs each one alone" in done.stderr
+    assert not (root / "alone").exists()
 
 
 def test_fsdp1_is_refused_before_training(varied):
