@@ -71,7 +71,7 @@ class LabConfig:
 
     def __post_init__(self):
         self.ks = sorted(set(self.ks))
-        self.seeds = list(self.seeds)
+        self.seeds = list(dict.fromkeys(self.seeds))  # a seed listed twice would count its run twice
         _at_least("k", self.k, 0)
         _at_least("n_test", self.n_test, 1)
         _at_least("permutations", self.permutations, 1)
@@ -83,6 +83,8 @@ class LabConfig:
             raise LabError(f"ks must be shot counts >= 0, got {self.ks}")
         if not self.seeds:
             raise LabError("seeds must name at least one seed")
+        for seed in self.seeds:
+            _at_least("seeds", seed, 0)
         _one_of("style", self.style, STYLES)
         _one_of("task", self.task, TASKS)
         _one_of("dtype", self.dtype, DTYPES)

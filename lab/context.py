@@ -53,15 +53,32 @@ class LabContext:
         }
 
 
+EMBEDDING_EXPERIMENTS = ("shots", "select", "finetune")
+"""The experiments that choose demonstrations by similarity, and so need the embedder."""
+
+
 def max_k(config: LabConfig, experiment: str) -> int:
     return max(config.ks) if experiment == "shots" else config.k
+
+
+def check_config(config: LabConfig, experiment: str, out: Path) -> None:
+    """What can be refused from the config alone, before data or models load."""
+    if out.exists() and not out.is_dir():
+        raise LabError(f"--out {out} is a file; give a folder for the run's results")
+    if experiment == "finetune" and config.adapter:
+        raise LabError("the finetune experiment trains its adapter on the bare base model; "
+                       "drop --adapter (it would only stack the new adapter on top of yours when scoring)")
 
 
 def open_context(config: LabConfig, experiment: str, out: Path, progress: Progress = no_progress,
                  loaded=None) -> LabContext:
     """Load data (checked) and find the adapter, then load the model (unless `loaded` is given) and apply it."""
+    check_config(config, experiment, out)
     data = load_data(config.train, config.test, config.n_test, config.task)
     check_fits(data, max_k(config, experiment))
+    chooser = DemoChooser(data.train, config.embedder, config.diversity)
+    if experiment in EMBEDDING_EXPERIMENTS:
+        chooser.embedder()  # a bad --embedder fails here, not after the model and the first conditions
     options = dict(calibrated=config.calibrate, batch_size=config.batch_size, max_new_tokens=config.max_new_tokens)
     adapter = find_adapter(config.adapter) if config.adapter and config.backend == "local" else None
     if config.backend == "openai":
@@ -78,7 +95,6 @@ def open_context(config: LabConfig, experiment: str, out: Path, progress: Progre
     if adapter is not None:
         loaded = with_adapter(loaded, adapter)
     predictor = Predictor(loaded.model, loaded.tokenizer, PromptFormat(config.style), data.labels, data.task, **options)
-    chooser = DemoChooser(data.train, config.embedder, config.diversity)
     return LabContext(config, loaded, data, predictor, chooser, progress, out)
 
 

@@ -55,6 +55,9 @@ def check_fits(data: LabData, k: int) -> None:
         raise LabError(f"k={k} is larger than the training pool ({len(data.train)} examples in {data.train.source})")
     if data.task != "classify":
         return
+    if len(data.labels) < 2:
+        raise LabError(f"the test set has only one label ('{data.labels[0]}'), so every answer would score as "
+                       "right; use a test set with at least two labels")
     train_labels = {example.output for example in data.train.examples}
     missing = [label for label in data.labels if label not in train_labels]
     if missing:

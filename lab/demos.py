@@ -35,15 +35,26 @@ class DemoChooser:
         self.pool = pool
         self.embedder_spec = embedder_spec
         self.diversity = diversity
+        self._embedder = None
         self._index = None
+
+    def embedder(self):
+        """The embedder, loaded once; a spec that names none is a LabError (checked before the model loads)."""
+        if self._embedder is None:
+            from retrieval.embedder import EmbedderError, load_embedder
+
+            try:
+                self._embedder = load_embedder(self.embedder_spec)
+            except EmbedderError as error:
+                raise LabError(f"--embedder {self.embedder_spec}: {error}") from error
+        return self._embedder
 
     @property
     def index(self):
         if self._index is None:
-            from retrieval.embedder import load_embedder
             from retrieval.index import DemoIndex
 
-            self._index = DemoIndex.build(self.pool, load_embedder(self.embedder_spec))
+            self._index = DemoIndex.build(self.pool, self.embedder())
         return self._index
 
     def for_query(self, query: str, k: int, selection: str, seed: int) -> tuple[Demo, ...]:

@@ -59,9 +59,20 @@ def rank_orders(predictor: Predictor, demos: Sequence[Demo], orders: Sequence[tu
     logprobs = predictor.label_logprobs(cases).reshape(len(orders), len(probes), -1)
     globale = [global_entropy(block) for block in logprobs]
     locale = [local_entropy(block) for block in logprobs]
+    (best_global, global_ties), (best_local, local_ties) = _best(globale), _best(locale)
     return {
         "globale": globale,
         "locale": locale,
-        "globale_order": list(orders[int(np.argmax(globale))]),
-        "locale_order": list(orders[int(np.argmax(locale))]),
+        "globale_order": list(orders[best_global]),
+        "locale_order": list(orders[best_local]),
+        "globale_tied": global_ties,
+        "locale_tied": local_ties,
     }
+
+
+def _best(scores: Sequence[float]) -> tuple[int, int]:
+    """The first highest score's position, and how many orders share that score (they are tied:
+    the probes cannot tell them apart, so the pick among them is arbitrary)."""
+    top = max(scores)
+    tied = [i for i, score in enumerate(scores) if abs(score - top) <= 1e-9]
+    return tied[0], len(tied)

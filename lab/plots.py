@@ -35,10 +35,13 @@ def box(groups: dict[str, list[float]], path: Path, title: str, ylabel: str = "a
     plt, fig, ax = _figure()
     names = list(groups)
     ax.boxplot([groups[n] for n in names], tick_labels=names)
+    colours = {}  # one colour per kind of mark, the same in every box, so the legend holds for all
     for position, name in enumerate(names, start=1):
         for label, value in (marks or {}).get(name, {}).items():
+            first = label not in colours
+            colours.setdefault(label, f"C{len(colours)}")
             ax.scatter([position], [value], marker="D" if "global" in label.lower() else "^", zorder=3,
-                       label=label if position == 1 else None)
+                       color=colours[label], label=label if first else None)
     if marks:
         ax.legend(fontsize=8)
     _save(plt, fig, ax, path, title, ylabel)

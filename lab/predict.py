@@ -14,14 +14,24 @@ from dataclasses import dataclass
 import numpy as np
 
 from lab.calibrate import CONTENT_FREE, calibrate, normalise_rows
+from lab.errors import LabError
 from lab.generate import generate_lines
-from lab.prompt import Demo, Prompt, PromptFormat
+from lab.prompt import Demo, Prompt, PromptFormat, encode_ids
 from lab.scorer import CachedScorer
 
 Scorer = Callable[[Sequence[Prompt], Sequence[str]], np.ndarray]
 """(prompts, continuations) -> (n, L) summed log-probabilities; `CachedScorer.score` or `naive_score`."""
 LineGenerator = Callable[[Sequence[str], int, float, int], list[str]]
 """(texts, max_new_tokens, temperature, seed) -> the first line written after each text."""
+
+
+def context_window(model, tokenizer) -> int | None:
+    """Tokens the model reads at most: its position table, else the tokenizer's limit (a remote
+    model); None when neither says."""
+    limit = getattr(getattr(model, "config", None), "max_position_embeddings", None)
+    if limit is None:
+        limit = getattr(tokenizer, "model_max_length", None)
+    return int(limit) if limit and limit < 10**7 else None  # tokenizers without one report ~1e30
 
 
 @dataclass(frozen=True)
@@ -57,7 +67,23 @@ class Predictor:
         return self.generator(texts, max_new_tokens, temperature, seed)
 
     def prompts(self, cases: Sequence[Case]) -> list[Prompt]:
-        return [self.fmt.build(self.tokenizer, case.demos, case.query) for case in cases]
+        """The cases' prompts; one that leaves no room for its answer in the model's window is a LabError."""
+        built = [self.fmt.build(self.tokenizer, case.demos, case.query) for case in cases]
+        self._check_window(built)
+        return built
+
+    def _check_window(self, prompts: Sequence[Prompt]) -> None:
+        limit = context_window(self.model, self.tokenizer)
+        if limit is None or not prompts:
+            return
+        if self.task == "classify":
+            room = max(len(encode_ids(self.tokenizer, self.fmt.continuation(label))) for label in self.labels)
+        else:
+            room = self.max_new_tokens
+        longest = max(len(encode_ids(self.tokenizer, prompt.text)) for prompt in prompts)
+        if longest + room > limit:
+            raise LabError(f"a prompt takes {longest} tokens and its answer up to {room} more, but the model reads "
+                           f"at most {limit}; lower --k or use shorter examples")
 
     def label_logprobs(self, cases: Sequence[Case]) -> np.ndarray:
         """(len(cases), len(labels)) log-probabilities renormalised over the labels."""

@@ -106,7 +106,7 @@ def test_k_larger_than_pool(tmp_path, tiny):
 
 
 def test_test_label_outside_train_labels(tmp_path, tiny):
-    train, test = tiny_files(tmp_path, test=[("quick fox", "neutral")])
+    train, test = tiny_files(tmp_path, test=[("quick fox", "neutral"), ("terrible dog", "negative")])
     with pytest.raises(LabError, match="test label 'neutral' does not occur in the training pool"):
         run_experiment("labels", LabConfig(train=train, test=test), loaded=tiny)
 

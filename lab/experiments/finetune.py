@@ -1,7 +1,7 @@
 """Few-shot prompting vs fine-tuning on the same pool (and both together).
 
 A LoRA adapter is trained on the whole train pool with `adapters.train` (user: input, assistant:
-output) into `<result folder>/adapter`. Then the test items are run three ways:
+output) into `<result folder>/adapter`, from the pool as the lab read it (`train_pool.jsonl`). Then the test items are run three ways:
 - `prompting`: the base model with k kNN-chosen demonstrations, in the configured prompt style;
 - `finetuned`: the adapter, zero-shot, in the chat style it was trained on;
 - `both`: the adapter with the same k kNN demonstrations, chat style.
@@ -11,6 +11,7 @@ is reported once, apart.
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
@@ -35,9 +36,13 @@ def train_adapter(ctx: LabContext) -> tuple[Path, float]:
     config = ctx.config
     ctx.progress(0.05, f"training a LoRA adapter for {config.train_steps} steps")
     started = time.perf_counter()
+    # The pool as the lab read it (any pool format: CSV too), in the trainer's JSONL format.
+    data = ctx.out / "train_pool.jsonl"
+    data.write_text("".join(json.dumps({"input": e.input, "output": e.output}, ensure_ascii=False) + "\n"
+                            for e in ctx.data.train.examples))
     try:
         folder = train(TrainConfig(
-            data=config.train, output=str(ctx.out / "adapter"), model=config.model, rank=LORA_RANK,
+            data=str(data), output=str(ctx.out / "adapter"), model=config.model, rank=LORA_RANK,
             alpha=2.0 * LORA_RANK, learning_rate=LORA_LEARNING_RATE, max_steps=config.train_steps,
             batch_size=TRAIN_BATCH, max_length=TRAIN_MAX_LENGTH, progress=False,
         ))

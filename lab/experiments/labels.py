@@ -52,6 +52,9 @@ def table(result: dict) -> str:
     for condition in CONDITIONS:
         values = [r["accuracy"] for r in result["results"] if r["condition"] == condition]
         lines.append(f"| {condition} | " + " | ".join(f"{v:.3f}" for v in values) + f" | {result['means'][condition]:.3f} |")
+    # Random labels can match the gold ones by chance; with none wrong, that seed's two rows are one test.
+    wrong = [r["wrong_labels"] for r in result["results"] if r["condition"] == "random"]
+    lines.append("| wrong labels in random | " + " | ".join(str(w) for w in wrong) + f" | {sum(wrong) / len(wrong):.1f} |")
     return "\n".join(lines)
 
 

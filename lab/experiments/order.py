@@ -50,8 +50,10 @@ def _lu_remedy(ctx: LabContext, demos, orders, permutations: list[dict], seed: i
         "probes": probes,
         "globale_scores": ranking["globale"],
         "locale_scores": ranking["locale"],
-        "globale": {"order": ranking["globale_order"], "accuracy": accuracy[tuple(ranking["globale_order"])]},
-        "locale": {"order": ranking["locale_order"], "accuracy": accuracy[tuple(ranking["locale_order"])]},
+        "globale": {"order": ranking["globale_order"], "accuracy": accuracy[tuple(ranking["globale_order"])],
+                    "tied": ranking["globale_tied"]},
+        "locale": {"order": ranking["locale_order"], "accuracy": accuracy[tuple(ranking["locale_order"])],
+                   "tied": ranking["locale_tied"]},
         "permutation_mean": mean,
     }
 
@@ -59,14 +61,24 @@ def _lu_remedy(ctx: LabContext, demos, orders, permutations: list[dict], seed: i
 def table(result: dict) -> str:
     lines = ["| set (seed) | orders | mean | std | min | max | GlobalE pick | LocalE pick |",
              "|---|---|---|---|---|---|---|---|"]
+    ties = False
     for entry in result["sets"]:
         lu = entry.get("lu")
-        picks = (f"{lu['globale']['accuracy']:.3f} | {lu['locale']['accuracy']:.3f}" if lu else "– | –")
+        picks = " | ".join(_pick(lu[name]) for name in ("globale", "locale")) if lu else "– | –"
+        ties = ties or bool(lu and max(lu["globale"].get("tied", 1), lu["locale"].get("tied", 1)) > 1)
         lines.append(f"| {entry['seed']} | {len(entry['permutations'])} | {entry['mean']:.3f} | {entry['std']:.3f} "
                      f"| {entry['min']:.3f} | {entry['max']:.3f} | {picks} |")
     lines.append(f"| all | {len(result['permutations'])} | {result['mean']:.3f} | {result['std']:.3f} "
                  f"| {result['min']:.3f} | {result['max']:.3f} | | |")
+    if ties:
+        lines.append("\n\"tie of n\": n orders share the best score on the probes, so the criterion cannot tell them "
+                     "apart; the pick shown is the first of them. More or longer probes (--probe-size) may separate them.")
     return "\n".join(lines)
+
+
+def _pick(choice: dict) -> str:
+    tied = choice.get("tied", 1)  # absent in results written before ties were counted
+    return f"{choice['accuracy']:.3f}" + (f" (tie of {tied})" if tied > 1 else "")
 
 
 def plot(result: dict, path: Path) -> None:

@@ -1,0 +1,121 @@
+"""The lab's refusals and reports for inputs an exploratory test found mishandled: each is refused
+before the model loads where the config alone says enough, with a message naming the flag."""
+
+import json
+
+import pytest
+
+from lab.config import LabConfig
+from lab.errors import LabError
+from lab.runner import run_experiment
+from test_lab_experiments import TEST, TRAIN, config, run, write_pool
+
+
+@pytest.fixture
+def no_model_load(monkeypatch):
+    """Fail the test if the lab gets as far as loading a model."""
+    import bot.models
+
+    monkeypatch.setattr(bot.models, "load_model", lambda *a, **k: pytest.fail("loaded the model before refusing"))
+
+
+def test_negative_seed_is_refused_and_repeated_seeds_count_once(tmp_path):
+    with pytest.raises(LabError, match=r"seeds must be a whole number >= 0, got -1"):
+        config(tmp_path, "x", seeds=[0, -1])
+    assert config(tmp_path, "x", seeds=[2, 0, 2, 1, 0]).seeds == [2, 0, 1]
+
+
+def test_unknown_embedder_is_refused_before_the_model_loads(tmp_path, no_model_load):
+    with pytest.raises(LabError, match="--embedder nosuch: unknown embedder 'nosuch'"):
+        run_experiment("shots", config(tmp_path, "x", embedder="nosuch"))
+
+
+def test_test_set_with_one_label_is_refused(tmp_path, no_model_load):
+    test = write_pool(tmp_path / "one-label.jsonl", [(text, "positive") for text, _ in TEST])
+    with pytest.raises(LabError, match=r"the test set has only one label \('positive'\), so every answer would score"):
+        run_experiment("labels", config(tmp_path, "x", test=test))
+
+
+def test_out_that_is_a_file_is_refused(tmp_path, no_model_load):
+    (tmp_path / "afile").write_text("mine")
+    with pytest.raises(LabError, match="--out .*afile is a file; give a folder"):
+        run_experiment("labels", config(tmp_path, "x", out=str(tmp_path / "afile")))
+    assert (tmp_path / "afile").read_text() == "mine"
+
+
+def test_finetune_with_an_adapter_is_refused(tmp_path, no_model_load):
+    with pytest.raises(LabError, match="finetune experiment trains its adapter on the bare base model; drop --adapter"):
+        run_experiment("finetune", config(tmp_path, "x", adapter=str(tmp_path)))
+
+
+def test_prompts_beyond_the_model_window_are_refused(tmp_path, tiny):
+    window = tiny.model.config.max_position_embeddings
+    long_train = [(" ".join(["word"] * (window // 2)) + f" {i}", label) for i, (_, label) in enumerate(TRAIN)]
+    train = write_pool(tmp_path / "long.jsonl", long_train)
+    run(tmp_path, tiny, "labels", k=1)  # sanity: the same experiment with short demonstrations runs
+    with pytest.raises(LabError, match=rf"a prompt takes \d+ tokens and its answer up to \d+ more, but the model reads at "
+                                       rf"most {window}; lower --k"):
+        run_experiment("labels", config(tmp_path, "long", train=train, k=3), loaded=tiny)
+
+
+def test_labels_report_shows_how_many_random_labels_were_wrong(tmp_path, tiny):
+    result = run(tmp_path, tiny, "labels")
+    wrong = [r["wrong_labels"] for r in result["results"] if r["condition"] == "random"]
+    report = (tmp_path / "runs" / "labels" / "report.md").read_text()
+    assert f"| wrong labels in random | {' | '.join(map(str, wrong))} |" in report
+
+
+def test_order_report_names_ties_between_orders(tmp_path, tiny, monkeypatch):
+    import lab.experiments.order
+
+    real = lab.experiments.order.rank_orders
+
+    def flat(predictor, demos, orders, probes):  # every order scores the same: a tie of all of them
+        ranking = real(predictor, demos, orders, probes)
+        return {**ranking, "globale": [0.0] * len(orders), "globale_order": list(orders[0]),
+                "globale_tied": len(orders)}
+
+    monkeypatch.setattr(lab.experiments.order, "rank_orders", flat)
+    result = run(tmp_path, tiny, "order", k=3, permutations=6, seeds=[0])
+    assert result["sets"][0]["lu"]["globale"]["tied"] == 6
+    report = (tmp_path / "runs" / "order" / "report.md").read_text()
+    assert "(tie of 6)" in report and "the criterion cannot tell them apart" in report
+
+
+def test_best_order_counts_ties():
+    from lab.entropy import _best
+
+    assert _best([0.1, 0.5, 0.2]) == (1, 1)
+    assert _best([0.0, 0.3, 0.3, 0.1, 0.3]) == (1, 3)
+
+
+def test_order_plot_marks_keep_one_colour_per_criterion(tmp_path, monkeypatch):
+    """The legend labels the first box's marks; every other box's marks must use the same colours."""
+    import lab.plots
+
+    captured = {}
+    monkeypatch.setattr(lab.plots, "_save", lambda plt, fig, ax, path, title, ylabel: captured.update(ax=ax))
+    marks = {f"set {i}": {"GlobalE": 0.5, "LocalE": 0.4} for i in range(3)}
+    lab.plots.box({name: [0.3, 0.6] for name in marks}, tmp_path / "p.png", "t", marks=marks)
+    points = captured["ax"].collections  # one scatter per mark, box by box: GlobalE, LocalE, GlobalE, ...
+    assert len(points) == 6
+    colours = [tuple(point.get_facecolor()[0]) for point in points]
+    assert len(set(colours[0::2])) == 1 and len(set(colours[1::2])) == 1  # the same colour in every box
+    assert colours[0] != colours[1]
+    legend = captured["ax"].get_legend()
+    assert [text.get_text() for text in legend.get_texts()] == ["GlobalE", "LocalE"]
+    assert [tuple(handle.get_facecolor()[0]) for handle in legend.legend_handles] == colours[:2]
+
+
+def test_finetune_trains_from_a_csv_pool(tmp_path):
+    from tiny import save_tiny
+
+    model = save_tiny(tmp_path / "model")
+    csv = tmp_path / "train.csv"
+    csv.write_text("input,output\n" + "".join(f"{text},{label}\n" for text, label in TRAIN))
+    test = write_pool(tmp_path / "test.jsonl", TEST)
+    folder = run_experiment("finetune", LabConfig(train=str(csv), test=test, model=model, k=2, embedder="hash",
+                                                  train_steps=2, out=str(tmp_path / "run")))
+    rows = [json.loads(line) for line in (folder / "train_pool.jsonl").read_text().splitlines()]
+    assert rows == [{"input": text, "output": label} for text, label in TRAIN]
+    assert (folder / "adapter" / "adapter_config.json").is_file()
