@@ -55,6 +55,8 @@ class LabContext:
 
 EMBEDDING_EXPERIMENTS = ("shots", "select", "finetune")
 """The experiments that choose demonstrations by similarity, and so need the embedder."""
+DEMONSTRATION_EXPERIMENTS = ("order", "labels", "select", "finetune")
+"""The experiments whose every condition but a zero-shot floor shows `k` demonstrations."""
 
 
 def max_k(config: LabConfig, experiment: str) -> int:
@@ -65,6 +67,8 @@ def check_config(config: LabConfig, experiment: str, out: Path) -> None:
     """What can be refused from the config alone, before data or models load."""
     if out.exists() and not out.is_dir():
         raise LabError(f"--out {out} is a file; give a folder for the run's results")
+    if experiment in DEMONSTRATION_EXPERIMENTS and config.k < 1:
+        raise LabError(f"the {experiment} experiment needs k >= 1 (--k), got k={config.k}")
     if experiment == "finetune" and config.adapter:
         raise LabError("the finetune experiment trains its adapter on the bare base model; "
                        "drop --adapter (it would only stack the new adapter on top of yours when scoring)")

@@ -72,12 +72,13 @@ def run_experiment(name: str, config: LabConfig, progress: Progress = no_progres
 def render_report(record: dict, table: str) -> str:
     config = record["config"]
     shots = f"ks={config['ks']}" if record["experiment"] == "shots" else f"k={config['k']}"  # shots sweeps ks
+    seeds = "" if record["experiment"] == "finetune" else f", seeds={config['seeds']}"  # finetune draws no sets
     return (
         f"# {record['experiment']}: {Path(config['train']).parent.name or config['train']}\n\n"
         f"{EXPERIMENTS[record['experiment']]}\n\n"
         f"- model: {record['model']} ({record['dtype']}), task: {record['task']}, labels: {', '.join(record['labels'][:20])}\n"
         f"- train: {config['train']} ({record['train_size']} examples), test: {config['test']} ({record['n_test']} items)\n"
-        f"- {shots}, seeds={config['seeds']}, style={config['style']}, calibrate={config['calibrate']}\n"
+        f"- {shots}{seeds}, style={config['style']}, calibrate={config['calibrate']}\n"
         f"- run time: {record['seconds']:.0f} s\n\n{table}\n\n![plot](plot.png)\n"
     )
 

@@ -119,6 +119,8 @@ def load_pool(
 ) -> Pool:
     """Read, validate and de-duplicate a pool file; `task` overrides the sidecar's description."""
     path = Path(path)
+    if path.is_dir():
+        raise PoolError(f"'{path}' is a folder; give a pool file (.jsonl, .csv, .tsv or .json)")
     if not path.is_file():
         raise PoolError(f"pool file '{path}' does not exist")
     rows, errors = read_rows(path, input_field, output_field)

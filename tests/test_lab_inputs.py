@@ -119,3 +119,36 @@ def test_finetune_trains_from_a_csv_pool(tmp_path):
     rows = [json.loads(line) for line in (folder / "train_pool.jsonl").read_text().splitlines()]
     assert rows == [{"input": text, "output": label} for text, label in TRAIN]
     assert (folder / "adapter" / "adapter_config.json").is_file()
+
+
+@pytest.mark.parametrize("experiment", ["order", "labels", "select", "finetune"])
+def test_k_zero_is_refused_before_the_model_loads(tmp_path, no_model_load, experiment):
+    with pytest.raises(LabError, match=f"the {experiment} experiment needs k >= 1 \\(--k\\), got k=0"):
+        run_experiment(experiment, config(tmp_path, "x", k=0))
+
+
+def test_a_folder_given_as_a_pool_is_named_as_a_folder(tmp_path, no_model_load):
+    with pytest.raises(LabError, match="is a folder; give a pool file"):
+        run_experiment("labels", config(tmp_path, "x", train=str(tmp_path)))
+
+
+def test_random_labels_of_a_generation_task_come_from_the_pool_not_the_test_answers(tmp_path, tiny, monkeypatch):
+    import lab.experiments.labels
+
+    shown = []
+    real = lab.experiments.labels.Demo
+    monkeypatch.setattr(lab.experiments.labels, "Demo", lambda text, output: shown.append(output) or real(text, output))
+    train = write_pool(tmp_path / "qa.jsonl", [(f"question {i}", f"pool answer {i}") for i in range(6)])
+    test = write_pool(tmp_path / "qa-test.jsonl", [(f"query {i}", f"test answer {i}") for i in range(3)])
+    run_experiment("labels", config(tmp_path, "gen", train=train, test=test, task="generate", k=2, max_new_tokens=2),
+                   loaded=tiny)
+    assert shown and all(answer.startswith("pool answer") for answer in shown)
+
+
+def test_finetune_report_lists_no_seeds_and_names_the_prompt_styles(tmp_path):
+    from tiny import save_tiny
+
+    folder = run_experiment("finetune", config(tmp_path, "ft", model=save_tiny(tmp_path / "model"), train_steps=1))
+    report = (folder / "report.md").read_text()
+    assert "seeds=" not in report and "k=2, style=plain" in report
+    assert "both adapter conditions use the chat style they were trained in" in report

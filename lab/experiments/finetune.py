@@ -55,8 +55,6 @@ def run(ctx: LabContext) -> dict:
     config = ctx.config
     if config.backend != "local":
         raise LabError("the finetune experiment trains an adapter here; run it with the local backend")
-    if config.k < 1:
-        raise LabError("the finetune experiment needs k >= 1 (prompting needs demonstrations)")
     if ctx.data.task != "classify":
         raise LabError("the finetune experiment compares label scoring; its test set must be a classification task")
     demos = [ctx.chooser.for_query(item.input, config.k, "knn", 0) for item in ctx.data.test]
@@ -87,7 +85,8 @@ def table(result: dict) -> str:
     for row in result["results"]:
         lines.append(f"| {row['condition']} | {row['accuracy']:.3f} | {row['prompt_tokens']:.0f} | "
                      f"{row['seconds_per_query']:.3f} |")
-    lines.append(f"\nAdapter training: {result['train_steps']} steps, {result['train_seconds']:.0f} s (once).")
+    lines.append(f"\nAdapter training: {result['train_steps']} steps, {result['train_seconds']:.0f} s (once). "
+                 "Prompting uses the run's --style; both adapter conditions use the chat style they were trained in.")
     return "\n".join(lines)
 
 

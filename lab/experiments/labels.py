@@ -13,7 +13,6 @@ from pathlib import Path
 from lab import plots
 from lab.context import LabContext
 from lab.demos import random_set
-from lab.errors import LabError
 from lab.prompt import Demo
 
 CONDITIONS = ("gold", "random", "none")
@@ -21,14 +20,18 @@ CONDITIONS = ("gold", "random", "none")
 
 def run(ctx: LabContext) -> dict:
     config = ctx.config
-    if config.k < 1:
-        raise LabError("the labels experiment needs k >= 1")
     none = ctx.evaluate(())
+    # Random labels come from the label set; for a generation task, from the pool's answers, so
+    # that no test answer is ever shown.
+    if ctx.data.task == "classify":
+        choices = ctx.data.labels
+    else:
+        choices = sorted({example.output for example in ctx.data.train.examples})
     results = []
     for index, seed in enumerate(config.seeds):
         demos = random_set(ctx.data.train, config.k, seed)
         rng = random.Random(seed)
-        shuffled = tuple(Demo(d.input, rng.choice(ctx.data.labels)) for d in demos)
+        shuffled = tuple(Demo(d.input, rng.choice(choices)) for d in demos)
         flipped = sum(a.output != b.output for a, b in zip(demos, shuffled))
         for condition, shown in (("gold", demos), ("random", shuffled)):
             outcome = ctx.evaluate(shown)

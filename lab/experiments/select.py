@@ -10,15 +10,12 @@ from pathlib import Path
 
 from lab import plots
 from lab.context import LabContext
-from lab.errors import LabError
 
 SELECTIONS = ("knn", "mmr", "random")
 
 
 def run(ctx: LabContext) -> dict:
     config = ctx.config
-    if config.k < 1:
-        raise LabError("the select experiment needs k >= 1")
     results = []
     for index, selection in enumerate(SELECTIONS):
         seeds = config.seeds if selection == "random" else [None]
