@@ -57,6 +57,7 @@ def run_experiment(name: str, config: LabConfig, progress: Progress = no_progres
         "task": ctx.data.task,
         "labels": ctx.data.labels,
         "n_test": len(ctx.data.test),
+        "test": [{"input": item.input, "output": item.output} for item in ctx.data.test],  # what predictions index
         "train_size": len(ctx.data.train),
         "train_sha256": ctx.data.train.sha256,
         "seconds": time.perf_counter() - started,

@@ -152,3 +152,21 @@ def test_finetune_report_lists_no_seeds_and_names_the_prompt_styles(tmp_path):
     report = (folder / "report.md").read_text()
     assert "seeds=" not in report and "k=2, style=plain" in report
     assert "both adapter conditions use the chat style they were trained in" in report
+
+
+@pytest.mark.parametrize("experiment", ["shots", "labels", "select", "order"])
+def test_result_json_holds_each_items_prediction_behind_every_accuracy(tmp_path, tiny, experiment):
+    result = run(tmp_path, tiny, experiment, permutations=2)
+    gold = [item["output"] for item in result["test"]]
+    assert len(gold) == result["n_test"] == len(TEST)
+    rows = result["permutations"] if experiment == "order" else result["results"]
+    assert rows
+    for row in rows:
+        assert len(row["predictions"]) == len(gold)
+        assert row["accuracy"] == pytest.approx(sum(p == g for p, g in zip(row["predictions"], gold)) / len(gold))
+    if experiment == "labels":  # and the demonstrations each condition showed, with the labels it showed
+        random_rows = [row for row in rows if row["condition"] == "random"]
+        gold_rows = [row for row in rows if row["condition"] == "gold"]
+        for shown_random, shown_gold, row in zip(random_rows, gold_rows, random_rows):
+            changed = sum(a["output"] != b["output"] for a, b in zip(shown_random["shown"], shown_gold["shown"]))
+            assert changed == row["wrong_labels"]

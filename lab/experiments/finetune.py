@@ -77,7 +77,8 @@ def _measure(ctx: LabContext, predictor: Predictor, condition: str, demos: list)
     seconds = time.perf_counter() - started
     tokens = [len(encode_ids(predictor.tokenizer, p.text)) for p in predictor.prompts(cases)]
     return {"condition": condition, "accuracy": accuracy(predictions, [c.gold for c in cases]),
-            "prompt_tokens": sum(tokens) / len(tokens), "seconds_per_query": seconds / len(cases)}
+            "prompt_tokens": sum(tokens) / len(tokens), "seconds_per_query": seconds / len(cases),
+            "predictions": predictions}
 
 
 def table(result: dict) -> str:

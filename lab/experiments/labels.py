@@ -8,6 +8,7 @@ depend on the seed, so it runs once and is listed under every seed.
 from __future__ import annotations
 
 import random
+from dataclasses import asdict
 from pathlib import Path
 
 from lab import plots
@@ -36,9 +37,10 @@ def run(ctx: LabContext) -> dict:
         for condition, shown in (("gold", demos), ("random", shuffled)):
             outcome = ctx.evaluate(shown)
             results.append({"condition": condition, "seed": seed, "accuracy": outcome["accuracy"],
-                            "seconds": outcome["seconds"], "wrong_labels": flipped if condition == "random" else 0})
+                            "seconds": outcome["seconds"], "wrong_labels": flipped if condition == "random" else 0,
+                            "shown": [asdict(d) for d in shown], "predictions": outcome["predictions"]})
         results.append({"condition": "none", "seed": seed, "accuracy": none["accuracy"], "seconds": none["seconds"],
-                        "wrong_labels": 0})
+                        "wrong_labels": 0, "shown": [], "predictions": none["predictions"]})
         ctx.progress((index + 1) / len(config.seeds), f"seed {seed} done")
     return {"results": results, "means": _means(results)}
 

@@ -27,7 +27,8 @@ def run(ctx: LabContext) -> dict:
         permutations = []
         for order_index, order in enumerate(orders):
             result = ctx.evaluate(tuple(demos[i] for i in order))
-            permutations.append({"order": list(order), "accuracy": result["accuracy"], "seconds": result["seconds"]})
+            permutations.append({"order": list(order), "accuracy": result["accuracy"], "seconds": result["seconds"],
+                                 "predictions": result["predictions"]})
             done = (set_index * len(orders) + order_index + 1) / (len(config.seeds) * len(orders))
             ctx.progress(done * 0.9, f"set {seed}: order {order_index + 1}/{len(orders)}")
         entry = {"seed": seed, "demos": [asdict(d) for d in demos], "permutations": permutations,

@@ -23,6 +23,7 @@ def run(ctx: LabContext) -> dict:
             demos = [ctx.chooser.for_query(item.input, config.k, selection, seed or 0) for item in ctx.data.test]
             outcome = ctx.evaluate(demos)
             results.append({"selection": selection, "seed": seed, "accuracy": outcome["accuracy"],
+                            "predictions": outcome["predictions"],
                             "seconds": outcome["seconds"]})
         ctx.progress((index + 1) / len(SELECTIONS), f"{selection} done")
     return {"results": results, "means": _means(results)}

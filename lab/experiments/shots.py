@@ -33,7 +33,8 @@ def run(ctx: LabContext) -> dict:
 
 
 def _row(k: int, selection: str, seed: int | None, outcome: dict) -> dict:
-    return {"k": k, "selection": selection, "seed": seed, "accuracy": outcome["accuracy"], "seconds": outcome["seconds"]}
+    return {"k": k, "selection": selection, "seed": seed, "accuracy": outcome["accuracy"], "seconds": outcome["seconds"],
+            "predictions": outcome["predictions"]}
 
 
 def _series(result: dict) -> dict[str, dict[int, list[float]]]:
