@@ -57,7 +57,7 @@ def build_app(service, model_spec: str = "default") -> gr.Blocks:
 def keep_pickers_current(demo: gr.Blocks, service, chat: dict, compare: dict, lab: dict | None) -> None:
     """Every adapter and pool picker, and the Lab's runs, as they are now: when a page opens (the
     lists were built when the app started) and when the Chat tab's refresh is pressed."""
-    from ui.chat import NO_POOL
+    from ui.chat import pool_choices
     from ui.lab import runs_folder, runs_table
 
     adapter_pickers = [chat["adapter"], compare["models"]] + ([lab["adapter"]] if lab else [])
@@ -65,7 +65,7 @@ def keep_pickers_current(demo: gr.Blocks, service, chat: dict, compare: dict, la
 
     def current():
         adapters = gr.update(choices=service.adapter_choices())
-        pools = gr.update(choices=[NO_POOL, *service.pool_choices()])
+        pools = gr.update(choices=pool_choices(service))
         runs = [runs_table(runs_folder())] if lab else []
         return [adapters] * len(adapter_pickers) + [pools] * len(pool_pickers) + runs
 

@@ -99,6 +99,12 @@ def weight_checksums(folder: Path) -> dict[str, str]:
     return {path.name: file_sha256(path) for path in weight_files(folder)}
 
 
+def fingerprint_is_collective(model) -> bool:
+    """Whether `weights_fingerprint` must run on every process: the embeddings are partitioned by
+    DeepSpeed ZeRO-3, and gathering them is a collective."""
+    return hasattr(model.get_input_embeddings().weight, "ds_shape")
+
+
 def weights_fingerprint(model) -> str:
     """A short hash that tells base models apart, the same whatever dtype the model was loaded in.
 
@@ -114,7 +120,7 @@ def weights_fingerprint(model) -> str:
 
     weight = model.get_input_embeddings().weight
     whole = contextlib.nullcontext()
-    if hasattr(weight, "ds_shape"):  # partitioned by ZeRO-3
+    if fingerprint_is_collective(model):
         import deepspeed
 
         whole = deepspeed.zero.GatheredParameters([weight])

@@ -157,16 +157,15 @@ def _train(config: TrainConfig, accelerator, load_bf16: bool) -> Path:
     from accelerate.utils import set_seed
 
     from adapters.lora import load_base, wrap
-    from adapters.metadata import weights_fingerprint
+    from adapters.metadata import fingerprint_is_collective, weights_fingerprint
 
     started = time.perf_counter()
     set_seed(config.seed)
     base = load_base(config.model, config.qlora, str(accelerator.device), load_bf16)
     data = prepare_data(config, base.tokenizer)
-    # Under FSDP only the main process is sure to hold the weights (the others may hold meta tensors);
-    # under ZeRO-3 each holds a slice, and gathering them takes every process.
-    partitioned = hasattr(base.model.get_input_embeddings().weight, "ds_shape")
-    fingerprint = weights_fingerprint(base.model) if partitioned or accelerator.is_main_process else ""
+    # Under FSDP only the main process is sure to hold the weights (the others may hold meta tensors).
+    collective = fingerprint_is_collective(base.model)
+    fingerprint = weights_fingerprint(base.model) if collective or accelerator.is_main_process else ""
     model = wrap(base.model, config, base.name)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=config.learning_rate)
     model, optimizer = accelerator.prepare(model, optimizer)

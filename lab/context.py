@@ -98,7 +98,8 @@ def open_context(config: LabConfig, experiment: str, out: Path, progress: Progre
             raise LabError(str(error)) from error
     if adapter is not None:
         loaded = with_adapter(loaded, adapter)
-    predictor = Predictor(loaded.model, loaded.tokenizer, PromptFormat(config.style), data.labels, data.task, **options)
+    predictor = Predictor(loaded.model, loaded.tokenizer, PromptFormat(config.style), data.labels, data.task,
+                          window=loaded.context_window, **options)
     return LabContext(config, loaded, data, predictor, chooser, progress, out)
 
 
@@ -110,6 +111,8 @@ class RemoteLoaded:
     tokenizer: object
     dtype: str = "remote"
     model: None = None
+    context_window: int | None = None
+    """The tokenizer's limit where it states one; the server refuses longer prompts in any case."""
 
 
 def open_remote(config: LabConfig):
@@ -125,7 +128,9 @@ def open_remote(config: LabConfig):
         raise LabError(f"the openai backend scores with a local copy of the model's tokenizer: {error}") from error
     remote = RemoteModel(config.base_url, tokenizer, model=config.adapter,
                          api_key=config.api_key or os.environ.get("OPENAI_API_KEY"), batch_size=config.batch_size)
-    return RemoteLoaded(name=remote.name, tokenizer=tokenizer), remote
+    limit = getattr(tokenizer, "model_max_length", None)  # tokenizers that state none report ~1e30
+    window = int(limit) if limit and limit < 10**7 else None
+    return RemoteLoaded(name=remote.name, tokenizer=tokenizer, context_window=window), remote
 
 
 def find_adapter(spec: str):

@@ -25,15 +25,6 @@ LineGenerator = Callable[[Sequence[str], int, float, int], list[str]]
 """(texts, max_new_tokens, temperature, seed) -> the first line written after each text."""
 
 
-def context_window(model, tokenizer) -> int | None:
-    """Tokens the model reads at most: its position table, else the tokenizer's limit (a remote
-    model); None when neither says."""
-    limit = getattr(getattr(model, "config", None), "max_position_embeddings", None)
-    if limit is None:
-        limit = getattr(tokenizer, "model_max_length", None)
-    return int(limit) if limit and limit < 10**7 else None  # tokenizers without one report ~1e30
-
-
 @dataclass(frozen=True)
 class Case:
     demos: tuple[Demo, ...]
@@ -46,9 +37,11 @@ class Predictor:
 
     def __init__(self, model, tokenizer, fmt: PromptFormat, labels: list[str], task: str = "classify",
                  calibrated: bool = False, batch_size: int = 32, max_new_tokens: int = 16,
-                 scorer: Scorer | None = None, generator: LineGenerator | None = None):
-        """`model` may be None when `scorer` and `generator` run elsewhere (`lab.remote`)."""
+                 scorer: Scorer | None = None, generator: LineGenerator | None = None, window: int | None = None):
+        """`model` may be None when `scorer` and `generator` run elsewhere (`lab.remote`). `window`
+        is the model's context in tokens (`LoadedModel.context_window`); longer prompts are refused."""
         self.model = model
+        self.window = window
         self.tokenizer = tokenizer
         self.fmt = fmt
         self.labels = labels
@@ -73,14 +66,17 @@ class Predictor:
         return built
 
     def _check_window(self, prompts: Sequence[Prompt]) -> None:
-        limit = context_window(self.model, self.tokenizer)
+        limit = self.window
         if limit is None or not prompts:
             return
         if self.task == "classify":
             room = max(len(encode_ids(self.tokenizer, self.fmt.continuation(label))) for label in self.labels)
         else:
             room = self.max_new_tokens
-        longest = max(len(encode_ids(self.tokenizer, prompt.text)) for prompt in prompts)
+        # A token covers at least one byte (plus the tokenizer's own BOS/EOS), so only prompts with
+        # that many bytes can overflow: the common case is decided without tokenizing twice.
+        suspects = [prompt.text for prompt in prompts if len(prompt.text.encode()) + 2 + room > limit]
+        longest = max((len(encode_ids(self.tokenizer, text)) for text in suspects), default=0)
         if longest + room > limit:
             raise LabError(f"a prompt takes {longest} tokens and its answer up to {room} more, but the model reads "
                            f"at most {limit}; lower --k or use shorter examples")

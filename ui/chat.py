@@ -14,6 +14,12 @@ FAILED = "⚠️ "
 """Starts an answer that is an error message: shown in the chat, never sent back to the model."""
 
 
+
+def pool_choices(service) -> list[str]:
+    """The pool picker's choices: no pool, then the pools the service offers."""
+    return [NO_POOL, *service.pool_choices()]
+
+
 def settings_from(max_new_tokens, temperature, top_p, seed=None):
     from bot.settings import GenerationSettings
 
@@ -57,7 +63,7 @@ def demo_rows(demos: list[dict]) -> list[list]:
 def fewshot_controls(service) -> dict:
     """Pool, mode, k, selection and order inputs (unrendered: the caller places them)."""
     return {
-        "pool": gr.Dropdown([NO_POOL, *service.pool_choices()], value=NO_POOL, label=t("pool"), render=False),
+        "pool": gr.Dropdown(pool_choices(service), value=NO_POOL, label=t("pool"), render=False),
         "mode": gr.Radio(["zero", "one", "few"], value="few", label=t("mode"), render=False),
         "k": gr.Slider(0, 16, value=4, step=1, label=t("k"), render=False),
         "select": gr.Dropdown(["knn", "random", "mmr"], value="knn", label=t("selection"), render=False),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import gradio as gr
 
 from retrieval.pool import BadRowsError, MissingColumnError
+from ui.chat import pool_choices
 from ui.text import EN, t
 
 
@@ -44,7 +45,7 @@ def pools_tab(service, pool_pickers: list[gr.Dropdown]) -> None:
             raise gr.Error(f"{error}; type the column's name in '{box}'") from error
         except ValueError as error:
             raise gr.Error(str(error)) from error
-        choices = ["(none)", *service.pool_choices()]
+        choices = pool_choices(service)
         note = f"Built **{name.strip()}**: {len(index)} examples."  # a valid name is letters, digits, - and _
         return note, listing(), *[gr.update(choices=choices)] * len(pool_pickers)
 

@@ -62,7 +62,7 @@ def run(ctx: LabContext) -> dict:
     adapter, train_seconds = train_adapter(ctx)
     tuned = with_adapter(ctx.loaded, adapter)
     chat = Predictor(tuned.model, tuned.tokenizer, PromptFormat("chat"), ctx.data.labels,
-                     calibrated=config.calibrate, batch_size=config.batch_size)
+                     calibrated=config.calibrate, batch_size=config.batch_size, window=tuned.context_window)
     ctx.progress(0.8, "scoring with the adapter")
     results.append(_measure(ctx, chat, "finetuned", [()] * len(ctx.data.test)))
     results.append(_measure(ctx, chat, "both", demos))
