@@ -79,6 +79,12 @@ class TrainConfig:
     gradient_checkpointing: bool = False
     """Keep only each block's input and recompute the rest in the backward pass: activation memory
     falls from every layer's to about one layer's, for about a third more compute."""
+    chunked_loss: bool | None = None
+    """Compute the loss from the final hidden states 1024 tokens at a time, never holding the whole
+    (batch, seq, vocab) logits: the same loss and gradients in less memory. None: on a CUDA GPU."""
+    compile: bool | None = None
+    """Compile each decoder block with torch.compile: faster steps after tens of seconds of
+    compiling. None: on a CUDA GPU, for runs of at least 100 steps."""
     log_every: int = 1
     """Log the loss every this many steps."""
     progress: bool = True

@@ -64,6 +64,11 @@ def check_engine(state, config: TrainConfig) -> None:
             f"--qlora does not run under {engine.value}; use one GPU or DDP "
             "(adapters/accelerate/multi_gpu.yaml), where each GPU holds the whole 4-bit base"
         )
+    if engine in (DistributedType.FSDP, DistributedType.DEEPSPEED):
+        for flag, asked in (("chunked-loss", config.chunked_loss), ("compile", config.compile)):
+            if asked:  # both need the whole output head and blocks in every process
+                raise ValueError(f"--{flag} does not run under {engine.value}, which shards the model; "
+                                 f"use one GPU or DDP (adapters/accelerate/multi_gpu.yaml), or leave --{flag} out")
     if engine == DistributedType.FSDP and state.fsdp_plugin.fsdp_version != 2:
         # FSDP1 renames the layers it wraps, and peft then finds no LoRA weights in the state dict.
         raise ValueError("FSDP version 1 would write an empty adapter; set fsdp_version: 2 in the accelerate "
@@ -118,14 +123,19 @@ def lora_config(config: TrainConfig):
 
 
 def wrap(model, config: TrainConfig, base_name: str):
-    """Freeze the base and add trainable LoRA weights (named "default", as PEFT saves them)."""
-    from peft import get_peft_model, prepare_model_for_kbit_training
+    """Freeze the base and add trainable LoRA weights (named "default", as PEFT saves them).
+
+    A 4-bit base is wrapped like any other. The usual QLoRA recipe first runs peft's
+    `prepare_model_for_kbit_training`, which upcasts every weight that is not 4-bit (embeddings,
+    output head, norms) to fp32 and turns checkpointing on. Those weights are frozen and autocast
+    multiplies in bf16 anyway, so the upcast only costs memory and time: on an H200 at the
+    Qwen2.5-1.5B shape that recipe ran at 0.64x the stock bf16 LoRA loop, and NF4 as trained here
+    at 1.62x, with a peak of 18.9 GiB against bf16 LoRA's 48.3 (`bench train_gpu`, BENCHMARKS.md).
+    """
+    from peft import get_peft_model
 
     checkpointing = {"use_reentrant": False}  # the reentrant kind would need the inputs to require grads
-    if config.qlora:
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=config.gradient_checkpointing,
-                                                gradient_checkpointing_kwargs=checkpointing)
-    elif config.gradient_checkpointing and hasattr(model, "activation_checkpointing_enable"):  # newer transformers
+    if config.gradient_checkpointing and hasattr(model, "activation_checkpointing_enable"):  # newer transformers
         model.activation_checkpointing_enable(activation_checkpointing_kwargs=checkpointing)
     elif config.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=checkpointing)

@@ -55,6 +55,8 @@ class AdapterMetadata:
     """The training options, as `TrainConfig` fields."""
     engine: str = ""
     """How the run was distributed, e.g. `one process`, `DDP x2`, `FSDP2 x8`, `DeepSpeed ZeRO-3 x4`."""
+    speedups: list[str] = field(default_factory=list)
+    """What the run used to train faster without changing the result: `chunked loss`, `compiled blocks`."""
     format_version: int = FORMAT_VERSION
 
     def __post_init__(self):

@@ -18,6 +18,7 @@ import json
 import math
 import sys
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -50,6 +51,8 @@ class Run:
     total_steps: int
     identity: dict
     """What a checkpoint must match to be resumed (`run_identity`)."""
+    head: object = None
+    """The output head while the chunked loss runs (the model then returns hidden states), else None."""
 
 
 def prepare_data(config: TrainConfig, tokenizer) -> Prepared:
@@ -158,6 +161,7 @@ def _train(config: TrainConfig, accelerator, load_bf16: bool) -> Path:
 
     from adapters.lora import load_base, wrap
     from adapters.metadata import fingerprint_is_collective, weights_fingerprint
+    from adapters.speed import compile_blocks, head_off
 
     started = time.perf_counter()
     set_seed(config.seed)
@@ -175,12 +179,48 @@ def _train(config: TrainConfig, accelerator, load_bf16: bool) -> Path:
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(total, config.warmup_ratio))
     run = Run(config, accelerator, data, base.tokenizer.pad_token_id, steps_per_epoch, total, run_identity(config))
 
-    step = resume_or_start(run, model, optimizer, scheduler)
-    last_loss = loop(run, model, optimizer, scheduler, step)
-    eval_loss = evaluate(run, model) if data.eval else None
+    speed = choose_speedups(run, model, base.model)
+    if speed.compile:
+        compile_blocks(model)
+    with head_off(accelerator.unwrap_model(model).get_base_model()) if speed.chunked_loss else nullcontext() as run.head:
+        step = resume_or_start(run, model, optimizer, scheduler)
+        last_loss = loop(run, model, optimizer, scheduler, step)
+        eval_loss = evaluate(run, model) if data.eval else None
     stats = {"steps": total, "final_loss": last_loss, "eval_loss": eval_loss, "seconds": time.perf_counter() - started,
-             "engine": engine_name(accelerator.state)}
+             "engine": engine_name(accelerator.state),
+             "speedups": [name for name, used in (("chunked loss", speed.chunked_loss), ("compiled blocks", speed.compile))
+                          if used]}
     return finish(run, model, base, fingerprint, stats)
+
+
+def choose_speedups(run: Run, model, base):
+    """`adapters.speed.choose` for this run; an explicit --chunked-loss on a model whose loss cannot
+    be chunked is an error, an automatic one falls back to the model's own loss."""
+    from accelerate.utils import DistributedType
+
+    from adapters.speed import Speedups, check_head, choose
+
+    config, accelerator, total_steps = run.config, run.accelerator, run.total_steps
+    engine = {DistributedType.NO: "one", DistributedType.MULTI_GPU: "ddp",
+              DistributedType.MULTI_CPU: "ddp"}.get(accelerator.state.distributed_type, "sharded")
+    mean_tokens = sum(len(example.input_ids) for example in run.data.train) / len(run.data.train)
+    work = total_steps * config.grad_accum * config.batch_size * mean_tokens * base.num_parameters()
+    speed = choose(config, engine, accelerator.device.type, work)
+    unchunkable = check_head(accelerator.unwrap_model(model).get_base_model()) if speed.chunked_loss else None
+    if unchunkable and config.chunked_loss:
+        raise ValueError(f"--chunked-loss cannot train this model: {unchunkable}; use --no-chunked-loss")
+    return Speedups(chunked_loss=speed.chunked_loss and not unchunkable, compile=speed.compile)
+
+
+def model_loss(run: Run, model, batch: dict):
+    """The batch's mean loss over its labelled tokens: the model's own, or the chunked one."""
+    if run.head is None:
+        return model(**batch).loss
+    from adapters.speed import chunked_loss
+
+    hidden = model(**{key: value for key, value in batch.items() if key != "labels"}).logits
+    with run.accelerator.autocast():  # as the model's own loss runs, inside its autocast forward
+        return chunked_loss(hidden, run.head.weight, batch["labels"], run.head.bias)
 
 
 def engine_name(state) -> str:
@@ -199,7 +239,7 @@ def engine_name(state) -> str:
     return f"{name} x{state.num_processes}"
 
 
-RESUMABLE = ("resume", "progress", "save_every", "log_every")
+RESUMABLE = ("resume", "progress", "save_every", "log_every", "chunked_loss", "compile")
 """Options a resumed run may change: they do not change what is trained."""
 
 
@@ -244,7 +284,7 @@ def loop(run: Run, model, optimizer, scheduler, step: int) -> float | None:
         loader = accelerator.skip_first_batches(epoch_loader(run, epoch), done_in_epoch * config.grad_accum)
         for batch in loader:
             with accelerator.accumulate(model):
-                loss = model(**batch).loss
+                loss = model_loss(run, model, batch)
                 accelerator.backward(loss)
                 if accelerator.sync_gradients:
                     accelerator.clip_grad_norm_(model.parameters(), 1.0)
@@ -289,7 +329,7 @@ def evaluate(run: Run, model) -> float:
     with torch.no_grad():
         for start in range(0, len(run.data.eval), run.config.batch_size):
             batch = collate(run.data.eval[start : start + run.config.batch_size], run.pad_token_id)
-            losses.append(model(**{k: v.to(run.accelerator.device) for k, v in batch.items()}).loss.item())
+            losses.append(model_loss(run, model, {k: v.to(run.accelerator.device) for k, v in batch.items()}).item())
     return sum(losses) / len(losses)
 
 
@@ -368,6 +408,9 @@ def build_parser() -> argparse.ArgumentParser:
                             help=docs[field])
     for flag in ("packing", "resume", "qlora", "gradient-checkpointing"):
         parser.add_argument(f"--{flag}", action="store_true", help=docs[flag.replace("-", "_")])
+    for flag in ("chunked-loss", "compile"):
+        parser.add_argument(f"--{flag}", action=argparse.BooleanOptionalAction, default=None,
+                            help=docs[flag.replace("-", "_")].replace(" None:", " Unset:"))
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     return parser
 
