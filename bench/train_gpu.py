@@ -16,7 +16,10 @@ Variants (`VARIANTS` below; each is a set of the knobs of `Variant`):
 - compile: each decoder block compiled with `torch.compile` (regional compilation);
 - chunked_ce: the loss over 1024-token chunks, each chunk's logits recomputed in the backward pass
   instead of stored, so full-vocabulary fp32 logits never exist at once;
-- compile_chunked_ce: both;
+- compile_chunked_ce: both (from the trainer's own module, `adapters/speed.py`);
+- trainer: both under bf16 autocast, as `adapters.train` runs on a CUDA GPU by default (its
+  Accelerator's bf16 mixed precision autocasts the forward pass, so LoRA's fp32 weights multiply
+  in bf16 too);
 - checkpointing: activation checkpointing on every block (less memory, more compute);
 - padded / packed: documents of random lengths (64..seq) one per row with pads, or concatenated
   into full rows; their ratio is what packing buys;
@@ -25,7 +28,9 @@ Variants (`VARIANTS` below; each is a set of the knobs of `Variant`):
   checkpointing on), the stock loss, under bf16 autocast (as the HF Trainer runs it with bf16=True);
 - qlora_chunked: NF4 as above, the other weights left in bf16, chunked cross-entropy;
 - qlora_lean: qlora_chunked with compiled blocks and checkpointing on every other block; the
-  candidate for "QLoRA at half of bf16 LoRA's peak memory and at least 0.8x its speed".
+  candidate for "QLoRA at half of bf16 LoRA's peak memory and at least 0.8x its speed";
+- qlora_trainer: NF4 with the trainer's speed-ups (chunked loss, compiled blocks, bf16 autocast)
+  and no fp32 upcast.
 The QLoRA variants need bitsandbytes (its NF4 layers also run on the CPU, so --tiny runs them).
 Each variant runs on a fresh model; one that runs out of memory or fails is reported, not fatal.
 """
@@ -37,6 +42,8 @@ import json
 import sys
 import time
 from dataclasses import asdict, dataclass
+
+from adapters.speed import chunked_loss, compile_blocks, head_off
 
 QWEN_SHAPES = {
     # Public values from Qwen/Qwen2.5-1.5B and Qwen/Qwen2.5-7B config.json.
@@ -51,8 +58,6 @@ COMMON = dict(max_position_embeddings=32768, rope_theta=1000000.0, rms_norm_eps=
 PEAK_BF16_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L40S": 362e12, "A10G": 125e12}
 """Dense bf16 tensor-core peak by GPU name fragment (FLOP/s), for MFU."""
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-CE_CHUNK = 1024
-"""Tokens per chunk of the chunked cross-entropy."""
 
 
 @dataclass(frozen=True)
@@ -79,6 +84,8 @@ class Result:
     peak_mem_gib: float | None = None
     mfu: float | None = None
     loss: float | None = None
+    warmup_s: float | None = None
+    """Seconds of the untimed first steps: compiling, for the compiled variants."""
     note: str | None = None
 
 
@@ -107,12 +114,14 @@ VARIANTS = {
     "compile": Variant(compile=True),
     "chunked_ce": Variant(chunked_ce=True),
     "compile_chunked_ce": Variant(compile=True, chunked_ce=True),
+    "trainer": Variant(compile=True, chunked_ce=True, autocast=True),
     "checkpointing": Variant(checkpoint_every=1),
     "padded": Variant(data="padded"),
     "packed": Variant(data="packed"),
     "qlora_stock": Variant(nf4=True, kbit_prep=True, autocast=True),
     "qlora_chunked": Variant(nf4=True, chunked_ce=True),
     "qlora_lean": Variant(nf4=True, chunked_ce=True, compile=True, checkpoint_every=2),
+    "qlora_trainer": Variant(nf4=True, chunked_ce=True, compile=True, autocast=True),
 }
 
 
@@ -142,8 +151,7 @@ def build_model(shape: str, run: Run, variant: Variant = Variant()):
         for block in blocks[::variant.checkpoint_every]:
             block.forward = checkpointed(block.forward)
     if variant.compile:
-        for block in blocks:
-            block.compile()
+        compile_blocks(model)
     return model.train()
 
 
@@ -176,30 +184,6 @@ def to_nf4(model) -> None:
                 parent.add_module(name, layer.to(child.weight.device))
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
-
-
-def chunked_ce(hidden, head_weight, labels):
-    """Mean next-token cross-entropy from final hidden states (batch, seq, hidden), chunk by chunk.
-
-    Each chunk's logits are computed in fp32 and recomputed in the backward pass (checkpoint), so
-    at most CE_CHUNK x vocab logits exist at once.
-    """
-    import torch
-    from torch.utils.checkpoint import checkpoint
-
-    flat = hidden[:, :-1].reshape(-1, hidden.shape[-1])
-    targets = labels[:, 1:].reshape(-1)
-    total = hidden.new_zeros((), dtype=torch.float32)
-    for start in range(0, flat.shape[0], CE_CHUNK):
-        part = slice(start, start + CE_CHUNK)
-        total = total + checkpoint(_chunk_loss, flat[part], head_weight, targets[part], use_reentrant=False)
-    return total / (targets != -100).sum().clamp(min=1)
-
-
-def _chunk_loss(hidden, weight, targets):
-    import torch.nn.functional as F
-
-    return F.cross_entropy((hidden @ weight.T).float(), targets, ignore_index=-100, reduction="sum")
 
 
 def make_batches(run: Run, vocab: int, data: str, count: int, seed: int = 0) -> list[dict]:
@@ -268,10 +252,10 @@ def train_step(model, batch: dict, optimizer, variant: Variant) -> float:
 
     device = batch["input_ids"].device.type
     with torch.autocast(device, dtype=torch.bfloat16, enabled=variant.autocast):
-        if variant.chunked_ce:
-            inner = model.get_base_model()
-            hidden = inner.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
-            loss = chunked_ce(hidden, inner.lm_head.weight, batch["labels"])
+        if variant.chunked_ce:  # as adapters.train.model_loss computes it
+            with head_off(model.get_base_model()) as head:
+                hidden = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+            loss = chunked_loss(hidden, head.weight, batch["labels"], head.bias)
         else:
             loss = model(**batch).loss
     loss.backward()
@@ -289,9 +273,11 @@ def measure(shape: str, name: str, run: Run, peak_override: float | None) -> Res
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
     batches = [{k: v.to(run.device) for k, v in b.items()}
                for b in make_batches(run, model.config.vocab_size, variant.data, run.warmup + run.steps)]
+    start = time.perf_counter()
     for batch in batches[:run.warmup]:
         train_step(model, batch, optimizer, variant)
     _sync(run.device)
+    warmup = time.perf_counter() - start
     if run.device == "cuda":
         torch.cuda.reset_peak_memory_stats()
     start = time.perf_counter()
@@ -302,7 +288,7 @@ def measure(shape: str, name: str, run: Run, peak_override: float | None) -> Res
     peak = peak_flops(run.device, peak_override)
     rate = tokens / seconds
     return Result(
-        model=shape, variant=name, tokens_per_s=rate, loss=losses[-1],
+        model=shape, variant=name, tokens_per_s=rate, loss=losses[-1], warmup_s=warmup,
         peak_mem_gib=torch.cuda.max_memory_allocated() / 2**30 if run.device == "cuda" else None,
         mfu=rate * flops_per_token(model, run.seq) / peak if peak else None,
     )
@@ -337,7 +323,7 @@ def guarded(shape: str, name: str, run: Run, peak_override: float | None) -> Res
 
 
 def table(results: list[Result]) -> str:
-    lines = [f"{'model':6} {'variant':20} {'tok/s':>10} {'vs stock':>8} {'peak GiB':>9} {'MFU':>6}  note"]
+    lines = [f"{'model':6} {'variant':20} {'tok/s':>10} {'vs stock':>8} {'peak GiB':>9} {'MFU':>6} {'warmup s':>8}  note"]
     stock = {r.model: r.tokens_per_s for r in results if r.variant == "stock" and r.tokens_per_s}
     for r in results:
         base = stock.get(r.model)
@@ -345,7 +331,8 @@ def table(results: list[Result]) -> str:
         rate = f"{r.tokens_per_s:10.0f}" if r.tokens_per_s else f"{'-':>10}"
         mem = f"{r.peak_mem_gib:9.1f}" if r.peak_mem_gib is not None else f"{'-':>9}"
         mfu = f"{100 * r.mfu:5.1f}%" if r.mfu is not None else f"{'-':>6}"
-        lines.append(f"{r.model:6} {r.variant:20} {rate} {ratio} {mem} {mfu}  {r.note or ''}")
+        warm = f"{r.warmup_s:8.1f}" if r.warmup_s is not None else f"{'-':>8}"
+        lines.append(f"{r.model:6} {r.variant:20} {rate} {ratio} {mem} {mfu} {warm}  {r.note or ''}")
     return "\n".join(lines)
 
 

@@ -68,26 +68,23 @@ def test_checkpointing_every_other_block_keeps_loss_and_gradients():
         assert got.keys() == expected.keys() and all(torch.allclose(got[n], expected[n], atol=1e-7) for n in got)
 
 
-def test_chunked_cross_entropy_equals_the_models_own_loss(monkeypatch):
-    import bench.train_gpu
-    from bench.train_gpu import Run, build_model, chunked_ce
+def test_the_chunked_loss_variant_takes_the_same_step_as_the_stock_loop():
+    """The variant runs the trainer's chunked loss (`adapters/speed.py`, tested there against the
+    model's own); here: one training step from the same weights, loss and updated LoRA weights."""
+    from bench.train_gpu import VARIANTS, Run, build_model, make_batches, train_step
 
-    monkeypatch.setattr(bench.train_gpu, "CE_CHUNK", 16)  # several chunks, the last one partial
-
-    model = build_model("tiny", Run(device="cpu")).float()
-    ids = torch.randint(1, model.config.vocab_size, (2, 40), generator=torch.Generator().manual_seed(0))
-    ids[1, 30:] = 0
-    labels = ids.masked_fill(ids == 0, -100)
-    stock = model(input_ids=ids, labels=labels).loss
-    stock.backward()
-    expected = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
-    model.zero_grad()
-    inner = model.get_base_model()
-    chunked = chunked_ce(inner.model(input_ids=ids).last_hidden_state, inner.lm_head.weight, labels)
-    chunked.backward()
-    assert torch.allclose(chunked, stock, rtol=1e-5)
-    assert all(torch.allclose(p.grad, expected[n], rtol=1e-4, atol=1e-6)
-               for n, p in model.named_parameters() if p.requires_grad)
+    run = Run(batch=2, seq=100, device="cpu")  # documents of 64..100 tokens, padded
+    results = []
+    for name in ("stock", "chunked_ce"):
+        model = build_model("tiny", run, VARIANTS[name]).float()
+        optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
+        (batch,) = make_batches(run, model.config.vocab_size, "padded", 1)
+        loss = train_step(model, batch, optimizer, VARIANTS[name])
+        results.append((loss, {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}))
+    (stock_loss, stock), (chunked_loss, chunked) = results
+    assert chunked_loss == pytest.approx(stock_loss, rel=1e-6)
+    assert stock.keys() == chunked.keys()
+    assert all(torch.allclose(chunked[n], stock[n], atol=1e-6) for n in stock)
 
 
 @pytest.mark.integration
