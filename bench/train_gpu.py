@@ -176,9 +176,11 @@ def to_nf4(model) -> None:
     for parent in list(model.model.layers.modules()):
         for name, child in list(parent.named_children()):
             if isinstance(child, torch.nn.Linear):
+                # Built on the meta device (no full-size weight allocated and initialised on the CPU),
+                # then quantized where the weight already is: moving it quantizes it.
                 layer = bnb.nn.Linear4bit(child.in_features, child.out_features, bias=child.bias is not None,
-                                          compute_dtype=torch.bfloat16, quant_type="nf4")
-                layer.weight = bnb.nn.Params4bit(child.weight.data.cpu(), requires_grad=False, quant_type="nf4")
+                                          compute_dtype=torch.bfloat16, quant_type="nf4", device="meta")
+                layer.weight = bnb.nn.Params4bit(child.weight.data, requires_grad=False, quant_type="nf4")
                 if child.bias is not None:
                     layer.bias = torch.nn.Parameter(child.bias.data, requires_grad=False)
                 parent.add_module(name, layer.to(child.weight.device))
