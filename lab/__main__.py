@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import MISSING
 
 from bot.backend import add_backend_flags
 from lab.config import DTYPES, TASKS, LabConfig
@@ -32,32 +33,47 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("experiment", choices=list(EXPERIMENTS), help="which experiment to run (listed below)")
     parser.add_argument("--train", required=True, help=docs["train"])
     parser.add_argument("--test", required=True, help=docs["test"])
-    parser.add_argument("--model", default="default", help=docs["model"])
-    parser.add_argument("--adapter", default=None, help=docs["adapter"])
-    parser.add_argument("--dtype", default="float32", choices=DTYPES, help=docs["dtype"])
-    parser.add_argument("--k", type=int, default=4, help=docs["k"])
-    parser.add_argument("--ks", type=int, nargs="+", default=[0, 1, 2, 4, 8], help=docs["ks"])
-    parser.add_argument("--n-test", type=int, default=100, help=docs["n_test"])
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help=docs["seeds"])
-    parser.add_argument("--permutations", type=int, default=24, help=docs["permutations"])
-    parser.add_argument("--probe-size", type=int, default=16, help=docs["probe_size"])
-    parser.add_argument("--style", default="plain", choices=STYLES, help=docs["style"])
+    parser.add_argument("--model", default=default("model"), help=docs["model"])
+    parser.add_argument("--adapter", default=default("adapter"), help=docs["adapter"])
+    parser.add_argument("--dtype", default=default("dtype"), choices=DTYPES, help=docs["dtype"])
+    parser.add_argument("--k", type=int, default=default("k"), help=docs["k"])
+    parser.add_argument("--ks", type=int, nargs="+", default=default("ks"), help=docs["ks"])
+    parser.add_argument("--n-test", type=int, default=default("n_test"), help=docs["n_test"])
+    parser.add_argument("--seeds", type=int, nargs="+", default=default("seeds"), help=docs["seeds"])
+    parser.add_argument("--permutations", type=int, default=default("permutations"), help=docs["permutations"])
+    parser.add_argument("--probe-size", type=int, default=default("probe_size"), help=docs["probe_size"])
+    parser.add_argument("--style", default=default("style"), choices=STYLES, help=docs["style"])
     parser.add_argument("--calibrate", action="store_true", help=docs["calibrate"])
-    parser.add_argument("--task", default="auto", choices=TASKS, help=docs["task"])
-    parser.add_argument("--embedder", default="default", help=docs["embedder"])
-    parser.add_argument("--diversity", type=float, default=0.5, help=docs["diversity"])
-    parser.add_argument("--batch-size", type=int, default=32, help=docs["batch_size"])
-    parser.add_argument("--max-new-tokens", type=int, default=16, help=docs["max_new_tokens"])
-    parser.add_argument("--train-steps", type=int, default=200, help=docs["train_steps"])
+    parser.add_argument("--task", default=default("task"), choices=TASKS, help=docs["task"])
+    parser.add_argument("--embedder", default=default("embedder"), help=docs["embedder"])
+    parser.add_argument("--diversity", type=float, default=default("diversity"), help=docs["diversity"])
+    parser.add_argument("--batch-size", type=int, default=default("batch_size"), help=docs["batch_size"])
+    parser.add_argument("--max-new-tokens", type=int, default=default("max_new_tokens"), help=docs["max_new_tokens"])
+    parser.add_argument("--train-steps", type=int, default=default("train_steps"), help=docs["train_steps"])
     parser.add_argument("--out", default=None, help="result folder (default: runs/EXPERIMENT-TIME)")
     add_backend_flags(parser)
     return parser
 
 
+def default(field: str):
+    """`LabConfig`'s default for `field`, so that the flags and in-process callers share one."""
+    spec = LabConfig.__dataclass_fields__[field]
+    return spec.default_factory() if spec.default_factory is not MISSING else spec.default
+
+
 def config_from_args(args: argparse.Namespace) -> LabConfig:
+    """The config the flags describe; an error about a field names its flag."""
+    from lab.errors import LabError
+
     fields = vars(args).copy()
     fields.pop("experiment")
-    return LabConfig(**fields)
+    try:
+        return LabConfig(**fields)
+    except LabError as error:
+        if error.option is None:
+            raise
+        flag = "--" + error.option.replace("_", "-")
+        raise LabError(str(error).replace(error.option, flag, 1), option=error.option) from None
 
 
 def main(args: argparse.Namespace) -> int:

@@ -80,9 +80,9 @@ class LabConfig:
         _at_least("max_new_tokens", self.max_new_tokens, 1)
         _at_least("train_steps", self.train_steps, 1)
         if not self.ks or min(self.ks) < 0:
-            raise LabError(f"ks must be shot counts >= 0, got {self.ks}")
+            raise LabError(f"ks must be shot counts >= 0, got {self.ks}", option="ks")
         if not self.seeds:
-            raise LabError("seeds must name at least one seed")
+            raise LabError("seeds must name at least one seed", option="seeds")
         for seed in self.seeds:
             _at_least("seeds", seed, 0)
         _one_of("style", self.style, STYLES)
@@ -92,7 +92,7 @@ class LabConfig:
         if self.backend == "openai" and not self.base_url:
             raise LabError("the openai backend needs base_url (--base-url)")
         if not 0.0 <= self.diversity <= 1.0:
-            raise LabError(f"diversity must be between 0 and 1, got {self.diversity}")
+            raise LabError(f"diversity must be between 0 and 1, got {self.diversity}", option="diversity")
 
     def to_dict(self) -> dict:
         """The config as result.json records it (without the API key)."""
@@ -103,9 +103,9 @@ class LabConfig:
 
 def _at_least(name: str, value, low: int) -> None:
     if not isinstance(value, int) or isinstance(value, bool) or value < low:
-        raise LabError(f"{name} must be a whole number >= {low}, got {value!r}")
+        raise LabError(f"{name} must be a whole number >= {low}, got {value!r}", option=name)
 
 
 def _one_of(name: str, value: str, allowed: tuple[str, ...]) -> None:
     if value not in allowed:
-        raise LabError(f"unknown {name} '{value}'; choose one of: {', '.join(allowed)}")
+        raise LabError(f"unknown {name} '{value}'; choose one of: {', '.join(allowed)}", option=name)

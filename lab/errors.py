@@ -8,4 +8,12 @@ from __future__ import annotations
 
 
 class LabError(ValueError):
-    """A lab run that cannot start or go on; the message says why and what is allowed."""
+    """A lab run that cannot start or go on; the message says why and what is allowed.
+
+    `option` is the `LabConfig` field at fault, where one is: the command line names it as its
+    flag (`n_test` as `--n-test`), the UI by its field name.
+    """
+
+    def __init__(self, message: str, option: str | None = None):
+        super().__init__(message)
+        self.option = option

@@ -170,3 +170,20 @@ def test_result_json_holds_each_items_prediction_behind_every_accuracy(tmp_path,
         for shown_random, shown_gold, row in zip(random_rows, gold_rows, random_rows):
             changed = sum(a["output"] != b["output"] for a, b in zip(shown_random["shown"], shown_gold["shown"]))
             assert changed == row["wrong_labels"]
+
+
+def test_command_line_errors_name_the_flag_and_its_defaults_are_the_configs(tmp_path, capsys, no_model_load):
+    from lab.__main__ import build_parser, config_from_args, main
+
+    def cli(*flags) -> str:
+        assert main(build_parser().parse_args(["shots", "--train", "a", "--test", "b", *flags])) == 2
+        return capsys.readouterr().err.strip()
+
+    assert cli("--n-test", "0") == "error: --n-test must be a whole number >= 1, got 0"
+    assert cli("--seeds", "1", "-2") == "error: --seeds must be a whole number >= 0, got -2"
+    assert cli("--diversity", "2") == "error: --diversity must be between 0 and 1, got 2.0"
+    assert cli("--max-new-tokens", "0").startswith("error: --max-new-tokens must be")
+    with pytest.raises(LabError, match="^n_test must be"):  # in-process callers (the UI) get the field name
+        LabConfig(train="a", test="b", n_test=0)
+    parsed = config_from_args(build_parser().parse_args(["shots", "--train", "a", "--test", "b"]))
+    assert parsed == LabConfig(train="a", test="b")
