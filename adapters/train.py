@@ -180,12 +180,14 @@ def _train(config: TrainConfig, accelerator, load_bf16: bool) -> Path:
     run = Run(config, accelerator, data, base.tokenizer.pad_token_id, steps_per_epoch, total, run_identity(config))
 
     speed = choose_speedups(run, model, base.model)
+    inner = accelerator.unwrap_model(model)  # the PeftModel inside DDP's wrapper
     if speed.compile:
-        compile_blocks(model)
-    with head_off(accelerator.unwrap_model(model).get_base_model()) if speed.chunked_loss else nullcontext() as run.head:
+        compile_blocks(inner)
+    with head_off(inner.get_base_model()) if speed.chunked_loss else nullcontext() as run.head:
         step = resume_or_start(run, model, optimizer, scheduler)
         last_loss = loop(run, model, optimizer, scheduler, step)
         eval_loss = evaluate(run, model) if data.eval else None
+    run.head = None  # back on the model
     stats = {"steps": total, "final_loss": last_loss, "eval_loss": eval_loss, "seconds": time.perf_counter() - started,
              "engine": engine_name(accelerator.state),
              "speedups": [name for name, used in (("chunked loss", speed.chunked_loss), ("compiled blocks", speed.compile))
@@ -201,8 +203,11 @@ def choose_speedups(run: Run, model, base):
     from adapters.speed import Speedups, check_head, choose
 
     config, accelerator, total_steps = run.config, run.accelerator, run.total_steps
-    engine = {DistributedType.NO: "one", DistributedType.MULTI_GPU: "ddp",
-              DistributedType.MULTI_CPU: "ddp"}.get(accelerator.state.distributed_type, "sharded")
+    kind = accelerator.state.distributed_type
+    if kind in (DistributedType.FSDP, DistributedType.DEEPSPEED, DistributedType.MEGATRON_LM):
+        engine = "sharded"
+    else:  # one device, or one whole model per device
+        engine = "ddp" if accelerator.num_processes > 1 else "one"
     mean_tokens = sum(len(example.input_ids) for example in run.data.train) / len(run.data.train)
     work = total_steps * config.grad_accum * config.batch_size * mean_tokens * base.num_parameters()
     speed = choose(config, engine, accelerator.device.type, work)

@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
-# Every GPU measurement in one command of under 9 minutes, for a short lease on one CUDA GPU.
+# Every GPU measurement in one command of about 9 minutes, for a short lease on one CUDA GPU.
 #
 #   bash bench/gpu_check.sh OUTDIR [SECONDS]     # SECONDS: the whole run's budget (default 560)
 #
 # In order of what matters most, each step given what is left of the budget (seconds it took on
 # an H200 on 2026-11-27 in brackets; the first call on a fresh machine runs slower, caches cold):
-#   1. 1.5b       Qwen2.5-1.5B shape: the stock peft loop, the trainer's defaults, both without autocast (55)
+#   1. 1.5b       Qwen2.5-1.5B shape: the stock peft loop, the trainer, its steps apart (55 for 3 variants)
 #   2. 1.5b_qlora the stock QLoRA recipe, the lean one and the trainer's                      (90)
 #   3. 7b         Qwen2.5-7B shape: stock, trainer, three QLoRAs (quantizing 7B is slow)     (>200)
 #   4. 1.5b_steps the single steps: compile, chunked loss, checkpointing, padding vs packing (67)
@@ -49,7 +49,7 @@ step() {  # step NAME SECONDS COMMAND...: stdout to NAME.jsonl, stderr to NAME.l
 }
 
 
-step 1.5b 150 $PY -m bench train_gpu --jsonl --models 1.5b --variants stock trainer compile_chunked_ce
+step 1.5b 180 $PY -m bench train_gpu --jsonl --models 1.5b --variants stock trainer autocast compile_autocast compile_chunked_ce
 step 1.5b_qlora 120 $PY -m bench train_gpu --jsonl --models 1.5b --variants qlora_stock qlora_lean qlora_trainer
 step 7b 260 $PY -m bench train_gpu --jsonl --models 7b --variants stock trainer qlora_trainer qlora_stock qlora_lean
 step 1.5b_steps 200 $PY -m bench train_gpu --jsonl --models 1.5b --variants compile chunked_ce checkpointing padded packed qlora_chunked

@@ -20,6 +20,8 @@ Variants (`VARIANTS` below; each is a set of the knobs of `Variant`):
 - trainer: both under bf16 autocast, as `adapters.train` runs on a CUDA GPU by default (its
   Accelerator's bf16 mixed precision autocasts the forward pass, so LoRA's fp32 weights multiply
   in bf16 too);
+- autocast: the stock loop under bf16 autocast: the trainer before it chunked or compiled;
+- compile_autocast: compiled blocks under autocast, the loss not chunked (what chunking costs);
 - checkpointing: activation checkpointing on every block (less memory, more compute);
 - padded / packed: documents of random lengths (64..seq) one per row with pads, or concatenated
   into full rows; their ratio is what packing buys;
@@ -115,6 +117,8 @@ VARIANTS = {
     "chunked_ce": Variant(chunked_ce=True),
     "compile_chunked_ce": Variant(compile=True, chunked_ce=True),
     "trainer": Variant(compile=True, chunked_ce=True, autocast=True),
+    "autocast": Variant(autocast=True),
+    "compile_autocast": Variant(compile=True, autocast=True),
     "checkpointing": Variant(checkpoint_every=1),
     "padded": Variant(data="padded"),
     "packed": Variant(data="packed"),

@@ -437,13 +437,14 @@ def test_accelerate_launch_equals_one_process_with_gradient_accumulation(varied,
     """The shipped configs, run on CPU processes (tests/engines_on_cpu.py lifts accelerate's GPU
     checks for FSDP and DeepSpeed): two processes of batch 2 accumulating 2 micro-batches take the
     same steps as one process accumulating 4, so the adapters are equal. Under DDP the launched run
-    also takes the chunked loss (which sits outside DDP's forward) against the reference's own loss."""
+    also takes the chunked loss (which sits outside DDP's forward) and compiled blocks, against the
+    reference's own loss and eager blocks."""
     from safetensors.torch import load_file
 
     from adapters.metadata import AdapterMetadata
 
     base, data, root = varied
-    chunked = {"chunked_loss": True} if engine == "ddp" else {}  # sharded engines refuse it
+    chunked = {"chunked_loss": True, "compile": True} if engine == "ddp" else {}  # sharded engines refuse them
     done = launch(engine, base, data, root / engine, max_steps=3, grad_accum=2, **chunked)
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.count("adapter written") == 1  # the main process reports, the other one does not
@@ -457,7 +458,7 @@ def test_accelerate_launch_equals_one_process_with_gradient_accumulation(varied,
         torch.testing.assert_close(launched[key], expected[key], rtol=0, atol=1e-5)
     meta, expected_meta = AdapterMetadata.read(root / engine), AdapterMetadata.read(reference)
     assert meta.engine == ENGINE_NAMES[engine] and expected_meta.engine == "one process"  # the engine really ran
-    assert (meta.speedups, expected_meta.speedups) == (["chunked loss"] if chunked else [], [])
+    assert (meta.speedups, expected_meta.speedups) == (["chunked loss", "compiled blocks"] if chunked else [], [])
     assert (meta.steps, meta.examples, meta.eval_examples) == (3, 16, 4)
     assert meta.base_fingerprint == expected_meta.base_fingerprint
     assert meta.eval_loss == pytest.approx(expected_meta.eval_loss, abs=1e-5)
