@@ -26,7 +26,10 @@ CHUNK = 1024
 COMPILE_MIN_WORK = 2e15
 """A run compiles its blocks by default only when its base's parameters times the tokens each
 process trains on reach this. Compiling costs about 12 s once (an H200, a Qwen2.5-1.5B shape) and
-then saved 0.127 s on each step of 8,192 tokens, so it paid after about 95 steps: 1.2e15."""
+then saved 0.127 s on each step of 8,192 tokens, so it paid after about 95 steps: 1.2e15.
+That was measured on batches of one fixed shape. The trainer's padded batches vary in length, so
+torch.compile compiles again once it sees a second length (then for any length), and once more
+for the eval pass: a few compilations rather than one, which the margin here is meant to cover."""
 
 
 @dataclass(frozen=True)
