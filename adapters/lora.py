@@ -41,6 +41,14 @@ def check_qlora() -> None:
         raise QLoRAUnavailable("--qlora needs the bitsandbytes package: pip install bitsandbytes")
 
 
+def is_sharded(state) -> bool:
+    """Whether the run's engine (`accelerator.state`) splits the model across processes, so that no
+    process holds the whole output head and every block."""
+    from accelerate.utils import DistributedType
+
+    return state.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED, DistributedType.MEGATRON_LM)
+
+
 def check_engine(state, config: TrainConfig) -> None:
     """Refuse the distributed set-ups the trainer cannot serve, before any model loads.
 
@@ -64,7 +72,7 @@ def check_engine(state, config: TrainConfig) -> None:
             f"--qlora does not run under {engine.value}; use one GPU or DDP "
             "(adapters/accelerate/multi_gpu.yaml), where each GPU holds the whole 4-bit base"
         )
-    if engine in (DistributedType.FSDP, DistributedType.DEEPSPEED, DistributedType.MEGATRON_LM):
+    if is_sharded(state):
         for flag, asked in (("chunked-loss", config.chunked_loss), ("compile", config.compile)):
             if asked:  # both need the whole output head and blocks in every process
                 raise ValueError(f"--{flag} does not run under {engine.value}, which shards the model; "

@@ -37,18 +37,22 @@ class Speedups:
     chunked_loss: bool
     compile: bool
 
+    def names(self) -> list[str]:
+        """The speed-ups in use, as the adapter's metadata records them."""
+        return [name for name, used in (("chunked loss", self.chunked_loss), ("compiled blocks", self.compile)) if used]
 
-def choose(config, engine: str, device: str, work: float) -> Speedups:
+
+def choose(config, sharded: bool, device: str, work: float) -> Speedups:
     """Resolve the config's `chunked_loss` and `compile` (None = automatic) for this run.
 
-    `engine` is `"one"` (one process), `"ddp"` or `"sharded"` (FSDP, DeepSpeed); `work` the base's
-    parameters times the tokens each process trains on (`COMPILE_MIN_WORK`). Both speed-ups
+    `sharded`: the engine splits the model across processes (FSDP, DeepSpeed, `lora.is_sharded`);
+    `work`: the base's parameters times the tokens each process trains on (`COMPILE_MIN_WORK`). Both speed-ups
     need the whole output head and blocks in each process, so a sharded run uses neither (the
     trainer refuses an explicit request, `lora.check_engine`). Automatically both run on a CUDA
     GPU, compiling only runs long enough to repay it; on a CPU neither pays (the vocabulary is
     small next to the model there, and compiling takes longer than short CPU runs take).
     """
-    if engine == "sharded":
+    if sharded:
         return Speedups(chunked_loss=False, compile=False)
     gpu = device == "cuda"
     chunked = config.chunked_loss if config.chunked_loss is not None else gpu

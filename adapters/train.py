@@ -179,8 +179,8 @@ def _train(config: TrainConfig, accelerator, load_bf16: bool) -> Path:
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(total, config.warmup_ratio))
     run = Run(config, accelerator, data, base.tokenizer.pad_token_id, steps_per_epoch, total, run_identity(config))
 
-    speed = choose_speedups(run, model, base.model)
     inner = accelerator.unwrap_model(model)  # the PeftModel inside DDP's wrapper
+    speed = choose_speedups(run, inner)
     if speed.compile:
         compile_blocks(inner)
     with head_off(inner.get_base_model()) if speed.chunked_loss else nullcontext() as run.head:
@@ -190,28 +190,21 @@ def _train(config: TrainConfig, accelerator, load_bf16: bool) -> Path:
     run.head = None  # back on the model
     stats = {"steps": total, "final_loss": last_loss, "eval_loss": eval_loss, "seconds": time.perf_counter() - started,
              "engine": engine_name(accelerator.state),
-             "speedups": [name for name, used in (("chunked loss", speed.chunked_loss), ("compiled blocks", speed.compile))
-                          if used]}
+             "speedups": speed.names()}
     return finish(run, model, base, fingerprint, stats)
 
 
-def choose_speedups(run: Run, model, base):
+def choose_speedups(run: Run, peft_model):
     """`adapters.speed.choose` for this run; an explicit --chunked-loss on a model whose loss cannot
     be chunked is an error, an automatic one falls back to the model's own loss."""
-    from accelerate.utils import DistributedType
-
+    from adapters.lora import is_sharded
     from adapters.speed import Speedups, check_head, choose
 
-    config, accelerator, total_steps = run.config, run.accelerator, run.total_steps
-    kind = accelerator.state.distributed_type
-    if kind in (DistributedType.FSDP, DistributedType.DEEPSPEED, DistributedType.MEGATRON_LM):
-        engine = "sharded"
-    else:  # one device, or one whole model per device
-        engine = "ddp" if accelerator.num_processes > 1 else "one"
+    config, accelerator, base = run.config, run.accelerator, peft_model.get_base_model()
     mean_tokens = sum(len(example.input_ids) for example in run.data.train) / len(run.data.train)
-    work = total_steps * config.grad_accum * config.batch_size * mean_tokens * base.num_parameters()
-    speed = choose(config, engine, accelerator.device.type, work)
-    unchunkable = check_head(accelerator.unwrap_model(model).get_base_model()) if speed.chunked_loss else None
+    work = run.total_steps * config.grad_accum * config.batch_size * mean_tokens * base.num_parameters()
+    speed = choose(config, is_sharded(accelerator.state), accelerator.device.type, work)
+    unchunkable = check_head(base) if speed.chunked_loss else None
     if unchunkable and config.chunked_loss:
         raise ValueError(f"--chunked-loss cannot train this model: {unchunkable}; use --no-chunked-loss")
     return Speedups(chunked_loss=speed.chunked_loss and not unchunkable, compile=speed.compile)
@@ -391,7 +384,7 @@ def key_value(text: str) -> tuple[str, str]:
 
 def build_parser() -> argparse.ArgumentParser:
     from bot.cli import DefaultsHelpFormatter
-    from bot.docstrings import help_texts
+    from bot.docstrings import field_default, help_texts
 
     docs = help_texts(TrainConfig)
     parser = argparse.ArgumentParser(prog="python -m adapters.train", description="Train a LoRA adapter.",
@@ -409,7 +402,7 @@ def build_parser() -> argparse.ArgumentParser:
                        ("max-length", int), ("warmup-ratio", float), ("seed", int), ("eval-fraction", float),
                        ("save-every", int), ("log-every", int), ("precision", str)]:
         field = flag.replace("-", "_")
-        parser.add_argument(f"--{flag}", type=kind, default=TrainConfig.__dataclass_fields__[field].default,
+        parser.add_argument(f"--{flag}", type=kind, default=field_default(TrainConfig, field),
                             help=docs[field])
     for flag in ("packing", "resume", "qlora", "gradient-checkpointing"):
         parser.add_argument(f"--{flag}", action="store_true", help=docs[flag.replace("-", "_")])

@@ -1,9 +1,10 @@
-"""Field docstrings of a dataclass, read from its source: the command lines' help texts, so that a
-flag's help and the field it sets cannot drift apart."""
+"""Field docstrings and defaults of a dataclass: the command lines' help texts and defaults, so that a
+flag's help and default and the field it sets cannot drift apart."""
 
 from __future__ import annotations
 
 import ast
+import dataclasses
 import inspect
 
 
@@ -24,3 +25,9 @@ def field_docs(cls) -> dict[str, str]:
 def help_texts(cls) -> dict[str, str]:
     """`field_docs` escaped for argparse, which reads % as a format character."""
     return {name: doc.replace("%", "%%") for name, doc in field_docs(cls).items()}
+
+
+def field_default(cls, name: str):
+    """The default of dataclass field `name` (a fresh one for a field with a default factory)."""
+    spec = cls.__dataclass_fields__[name]
+    return spec.default_factory() if spec.default_factory is not dataclasses.MISSING else spec.default

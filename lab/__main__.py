@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-from dataclasses import MISSING
 
 from bot.backend import add_backend_flags
 from lab.config import DTYPES, TASKS, LabConfig
@@ -23,13 +22,17 @@ from lab.runner import EXPERIMENTS
 
 def build_parser() -> argparse.ArgumentParser:
     from bot.cli import DefaultsHelpFormatter, OneLineParser
-    from bot.docstrings import help_texts
+    from bot.docstrings import field_default, help_texts
 
     experiments = "\n".join(f"  {name:9} {text}" for name, text in EXPERIMENTS.items())
     parser = OneLineParser(prog="python -m lab", description="In-context learning experiments.",
                            epilog=f"experiments (and the options each reads besides the common ones):\n{experiments}",
                            formatter_class=DefaultsHelpFormatter)
     docs = help_texts(LabConfig)
+
+    def default(field: str):
+        return field_default(LabConfig, field)
+
     parser.add_argument("experiment", choices=list(EXPERIMENTS), help="which experiment to run (listed below)")
     parser.add_argument("--train", required=True, help=docs["train"])
     parser.add_argument("--test", required=True, help=docs["test"])
@@ -53,12 +56,6 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", default=None, help="result folder (default: runs/EXPERIMENT-TIME)")
     add_backend_flags(parser)
     return parser
-
-
-def default(field: str):
-    """`LabConfig`'s default for `field`, so that the flags and in-process callers share one."""
-    spec = LabConfig.__dataclass_fields__[field]
-    return spec.default_factory() if spec.default_factory is not MISSING else spec.default
 
 
 def config_from_args(args: argparse.Namespace) -> LabConfig:

@@ -145,12 +145,12 @@ def test_choose_turns_each_speedup_on_where_it_pays():
         return SimpleNamespace(chunked_loss=chunked_loss, compile=compile)
 
     big, small = COMPILE_MIN_WORK, COMPILE_MIN_WORK / 2
-    assert choose(config(), "one", "cuda", big) == Speedups(chunked_loss=True, compile=True)
-    assert choose(config(), "ddp", "cuda", small) == Speedups(chunked_loss=True, compile=False)
-    assert choose(config(), "one", "cpu", big) == Speedups(chunked_loss=False, compile=False)
-    assert choose(config(True, True), "one", "cpu", 0) == Speedups(chunked_loss=True, compile=True)
-    assert choose(config(False, False), "one", "cuda", big) == Speedups(chunked_loss=False, compile=False)
-    assert choose(config(), "sharded", "cuda", big) == Speedups(chunked_loss=False, compile=False)
+    assert choose(config(), False, "cuda", big) == Speedups(chunked_loss=True, compile=True)
+    assert choose(config(), False, "cuda", small) == Speedups(chunked_loss=True, compile=False)
+    assert choose(config(), False, "cpu", big) == Speedups(chunked_loss=False, compile=False)
+    assert choose(config(True, True), False, "cpu", 0) == Speedups(chunked_loss=True, compile=True)
+    assert choose(config(False, False), False, "cuda", big) == Speedups(chunked_loss=False, compile=False)
+    assert choose(config(), True, "cuda", big) == Speedups(chunked_loss=False, compile=False)
 
 
 def test_speedups_asked_for_under_a_sharded_engine_are_refused_before_training(tmp_path):
