@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -18,6 +19,20 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+PORT_TAKEN = ("eaddrinuse", "address already in use")
+
+
+def run_on_free_port(command: Callable[[int], list[str]], attempts: int = 3, **kwargs) -> subprocess.CompletedProcess:
+    """`subprocess.run(command(port))` with text output captured, on a free port. Another process
+    may take the port between `free_port` and the child's bind, a race no port picker can close, so a
+    run that fails for that reason alone runs again on a new port; any other failure is returned."""
+    for attempt in range(1, attempts + 1):
+        done = subprocess.run(command(free_port()), capture_output=True, text=True, **kwargs)
+        if done.returncode == 0 or attempt == attempts or not any(s in done.stderr.lower() for s in PORT_TAKEN):
+            return done
+    raise AssertionError("unreachable")
 
 
 @contextlib.contextmanager

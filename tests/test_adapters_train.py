@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from servers import free_port
+from servers import run_on_free_port
 from test_adapters_support import PERSONA_ROWS, PROBE, load_tiny, logits, tiny_base, train_tiny, write_rows
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -414,14 +414,17 @@ def launch(engine: str, base: str, data: Path, out: Path, extra_env: dict | None
     precision = [] if as_shipped else ["--mixed_precision", "no"]
     plain = engine == "ddp" and not extra_env  # DDP runs on CPUs as shipped; the others need the shim
     program = ["-m", "adapters.train"] if plain else [SHIM]
-    flags = [f"--{key.replace('_', '-')}" + ("" if value is True else f"={value}")
+    flags = [("--no-" if value is False else "--") + key.replace("_", "-") + ("" if isinstance(value, bool) else f"={value}")
              for key, value in {**ENGINE_OPTIONS, **options}.items()]
-    command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(ROOT / "adapters/accelerate" / config),
-               "--num_processes", "2", *precision, "--main_process_port", str(free_port()), *program,
-               "--data", str(data), "--out", str(out), "--model", base, "--no-progress", *flags]
+
+    def command(port: int) -> list[str]:
+        return [
+            sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(ROOT / "adapters/accelerate" / config),
+            "--num_processes", "2", *precision, "--main_process_port", str(port), *program,
+            "--data", str(data), "--out", str(out), "--model", base, "--no-progress", *flags]
+
     environment = {key: value for key, value in os.environ.items() if key != "ACCELERATE_USE_CPU"}
-    return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300,
-                          env={**environment, **env, **(extra_env or {})})
+    return run_on_free_port(command, cwd=ROOT, timeout=300, env={**environment, **env, **(extra_env or {})})
 
 
 @pytest.fixture
@@ -548,11 +551,14 @@ def test_a_gpu_config_launched_without_gpus_is_refused_before_training(varied):
     every one of them would train and publish the same adapter: refused, naming the way out."""
     base, data, root = varied
     config, _ = ENGINES["fsdp2"]
-    command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(ROOT / "adapters/accelerate" / config),
-               "--num_processes", "2", "--main_process_port", str(free_port()), "-m", "adapters.train",
-               "--data", str(data), "--out", str(root / "alone"), "--model", base, "--no-progress", "--max-steps", "1"]
+    def command(port: int) -> list[str]:
+        return [
+            sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(ROOT / "adapters/accelerate" / config),
+            "--num_processes", "2", "--main_process_port", str(port), "-m", "adapters.train",
+            "--data", str(data), "--out", str(root / "alone"), "--model", base, "--no-progress", "--max-steps", "1"]
+
     environment = {key: value for key, value in os.environ.items() if key != "ACCELERATE_USE_CPU"}
-    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300, env=environment)
+    done = run_on_free_port(command, cwd=ROOT, timeout=300, env=environment)
     assert done.returncode != 0 and "adapter written" not in done.stdout
     assert "error: accelerate launch started 2 processes, but accelerate runs each one alone" in done.stderr
     assert not (root / "alone").exists()
@@ -564,11 +570,14 @@ def test_fsdp1_is_refused_before_training(varied):
     done = launch("fsdp2", base, data, root / "fsdp1", max_steps=1)  # the shipped config, with the version overridden
     assert done.returncode == 0, done.stderr[-3000:]  # sanity: the same launch with FSDP2 trains
     config, env = ENGINES["fsdp2"]
-    command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(ROOT / "adapters/accelerate" / config),
-               "--fsdp_version", "1", "--fsdp_sync_module_states", "false", "--fsdp_cpu_ram_efficient_loading", "false",
-               "--num_processes", "2", "--mixed_precision", "no", "--main_process_port", str(free_port()), SHIM,
-               "--data", str(data), "--out", str(root / "fsdp1-refused"), "--model", base, "--no-progress"]
-    refused = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300, env={**os.environ, **env})
+    def command(port: int) -> list[str]:
+        return [
+            sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(ROOT / "adapters/accelerate" / config),
+            "--fsdp_version", "1", "--fsdp_sync_module_states", "false", "--fsdp_cpu_ram_efficient_loading", "false",
+            "--num_processes", "2", "--mixed_precision", "no", "--main_process_port", str(port), SHIM,
+            "--data", str(data), "--out", str(root / "fsdp1-refused"), "--model", base, "--no-progress"]
+
+    refused = run_on_free_port(command, cwd=ROOT, timeout=300, env={**os.environ, **env})
     assert refused.returncode != 0
     assert "error: FSDP version 1 would write an empty adapter; set fsdp_version: 2" in refused.stderr
     assert not (root / "fsdp1-refused").exists()
