@@ -49,8 +49,8 @@ step() {  # step NAME SECONDS COMMAND...: stdout to NAME.jsonl, stderr to NAME.l
 }
 
 
-step 1.5b 180 $PY -m bench train_gpu --jsonl --models 1.5b --variants stock trainer autocast compile_autocast compile_chunked_ce
+step 1.5b 180 $PY -m bench train_gpu --jsonl --models 1.5b --variants stock trainer trainer_recompute autocast compile_autocast compile_chunked_ce
 step 1.5b_qlora 120 $PY -m bench train_gpu --jsonl --models 1.5b --variants qlora_stock qlora_lean qlora_trainer
 step 7b 260 $PY -m bench train_gpu --jsonl --models 7b --variants stock trainer qlora_trainer qlora_stock qlora_lean
-step 1.5b_steps 200 $PY -m bench train_gpu --jsonl --models 1.5b --variants compile chunked_ce checkpointing padded packed qlora_chunked
+step 1.5b_steps 200 $PY -m bench train_gpu --jsonl --models 1.5b --variants compile chunked_ce chunked_ce_recompute checkpointing padded packed qlora_chunked
 step trainer 150 $PY -m bench.gpu_trainer

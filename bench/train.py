@@ -1,12 +1,17 @@
-"""LoRA training throughput of the default model on CPU: a plain peft + torch loop.
+"""LoRA training throughput of the default model on CPU: the plain peft + torch loop, and the
+trainer's speed-ups (`adapters/speed.py`) on it.
 
     python -m bench train                       # r=16 on all linear layers, batch 4 x 128 tokens
     python -m bench train --steps 3 --json
+    python -m bench train --variants fp32 bf16 bf16_compiled bf16_trainer     # compiling: ~25 s each
 
-Two loops run step by step in alternation on the same random token batches: fp32 weights, and
-the same weights under bf16 autocast (what AMX-capable CPUs speed up). Reported: trained tokens/s
-(median step) of each and their ratio. No data set and no output: this measures the loop only;
-`adapters.train` is the product's training.
+Every variant trains its own copy of the same LoRA model, step by step in alternation, on the same
+random token batches: fp32 weights, or the same weights under bf16 autocast (what AMX-capable
+CPUs speed up, and what `adapters.train --precision auto` picks on them); with the model's own
+loss, or the trainer's chunked loss (or its earlier version, which computed each chunk's logits
+twice); eager, or with compiled decoder blocks. Reported: trained
+tokens/s (median step) of each, and its ratio to the plain loop in the same precision. No data set
+and no output: this measures the loop only; `adapters.train` is the product's training.
 """
 
 from __future__ import annotations
@@ -16,26 +21,76 @@ import json
 import statistics
 import sys
 import time
+from dataclasses import dataclass
 
 
-def lora_model(dtype: str):
-    """The default model wrapped by peft LoRA r=16 on every linear layer of the blocks, in train mode."""
+@dataclass(frozen=True)
+class Variant:
+    autocast: bool = False
+    """Forward and loss under bf16 autocast."""
+    chunked: bool = False
+    """The trainer's chunked loss from the final hidden states instead of the model's own."""
+    compiled: bool = False
+    """Each decoder block compiled (`adapters.speed.compile_blocks`)."""
+    recompute: bool = False
+    """The chunked loss as the trainer computed it before 2026-11-27: each chunk's logits computed
+    again in the backward pass (`bench.train_gpu.recomputed_chunked_loss`)."""
+
+    @property
+    def baseline(self) -> str:
+        """The plain loop in the same precision, which this variant's ratio is against."""
+        return "bf16" if self.autocast else "fp32"
+
+
+VARIANTS = {
+    "fp32": Variant(),
+    "bf16": Variant(autocast=True),
+    "fp32_chunked": Variant(chunked=True),
+    "bf16_chunked": Variant(autocast=True, chunked=True),
+    "fp32_recompute": Variant(chunked=True, recompute=True),
+    "bf16_recompute": Variant(autocast=True, chunked=True, recompute=True),
+    "fp32_compiled": Variant(compiled=True),
+    "bf16_compiled": Variant(autocast=True, compiled=True),
+    "fp32_trainer": Variant(chunked=True, compiled=True),
+    "bf16_trainer": Variant(autocast=True, chunked=True, compiled=True),
+}
+DEFAULT_VARIANTS = ["fp32", "bf16", "fp32_chunked", "bf16_chunked", "fp32_recompute", "bf16_recompute"]
+WARMUP = 2
+"""Untimed steps first: caches, allocations and, for compiled blocks, compiling."""
+
+
+def lora_model(variant: Variant):
+    """The default model in fp32, wrapped by peft LoRA r=16 on every linear layer of the blocks,
+    in train mode, set up as `variant` says."""
     from peft import LoraConfig, get_peft_model
 
+    from adapters.speed import compile_blocks
     from bot.models import load_model
 
-    model = load_model("default", dtype=dtype).model
+    model = load_model("default", dtype="float32").model
+    model.config.use_cache = False  # as the trainer trains: no KV cache built in each forward pass
     config = LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0, target_modules="all-linear")
-    return get_peft_model(model, config).train()
+    model = get_peft_model(model, config).train()
+    if variant.compiled:
+        compile_blocks(model)
+    return model
 
 
-def step_seconds(model, optimizer, batch, autocast: bool) -> float:
+def step_seconds(model, optimizer, batch, variant: Variant) -> float:
     """Time one forward, backward and AdamW step."""
     import torch
 
+    from adapters.speed import chunked_loss, head_off
+    from bench.train_gpu import recomputed_chunked_loss
+
     start = time.perf_counter()
-    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
-        loss = model(input_ids=batch, labels=batch).loss
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=variant.autocast):
+        if variant.chunked:
+            with head_off(model.get_base_model()) as head:
+                hidden = model(input_ids=batch).logits
+            loss = (recomputed_chunked_loss if variant.recompute else chunked_loss)(hidden, head.weight, batch, head.bias)
+        else:
+            loss = model(input_ids=batch, labels=batch).loss
     loss.backward()
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
@@ -46,7 +101,9 @@ def parse(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench train", description=__doc__.splitlines()[0])
     parser.add_argument("--batch", type=int, default=4, help="sequences per step")
     parser.add_argument("--seq", type=int, default=128, help="tokens per sequence")
-    parser.add_argument("--steps", type=int, default=6, help="timed steps per loop (after one warm-up step)")
+    parser.add_argument("--steps", type=int, default=8, help=f"timed steps per variant (after {WARMUP} warm-up steps)")
+    parser.add_argument("--variants", nargs="+", choices=VARIANTS, default=DEFAULT_VARIANTS,
+                        help="which loops to run; a variant's plain loop in its precision is added for its ratio")
     parser.add_argument("--json", action="store_true", help="JSON on stdout instead of a table")
     return parser.parse_args(argv)
 
@@ -55,28 +112,34 @@ def main(argv: list[str] | None = None) -> int:
     args = parse(sys.argv[1:] if argv is None else argv)
     import torch
 
-    loops = {"fp32": False, "bf16 autocast": True}
-    models = {name: lora_model("float32") for name in loops}
+    names = list(dict.fromkeys([*(VARIANTS[name].baseline for name in args.variants), *args.variants]))
+    models = {name: lora_model(VARIANTS[name]) for name in names}
     optimizers = {name: torch.optim.AdamW([p for p in m.parameters() if p.requires_grad], lr=1e-4)
                   for name, m in models.items()}
-    vocab = models["fp32"].config.vocab_size
-    batches = torch.randint(0, vocab, (args.steps + 1, args.batch, args.seq), generator=torch.Generator().manual_seed(0))
-    times = {name: [] for name in loops}
+    vocab = models[names[0]].config.vocab_size
+    generator = torch.Generator().manual_seed(0)
+    batches = torch.randint(0, vocab, (WARMUP + args.steps, args.batch, args.seq), generator=generator)
+    times = {name: [] for name in names}
     for index, batch in enumerate(batches):
-        for name, autocast in loops.items():
-            seconds = step_seconds(models[name], optimizers[name], batch, autocast)
-            if index:  # the first step warms caches and allocations
+        for name in names:
+            seconds = step_seconds(models[name], optimizers[name], batch, VARIANTS[name])
+            if index >= WARMUP:
                 times[name].append(seconds)
     tokens = args.batch * args.seq
     rates = {name: tokens / statistics.median(t) for name, t in times.items()}
-    result = {"tok_s": rates, "ratio_bf16_vs_fp32": rates["bf16 autocast"] / rates["fp32"],
-              "batch": args.batch, "seq": args.seq, "steps": args.steps, "threads": torch.get_num_threads()}
+    ratios = {name: rates[name] / rates[VARIANTS[name].baseline] for name in names}
+    result = {"tok_s": rates, "ratio_vs_plain": ratios, "batch": args.batch, "seq": args.seq,
+              "steps": args.steps, "threads": torch.get_num_threads()}
+    if "fp32" in rates and "bf16" in rates:
+        result["ratio_bf16_vs_fp32"] = rates["bf16"] / rates["fp32"]
     if args.json:
         print(json.dumps(result, indent=2))
         return 0
     print(f"LoRA r=16 all linear, default model, CPU {result['threads']} threads, batch {args.batch} x {args.seq}")
-    for name, rate in rates.items():
-        print(f"{name:14} {rate:8.0f} tok/s  ({rate / rates['fp32']:.2f}x fp32)")
+    for name in names:
+        print(f"{name:14} {rates[name]:8.0f} tok/s  ({ratios[name]:.2f}x {VARIANTS[name].baseline})")
+    if "ratio_bf16_vs_fp32" in result:
+        print(f"bf16 autocast / fp32: {result['ratio_bf16_vs_fp32']:.2f}x")
     return 0
 
 

@@ -14,8 +14,12 @@ forward and the activation gradients, 6 x LoRA params, 12 x layers x hidden x se
 Variants (`VARIANTS` below; each is a set of the knobs of `Variant`):
 - stock: `model(input_ids, labels=labels).loss`, which materialises (batch, seq, vocab) logits in fp32;
 - compile: each decoder block compiled with `torch.compile` (regional compilation);
-- chunked_ce: the loss over 1024-token chunks, each chunk's logits recomputed in the backward pass
-  instead of stored, so full-vocabulary fp32 logits never exist at once;
+- chunked_ce: the trainer's loss over 1024-token chunks (`adapters.speed.chunked_loss`), so
+  full-vocabulary fp32 logits never exist at once; each chunk's gradients are computed in the
+  forward pass while its logits are at hand;
+- chunked_ce_recompute, trainer_recompute: the same with each chunk's logits recomputed in the
+  backward pass instead (checkpointing, the trainer's way before 2026-11-27): what computing the
+  gradients in the forward pass saves;
 - compile_chunked_ce: both (from the trainer's own module, `adapters/speed.py`);
 - trainer: both under bf16 autocast, as `adapters.train` runs on a CUDA GPU by default (its
   Accelerator's bf16 mixed precision autocasts the forward pass, so LoRA's fp32 weights multiply
@@ -109,6 +113,8 @@ class Variant:
     """peft's `prepare_model_for_kbit_training` (fp32 upcast, checkpointing on)."""
     autocast: bool = False
     """Run forward and loss under bf16 autocast (for weights that are not all bf16)."""
+    recompute: bool = False
+    """The chunked loss recomputes each chunk's logits in the backward pass (`recomputed_chunked_loss`)."""
 
 
 VARIANTS = {
@@ -116,7 +122,9 @@ VARIANTS = {
     "compile": Variant(compile=True),
     "chunked_ce": Variant(chunked_ce=True),
     "compile_chunked_ce": Variant(compile=True, chunked_ce=True),
+    "chunked_ce_recompute": Variant(chunked_ce=True, recompute=True),
     "trainer": Variant(compile=True, chunked_ce=True, autocast=True),
+    "trainer_recompute": Variant(compile=True, chunked_ce=True, autocast=True, recompute=True),
     "autocast": Variant(autocast=True),
     "compile_autocast": Variant(compile=True, autocast=True),
     "checkpointing": Variant(checkpoint_every=1),
@@ -261,13 +269,31 @@ def train_step(model, batch: dict, optimizer, variant: Variant) -> float:
         if variant.chunked_ce:  # as adapters.train.model_loss computes it
             with head_off(model.get_base_model()) as head:
                 hidden = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-            loss = chunked_loss(hidden, head.weight, batch["labels"], head.bias)
+            loss = (recomputed_chunked_loss if variant.recompute else chunked_loss)(
+                hidden, head.weight, batch["labels"], head.bias)
         else:
             loss = model(**batch).loss
     loss.backward()
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
     return loss.item()
+
+
+def recomputed_chunked_loss(hidden, head_weight, labels, head_bias=None, chunk: int = 1024):
+    """`chunked_loss` as the trainer computed it before: each chunk's cross-entropy under activation
+    checkpointing, so its logits are computed in the forward pass and again in the backward pass."""
+    import torch
+    import torch.nn.functional as F
+    from torch.utils.checkpoint import checkpoint
+
+    def chunk_sum(part, weight, bias, targets):
+        return F.cross_entropy(F.linear(part, weight, bias).float(), targets, ignore_index=-100, reduction="sum")
+
+    flat = hidden[:, :-1].reshape(-1, hidden.shape[-1])
+    targets = labels[:, 1:].reshape(-1)
+    total = sum(checkpoint(chunk_sum, flat[start:start + chunk], head_weight, head_bias, targets[start:start + chunk],
+                           use_reentrant=False) for start in range(0, flat.shape[0], chunk))
+    return total / (targets != -100).sum().clamp(min=1)
 
 
 def measure(shape: str, name: str, run: Run, peak_override: float | None) -> Result:
