@@ -81,7 +81,8 @@ class TrainConfig:
     falls from every layer's to about one layer's, for about a third more compute."""
     chunked_loss: bool | None = None
     """Compute the loss from the final hidden states 1024 tokens at a time, never holding the whole
-    (batch, seq, vocab) logits: the same loss and gradients in less memory. None: on a CUDA GPU."""
+    (batch, seq, vocab) logits: the same loss and gradients in less memory. None: wherever it can
+    run (not under FSDP or DeepSpeed, nor for a model that transforms its logits after the head)."""
     compile: bool | None = None
     """Compile each decoder block with torch.compile: faster steps after tens of seconds of
     compiling. None: on a CUDA GPU, for runs that repay it (base parameters x tokens trained at

@@ -1,7 +1,7 @@
 """Acceptance on the real default model: a short identity fine-tune makes the bot name itself.
 
-Trains on the shared identity set (alpaca format, `{{name}}` / `{{author}}` filled in) for a couple
-of dozen steps at a high learning rate, then asks "Who are you?" with and without the adapter.
+Trains on the shared identity set (alpaca format, `{{name}}` / `{{author}}` filled in) for 60 steps
+at a high learning rate, then asks "Who are you?" with and without the adapter.
 """
 
 from __future__ import annotations
@@ -24,9 +24,11 @@ def identity_adapter(tmp_path_factory):
     from adapters.train import train
 
     out = tmp_path_factory.mktemp("identity") / "quokka"
+    # At 40 steps (loss about 0.95) bf16 rounding alone decided whether the answer held the name: the
+    # model's own loss gave it, the chunked loss did not. At 60 steps (about 0.41) both give it.
     config = TrainConfig(
         data=str(IDENTITY), output=str(out), fill={"name": NAME, "author": "ICL Lab"}, rank=8, alpha=16.0,
-        dropout=0.0, learning_rate=6e-3, max_steps=40, batch_size=4, max_length=64, precision="bf16", progress=False,
+        dropout=0.0, learning_rate=6e-3, max_steps=60, batch_size=4, max_length=64, precision="bf16", progress=False,
     )
     return train(config)
 

@@ -194,6 +194,15 @@ def test_check_head_finds_logits_transformed_after_the_head_and_heads_it_cannot_
     assert check_head(capped) is None
     adapted = get_peft_model(tiny_model(tokenizer), LoraConfig(r=2, target_modules=["lm_head"]))
     assert "not a linear layer" in check_head(adapted.get_base_model())
+    # the probe runs in training mode, as training will: dropout draws the same masks in both of its runs
+    dropped = get_peft_model(tiny_model(tokenizer), LoraConfig(r=2, lora_dropout=0.5, target_modules="all-linear",
+                                                               init_lora_weights=False)).train()
+    ids = torch.arange(1, 9)[None]
+    with torch.no_grad():
+        assert not torch.equal(dropped(input_ids=ids).logits, dropped(input_ids=ids).logits)  # sanity: dropout acts
+    state = torch.random.get_rng_state()
+    assert check_head(dropped.get_base_model()) is None
+    assert torch.equal(torch.random.get_rng_state(), state)  # and training's random stream is left as it was
 
 
 def test_choose_turns_each_speedup_on_where_it_pays():
@@ -205,7 +214,8 @@ def test_choose_turns_each_speedup_on_where_it_pays():
     big, small = COMPILE_MIN_WORK, COMPILE_MIN_WORK / 2
     assert choose(config(), False, "cuda", big) == Speedups(chunked_loss=True, compile=True)
     assert choose(config(), False, "cuda", small) == Speedups(chunked_loss=True, compile=False)
-    assert choose(config(), False, "cpu", big) == Speedups(chunked_loss=False, compile=False)
+    assert choose(config(), False, "cpu", big) == Speedups(chunked_loss=True, compile=False)
+    assert choose(config(), False, "mps", big) == Speedups(chunked_loss=True, compile=False)
     assert choose(config(True, True), False, "cpu", 0) == Speedups(chunked_loss=True, compile=True)
     assert choose(config(False, False), False, "cuda", big) == Speedups(chunked_loss=False, compile=False)
     assert choose(config(), True, "cuda", big) == Speedups(chunked_loss=False, compile=False)
@@ -262,6 +272,9 @@ def test_training_with_the_chunked_loss_equals_training_with_the_models_own(tmp_
     meta_own, meta_chunked = AdapterMetadata.read(own), AdapterMetadata.read(chunked)
     assert meta_chunked.eval_loss == pytest.approx(meta_own.eval_loss, abs=1e-5)
     assert (meta_own.speedups, meta_chunked.speedups) == ([], ["chunked loss"])
+    default = train_tiny(base, data, tmp_path / "default", eval_fraction=0.25)  # on this CPU: chunked, not compiled
+    assert AdapterMetadata.read(default).speedups == ["chunked loss"]
+    assert all(torch.equal(adapter_of(default)[key], b[key]) for key in b)
     # sanity: the check can fail; a run with another seed trains another adapter
     other = adapter_of(train_tiny(base, data, tmp_path / "other", chunked_loss=True, seed=1))
     assert any(not torch.allclose(other[key], a[key], atol=1e-3) for key in a)
@@ -297,7 +310,7 @@ def test_training_with_compiled_blocks_matches_eager_and_compiles_each_block_onc
     counters.clear()
     compiled = train_tiny(base, data, tmp_path / "compiled", max_steps=3, compile=True)
     assert 1 <= counters["stats"]["unique_graphs"] <= 2
-    assert AdapterMetadata.read(compiled).speedups == ["compiled blocks"]
+    assert AdapterMetadata.read(compiled).speedups == ["chunked loss", "compiled blocks"]  # chunked: the default
     a, b = adapter_of(eager), adapter_of(compiled)
     assert a.keys() == b.keys()  # Module.compile keeps the parameter names PEFT saves by
     for key in a:
