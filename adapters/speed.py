@@ -6,7 +6,7 @@
   is swapped for an identity while training, `head_off`) and computes the loss 1024 tokens at a
   time, each chunk's gradients computed in the forward pass while its logits are at hand, so no
   logits are stored or computed twice. The loss and the gradients equal the model's own, to
-  rounding (`tests/test_speed.py`). It pays in memory, and a little in time: for the default model
+  rounding (`tests/test_speed.py`). It pays in memory, and is no slower: for the default model
   on a 2-core CPU 1.04x the model's own loss in fp32 and 1.09x under bf16 autocast, where the
   earlier version, which recomputed each chunk's logits in the backward pass, ran at 0.93x and
   0.94x in the same process. On an H200 at the Qwen2.5-1.5B shape that earlier version ran at
@@ -54,8 +54,8 @@ def choose(config, sharded: bool, device: str, work: float) -> Speedups:
     `work`: the base's parameters times the tokens each process trains on (`COMPILE_MIN_WORK`). Both speed-ups
     need the whole output head and blocks in each process, so a sharded run uses neither (the
     trainer refuses an explicit request, `lora.check_engine`). Automatically the chunked loss runs
-    everywhere else: it saves memory, and time too on the CPU (1.10x fp32, 1.12x under bf16 autocast
-    for the default model, `python -m bench train`). Compiling runs on a CUDA GPU for runs long enough
+    everywhere else: it saves memory, and on the CPU it was no slower either (1.04-1.10x fp32,
+    1.09-1.12x under bf16 autocast, for the default model in two runs of `python -m bench train`). Compiling runs on a CUDA GPU for runs long enough
     to repay it; on a CPU it is only asked for (tens of seconds per compilation on two cores, for
     1.15-1.29x per step).
     """
@@ -89,6 +89,29 @@ def _linear_cross_entropy():
     import torch
     import torch.nn.functional as F
 
+    def one_chunk(hidden, weight, bias, targets, grad_hidden, grad_weight, grad_bias):
+        """The chunk's summed loss; its gradients added into the buffers given (None: not wanted).
+        A function of its own, so that the chunk's vocabulary-wide tensors are freed on return."""
+        scores = F.linear(hidden.to(weight.dtype), weight, bias).float()
+        valid = targets != -100
+        picked = targets.clamp(min=0)[:, None]
+        lse = scores.logsumexp(-1, keepdim=True)
+        loss = ((lse - scores.gather(1, picked)).squeeze(1) * valid).sum()
+        if grad_hidden is None and grad_weight is None and grad_bias is None:
+            return loss
+        grad = scores.sub_(lse).exp_()  # softmax, in place of the fp32 scores
+        del scores
+        grad.scatter_add_(1, picked, -valid[:, None].to(grad.dtype))
+        grad.mul_(valid[:, None])
+        if grad_bias is not None:
+            grad_bias += grad.sum(0)
+        grad = grad.to(weight.dtype)  # as autograd feeds the head's product its gradient
+        if grad_hidden is not None:
+            grad_hidden += (grad @ weight).to(grad_hidden.dtype)
+        if grad_weight is not None:
+            grad_weight += (grad.t() @ hidden.to(grad.dtype)).float()
+        return loss
+
     class LinearCrossEntropy(torch.autograd.Function):
         """Summed cross-entropy of `F.linear(hidden, weight, bias)` against `targets` (-100: none),
         whose gradients are computed in the forward pass, chunk by chunk, while each chunk's logits
@@ -97,8 +120,8 @@ def _linear_cross_entropy():
         thus computed once: recomputing them in the backward pass instead (checkpointing) takes the
         head's work from two products to three, and keeping them all takes vocabulary x tokens of memory.
         Chunks with no labelled position are skipped: no logits, zero gradient. Matrix products run in
-        the head's dtype (bf16 under autocast), as autograd would run them for the model's own loss;
-        the softmax and the sums in fp32."""
+        the head's dtype, or in autocast's (bf16) under autocast, as autograd would run them for the
+        model's own loss; the softmax and the sums in fp32."""
 
         @staticmethod
         def forward(ctx, hidden, weight, bias, targets, chunk: int, gradients: bool):
@@ -106,32 +129,17 @@ def _linear_cross_entropy():
             grad_hidden = torch.zeros_like(hidden) if wanted[0] else None
             grad_weight = torch.zeros_like(weight, dtype=torch.float32) if wanted[1] else None
             grad_bias = torch.zeros_like(bias, dtype=torch.float32) if wanted[2] else None
+            device = hidden.device.type
+            dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else weight.dtype
+            head = weight.to(dtype), None if bias is None else bias.to(dtype)  # cast once, not per chunk
             total = hidden.new_zeros((), dtype=torch.float32)
             parts = targets.split(chunk)
             labelled = torch.stack([(part != -100).any() for part in parts]).tolist()  # one device sync
             for index, part_targets in enumerate(parts):
-                if not labelled[index]:
-                    continue
-                rows = slice(index * chunk, index * chunk + len(part_targets))
-                logits = F.linear(hidden[rows], weight, bias)
-                dtype, scores = logits.dtype, logits.float()
-                del logits  # the fp32 copy serves from here on
-                valid = part_targets != -100
-                picked = part_targets.clamp(min=0)[:, None]
-                lse = scores.logsumexp(-1, keepdim=True)
-                total += ((lse - scores.gather(1, picked)).squeeze(1) * valid).sum()
-                if not any(wanted):
-                    continue
-                grad = scores.sub_(lse).exp_()  # softmax, in place of the fp32 scores
-                grad.scatter_add_(1, picked, -valid[:, None].float())
-                grad.mul_(valid[:, None])
-                grad = grad.to(dtype)
-                if wanted[0]:
-                    grad_hidden[rows] = (grad @ weight.to(grad.dtype)).to(hidden.dtype)
-                if wanted[1]:
-                    grad_weight += (grad.t() @ hidden[rows].to(grad.dtype)).float()
-                if wanted[2]:
-                    grad_bias += grad.float().sum(0)
+                if labelled[index]:
+                    rows = slice(index * chunk, index * chunk + len(part_targets))
+                    total += one_chunk(hidden[rows], *head, part_targets,
+                                       None if grad_hidden is None else grad_hidden[rows], grad_weight, grad_bias)
             ctx.save_for_backward(grad_hidden, grad_weight, grad_bias)
             ctx.dtypes = (hidden.dtype, weight.dtype, None if bias is None else bias.dtype)
             return total
@@ -158,7 +166,7 @@ def check_head(model) -> str | None:
     The probe runs in training mode, as the model trains: in eval mode some layers change
     themselves (bitsandbytes repacks its 4-bit weights for its CPU kernel on the first eval forward
     pass, and the run would then train on the repacked ones). Both runs start from the same random
-    seed, so any dropout draws the same masks in each.
+    state, so any dropout draws the same masks in each, and the state is put back afterwards.
     """
     import torch
     import torch.nn.functional as F
@@ -168,14 +176,18 @@ def check_head(model) -> str | None:
         return f"its output head is a {type(head).__name__}, not a linear layer"
     device = head.weight.device
     probe = torch.arange(1, 9, device=device).clamp(max=model.config.get_text_config().vocab_size - 1)[None]
+    def same_random_state():  # each run starts from the state both found; training's is left as it was
+        if device.type == "cpu":
+            return torch.random.fork_rng(devices=[])
+        return torch.random.fork_rng(devices=[device], device_type=device.type)
+
     training = model.training
     model.train()
     try:
-        with torch.no_grad(), torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-            torch.manual_seed(0)
-            logits = model(input_ids=probe).logits.float()
-            torch.manual_seed(0)
-            with head_off(model) as kept:
+        with torch.no_grad():
+            with same_random_state():
+                logits = model(input_ids=probe).logits.float()
+            with same_random_state(), head_off(model) as kept:
                 rebuilt = F.linear(model(input_ids=probe).logits, kept.weight, kept.bias).float()
     finally:
         model.train(training)

@@ -79,7 +79,7 @@ def test_chunked_loss_equals_the_models_own_loss_and_gradients():
 
 def test_chunked_loss_with_a_biased_head_equals_cross_entropy_over_full_logits():
     """Also for a head that trains (a tied embedding the adapter updates): its weight and bias get
-    their gradients too, and a frozen head gets none."""
+    their gradients too; with the head frozen, the hidden states' gradient is the same."""
     from adapters.speed import chunked_loss
 
     generator = torch.Generator().manual_seed(1)
@@ -131,18 +131,25 @@ def test_chunked_loss_under_bf16_autocast_errs_no_more_than_the_models_own():
     assert got_error <= 1.5 * own_error
 
 
-def test_chunked_loss_without_gradients_computes_the_same_loss():
-    """Evaluation runs under no_grad: the same loss, and no gradient work (nothing to backward)."""
+def test_chunked_loss_without_gradients_computes_the_same_loss(monkeypatch):
+    """Evaluation runs under no_grad: the same loss, and no gradient work (no gradient buffer is
+    allocated, nothing to backward)."""
     from adapters.speed import chunked_loss
 
     generator = torch.Generator().manual_seed(2)
     hidden = torch.randn(3, 11, 16, generator=generator, requires_grad=True)
     weight = torch.randn(40, 16, generator=generator)
     labels = torch.randint(0, 40, (3, 11), generator=generator)
+    buffers = []
+    real_zeros_like = torch.zeros_like
+    monkeypatch.setattr(torch, "zeros_like", lambda *a, **k: buffers.append(a[0].shape) or real_zeros_like(*a, **k))
+    trained = chunked_loss(hidden, weight, labels, chunk=4)
+    assert buffers == [(3 * 10, 16)]  # sanity: with gradients, one buffer for the hidden states' gradient
+    buffers.clear()
     with torch.no_grad():
         evaluated = chunked_loss(hidden, weight, labels, chunk=4)
-    assert evaluated.grad_fn is None
-    assert evaluated.item() == pytest.approx(chunked_loss(hidden, weight, labels, chunk=4).item(), rel=1e-6)
+    assert evaluated.grad_fn is None and buffers == []
+    assert evaluated.item() == pytest.approx(trained.item(), rel=1e-6)
 
 
 def test_a_batch_with_nothing_labelled_has_zero_loss_and_zero_gradient():
@@ -200,9 +207,13 @@ def test_check_head_finds_logits_transformed_after_the_head_and_heads_it_cannot_
     ids = torch.arange(1, 9)[None]
     with torch.no_grad():
         assert not torch.equal(dropped(input_ids=ids).logits, dropped(input_ids=ids).logits)  # sanity: dropout acts
+    modes = []
+    dropped.get_base_model().model.layers[0].register_forward_pre_hook(lambda module, _: modes.append(module.training))
+    dropped.eval()
     state = torch.random.get_rng_state()
     assert check_head(dropped.get_base_model()) is None
     assert torch.equal(torch.random.get_rng_state(), state)  # and training's random stream is left as it was
+    assert modes == [True, True] and not dropped.training  # both runs in training mode; the mode put back
 
 
 def test_choose_turns_each_speedup_on_where_it_pays():
