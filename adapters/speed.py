@@ -6,11 +6,11 @@
   is swapped for an identity while training, `head_off`) and computes the loss 1024 tokens at a
   time, each chunk's gradients computed in the forward pass while its logits are at hand, so no
   logits are stored or computed twice. The loss and the gradients equal the model's own, to
-  rounding (`tests/test_speed.py`). It pays in memory, and is no slower: for the default model
-  on a 2-core CPU 1.04x the model's own loss in fp32 and 1.09x under bf16 autocast, where the
-  earlier version, which recomputed each chunk's logits in the backward pass, ran at 0.93x and
-  0.94x in the same process. On an H200 at the Qwen2.5-1.5B shape that earlier version ran at
-  0.94x the stock loop, in 36 GiB instead of 48; the current one is not yet measured there.
+  rounding (`tests/test_speed.py`). It pays in memory, and in time it is about even with the
+  model's own loss: for the default model on a 2-core CPU 0.94-1.10x in three runs, and 1.03-1.19x
+  the earlier version, which recomputed each chunk's logits in the backward pass. On an H200 at
+  the Qwen2.5-1.5B shape that earlier version ran at 0.94x the stock loop, in 36 GiB instead of
+  48; the current one is not yet measured there.
 - **Compiled blocks.** `compile_blocks` compiles each decoder block with `torch.compile`
   (regional compilation: the blocks share one compiled graph, so it compiles once, not once per
   layer), fusing the norms, rotary embedding, activations and LoRA's small element-wise steps.
@@ -54,10 +54,11 @@ def choose(config, sharded: bool, device: str, work: float) -> Speedups:
     `work`: the base's parameters times the tokens each process trains on (`COMPILE_MIN_WORK`). Both speed-ups
     need the whole output head and blocks in each process, so a sharded run uses neither (the
     trainer refuses an explicit request, `lora.check_engine`). Automatically the chunked loss runs
-    everywhere else: it saves memory, and on the CPU it was no slower either (1.04-1.10x fp32,
-    1.09-1.12x under bf16 autocast, for the default model in two runs of `python -m bench train`). Compiling runs on a CUDA GPU for runs long enough
-    to repay it; on a CPU it is only asked for (tens of seconds per compilation on two cores, for
-    1.15-1.29x per step).
+    everywhere else: it saves memory, and on the CPU it is about as fast as the model's own loss
+    (0.94-1.10x for the default model in three runs of `python -m bench train`, BENCHMARKS.md).
+    Compiling runs on a CUDA GPU for runs long enough to repay it; on a CPU it is only asked for
+    (tens of seconds per compilation on two cores, for 1.15-1.29x per step on fixed shapes, and
+    a padded 60-step run gained 2%).
     """
     if sharded:
         return Speedups(chunked_loss=False, compile=False)
