@@ -21,38 +21,21 @@ import json
 import statistics
 import sys
 import time
-from dataclasses import dataclass
+
+from bench.train_gpu import Variant, train_step
 
 
-@dataclass(frozen=True)
-class Variant:
-    autocast: bool = False
-    """Forward and loss under bf16 autocast."""
-    chunked: bool = False
-    """The trainer's chunked loss from the final hidden states instead of the model's own."""
-    compiled: bool = False
-    """Each decoder block compiled (`adapters.speed.compile_blocks`)."""
-    recompute: bool = False
-    """The chunked loss as the trainer computed it before 2026-11-27: each chunk's logits computed
-    again in the backward pass (`bench.train_gpu.recomputed_chunked_loss`)."""
-
-    @property
-    def baseline(self) -> str:
-        """The plain loop in the same precision, which this variant's ratio is against."""
-        return "bf16" if self.autocast else "fp32"
-
-
-VARIANTS = {
+VARIANTS = {  # the GPU bench's knobs (bench/train_gpu.py), as they apply to the CPU
     "fp32": Variant(),
     "bf16": Variant(autocast=True),
-    "fp32_chunked": Variant(chunked=True),
-    "bf16_chunked": Variant(autocast=True, chunked=True),
-    "fp32_recompute": Variant(chunked=True, recompute=True),
-    "bf16_recompute": Variant(autocast=True, chunked=True, recompute=True),
-    "fp32_compiled": Variant(compiled=True),
-    "bf16_compiled": Variant(autocast=True, compiled=True),
-    "fp32_trainer": Variant(chunked=True, compiled=True),
-    "bf16_trainer": Variant(autocast=True, chunked=True, compiled=True),
+    "fp32_chunked": Variant(chunked_ce=True),
+    "bf16_chunked": Variant(autocast=True, chunked_ce=True),
+    "fp32_recompute": Variant(chunked_ce=True, recompute=True),
+    "bf16_recompute": Variant(autocast=True, chunked_ce=True, recompute=True),
+    "fp32_compiled": Variant(compile=True),
+    "bf16_compiled": Variant(autocast=True, compile=True),
+    "fp32_trainer": Variant(chunked_ce=True, compile=True),
+    "bf16_trainer": Variant(autocast=True, chunked_ce=True, compile=True),
 }
 DEFAULT_VARIANTS = ["fp32", "bf16", "fp32_chunked", "bf16_chunked", "fp32_recompute", "bf16_recompute"]
 WARMUP = 2
@@ -71,29 +54,23 @@ def lora_model(variant: Variant):
     model.config.use_cache = False  # as the trainer trains: no KV cache built in each forward pass
     config = LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0, target_modules="all-linear")
     model = get_peft_model(model, config).train()
-    if variant.compiled:
+    if variant.compile:
         compile_blocks(model)
     return model
 
 
-def step_seconds(model, optimizer, batch, variant: Variant) -> float:
-    """Time one forward, backward and AdamW step."""
+def baseline(variant: Variant) -> str:
+    """The plain loop in the same precision, which `variant`'s ratio is against."""
+    return "bf16" if variant.autocast else "fp32"
+
+
+def step_seconds(model, optimizer, tokens, variant: Variant) -> float:
+    """Time one forward, backward and AdamW step on `tokens` (every position labelled)."""
     import torch
 
-    from adapters.speed import chunked_loss, head_off
-    from bench.train_gpu import recomputed_chunked_loss
-
+    batch = {"input_ids": tokens, "attention_mask": torch.ones_like(tokens), "labels": tokens}
     start = time.perf_counter()
-    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=variant.autocast):
-        if variant.chunked:
-            with head_off(model.get_base_model()) as head:
-                hidden = model(input_ids=batch).logits
-            loss = (recomputed_chunked_loss if variant.recompute else chunked_loss)(hidden, head.weight, batch, head.bias)
-        else:
-            loss = model(input_ids=batch, labels=batch).loss
-    loss.backward()
-    optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
+    train_step(model, batch, optimizer, variant)
     return time.perf_counter() - start
 
 
@@ -112,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse(sys.argv[1:] if argv is None else argv)
     import torch
 
-    names = list(dict.fromkeys([*(VARIANTS[name].baseline for name in args.variants), *args.variants]))
+    names = list(dict.fromkeys([*(baseline(VARIANTS[name]) for name in args.variants), *args.variants]))
     models = {name: lora_model(VARIANTS[name]) for name in names}
     optimizers = {name: torch.optim.AdamW([p for p in m.parameters() if p.requires_grad], lr=1e-4)
                   for name, m in models.items()}
@@ -127,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
                 times[name].append(seconds)
     tokens = args.batch * args.seq
     rates = {name: tokens / statistics.median(t) for name, t in times.items()}
-    ratios = {name: rates[name] / rates[VARIANTS[name].baseline] for name in names}
+    ratios = {name: rates[name] / rates[baseline(VARIANTS[name])] for name in names}
     result = {"tok_s": rates, "ratio_vs_plain": ratios, "batch": args.batch, "seq": args.seq,
               "steps": args.steps, "threads": torch.get_num_threads()}
     if "fp32" in rates and "bf16" in rates:
@@ -137,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     print(f"LoRA r=16 all linear, default model, CPU {result['threads']} threads, batch {args.batch} x {args.seq}")
     for name in names:
-        print(f"{name:14} {rates[name]:8.0f} tok/s  ({ratios[name]:.2f}x {VARIANTS[name].baseline})")
+        print(f"{name:14} {rates[name]:8.0f} tok/s  ({ratios[name]:.2f}x {baseline(VARIANTS[name])})")
     if "ratio_bf16_vs_fp32" in result:
         print(f"bf16 autocast / fp32: {result['ratio_bf16_vs_fp32']:.2f}x")
     return 0
