@@ -222,10 +222,10 @@ def decoder_blocks(model):
     raise ValueError(f"--compile: no list of decoder blocks found in {type(model).__name__}; use --no-compile")
 
 
-def compile_blocks(model) -> int:
+def compile_blocks(model, mode: str | None = None) -> int:
     """Compile each decoder block in place (`Module.compile`: parameter names do not change, so
-    PEFT still finds the adapter's weights); return how many."""
+    PEFT still finds the adapter's weights); return how many. `mode`: `torch.compile`'s."""
     blocks = decoder_blocks(model)
     for block in blocks:
-        block.compile()
+        block.compile(mode=mode)
     return len(blocks)

@@ -1,15 +1,21 @@
 #!/usr/bin/env bash
-# Every GPU measurement in one command of about 9 minutes, for a short lease on one CUDA GPU.
+# Every GPU measurement in one command of about 9 minutes (more than fits: the last steps are skipped when the
+# budget runs out), for a short lease on one CUDA GPU.
 #
 #   bash bench/gpu_check.sh OUTDIR [SECONDS]     # SECONDS: the whole run's budget (default 560)
 #
-# In order of what matters most, each step given what is left of the budget (seconds it took on
-# an H200 on 2026-11-27 in brackets; the first call on a fresh machine runs slower, caches cold):
-#   1. 1.5b       Qwen2.5-1.5B shape: the stock peft loop, the trainer, its steps apart (55 for 3 variants)
-#   2. 1.5b_qlora the stock QLoRA recipe, the lean one and the trainer's                      (90)
-#   3. 7b         Qwen2.5-7B shape: stock, trainer, three QLoRAs (quantizing 7B is slow)     (>200)
-#   4. 1.5b_steps the single steps: compile, chunked loss, checkpointing, padding vs packing (67)
-#   5. trainer    adapters.train on CUDA (bench/gpu_trainer.py): bf16 LoRA fast and plain, --qlora (51)
+# In order of what matters most, each step given what is left of the budget (seconds a step took
+# on an H200 on 2026-11-27 in brackets, where it ran then; the first call on a fresh machine runs
+# slower, caches cold):
+#   1. 7b         Qwen2.5-7B shape, where the trainer is short of 2x: stock, trainer, the trainer with
+#                 the chunked loss's earlier version and with LoRA dropout             (~30 per variant)
+#   2. 7b_profile where the 7B trainer's and stock loop's step time goes (bench/step_profile.py)
+#   3. 1.5b       Qwen2.5-1.5B shape: stock, trainer, its steps apart                 (55 for 3 variants)
+#   4. 7b_autotune the trainer compiled with max-autotune (a long compile)
+#   5. 1.5b_qlora the stock QLoRA recipe, the lean one and the trainer's                      (90)
+#   6. 7b_qlora   the trainer's QLoRA and the lean one (quantizing 7B is slow)         (>200 with stock)
+#   7. 1.5b_steps the single steps: compile, chunked loss, checkpointing, padding vs packing (67)
+#   8. trainer    adapters.train on CUDA (bench/gpu_trainer.py): bf16 LoRA fast and plain, --qlora (51)
 #
 # torch, transformers, peft and accelerate come from the machine's image. bitsandbytes, where the
 # image lacks it, comes from .whl/ (git-ignored, so name it in the device tool's `carry`), fetched
@@ -49,8 +55,11 @@ step() {  # step NAME SECONDS COMMAND...: stdout to NAME.jsonl, stderr to NAME.l
 }
 
 
-step 1.5b 180 $PY -m bench train_gpu --jsonl --models 1.5b --variants stock trainer trainer_recompute autocast compile_autocast compile_chunked_ce
+step 7b 170 $PY -m bench train_gpu --jsonl --models 7b --variants stock trainer trainer_recompute trainer_dropout compile_autocast
+step 7b_profile 90 $PY -m bench train_gpu --jsonl --models 7b --variants trainer stock --profile --steps 3
+step 1.5b 150 $PY -m bench train_gpu --jsonl --models 1.5b --variants stock trainer trainer_recompute trainer_dropout autocast compile_autocast
+step 7b_autotune 200 $PY -m bench train_gpu --jsonl --models 7b --variants trainer_autotune
 step 1.5b_qlora 120 $PY -m bench train_gpu --jsonl --models 1.5b --variants qlora_stock qlora_lean qlora_trainer
-step 7b 260 $PY -m bench train_gpu --jsonl --models 7b --variants stock trainer qlora_trainer qlora_stock qlora_lean
+step 7b_qlora 200 $PY -m bench train_gpu --jsonl --models 7b --variants qlora_trainer qlora_lean
 step 1.5b_steps 200 $PY -m bench train_gpu --jsonl --models 1.5b --variants compile chunked_ce chunked_ce_recompute checkpointing padded packed qlora_chunked
 step trainer 150 $PY -m bench.gpu_trainer

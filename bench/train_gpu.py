@@ -3,6 +3,7 @@
     python -m bench train_gpu                                  # Qwen2.5-1.5B and -7B shapes, every variant
     python -m bench train_gpu --models 1.5b --variants stock compile --json
     python -m bench train_gpu --models 7b --jsonl                # a JSON line per variant as it finishes
+    python -m bench train_gpu --models 7b --variants trainer --profile   # and where a step's time goes
     python -m bench train_gpu --tiny                           # tiny shapes on CPU: checks the script runs
 
 Models are built from Qwen2.5's public config values with random bf16 weights (nothing is
@@ -24,6 +25,10 @@ Variants (`VARIANTS` below; each is a set of the knobs of `Variant`):
 - trainer: both under bf16 autocast, as `adapters.train` runs on a CUDA GPU by default (its
   Accelerator's bf16 mixed precision autocasts the forward pass, so LoRA's fp32 weights multiply
   in bf16 too);
+- trainer_dropout: the trainer with LoRA dropout 0.05 (every other variant has none, as peft's
+  default): what dropout on each adapted layer's input costs;
+- trainer_autotune: the trainer with its blocks compiled in mode "max-autotune-no-cudagraphs", which
+  times Triton matrix-product templates against cuBLAS for each shape (a long compile);
 - autocast: the stock loop under bf16 autocast: the trainer before it chunked or compiled;
 - compile_autocast: compiled blocks under autocast, the loss not chunked (what chunking costs);
 - checkpointing: activation checkpointing on every block (less memory, more compute);
@@ -50,6 +55,7 @@ import time
 from dataclasses import asdict, dataclass
 
 from adapters.speed import chunked_loss, compile_blocks, head_off
+from bench.step_profile import summary
 
 QWEN_SHAPES = {
     # Public values from Qwen/Qwen2.5-1.5B and Qwen/Qwen2.5-7B config.json.
@@ -93,6 +99,8 @@ class Result:
     warmup_s: float | None = None
     """Seconds of the untimed first steps: compiling, for the compiled variants."""
     note: str | None = None
+    profile: dict | None = None
+    """Where a profiled step's time went (`bench.step_profile`), with --profile."""
 
 
 @dataclass(frozen=True)
@@ -115,6 +123,10 @@ class Variant:
     """Run forward and loss under bf16 autocast (for weights that are not all bf16)."""
     recompute: bool = False
     """The chunked loss recomputes each chunk's logits in the backward pass (`recomputed_chunked_loss`)."""
+    compile_mode: str | None = None
+    """`torch.compile`'s mode for the blocks: None is its default."""
+    dropout: float = 0.0
+    """LoRA dropout on each adapted layer's input: peft's default is 0, `adapters.train`'s 0.05."""
 
 
 VARIANTS = {
@@ -125,6 +137,8 @@ VARIANTS = {
     "chunked_ce_recompute": Variant(chunked_ce=True, recompute=True),
     "trainer": Variant(compile=True, chunked_ce=True, autocast=True),
     "trainer_recompute": Variant(compile=True, chunked_ce=True, autocast=True, recompute=True),
+    "trainer_dropout": Variant(compile=True, chunked_ce=True, autocast=True, dropout=0.05),
+    "trainer_autotune": Variant(compile=True, chunked_ce=True, autocast=True, compile_mode="max-autotune-no-cudagraphs"),
     "autocast": Variant(autocast=True),
     "compile_autocast": Variant(compile=True, autocast=True),
     "checkpointing": Variant(checkpoint_every=1),
@@ -156,14 +170,14 @@ def build_model(shape: str, run: Run, variant: Variant = Variant()):
     if variant.kbit_prep:
         model = prepare_model_for_kbit_training(model, gradient_checkpointing_kwargs={"use_reentrant": False})
     model.config.use_cache = False
-    lora = LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0, target_modules=LORA_TARGETS, task_type="CAUSAL_LM")
+    lora = LoraConfig(r=16, lora_alpha=32, lora_dropout=variant.dropout, target_modules=LORA_TARGETS, task_type="CAUSAL_LM")
     model = get_peft_model(model, lora)
     blocks = model.get_base_model().model.layers
     if variant.checkpoint_every:
         for block in blocks[::variant.checkpoint_every]:
             block.forward = checkpointed(block.forward)
     if variant.compile:
-        compile_blocks(model)
+        compile_blocks(model, variant.compile_mode)
     return model.train()
 
 
@@ -235,12 +249,17 @@ def _packed(docs, run: Run, count: int) -> list[dict]:
 
 def flops_per_token(model, seq: int) -> float:
     """Model FLOPs per trained token for LoRA (see the module docstring)."""
+    config = model.config
+    return matmul_flops_per_token(model) + 12 * config.num_hidden_layers * config.hidden_size * seq
+
+
+def matmul_flops_per_token(model) -> float:
+    """The weights' share of `flops_per_token`: everything but attention's scores and sums."""
     frozen = sum(_elements(p) for n, p in model.named_parameters() if not p.requires_grad and "embed_tokens" not in n)
     if model.config.tie_word_embeddings:
         frozen += model.get_input_embeddings().weight.numel()  # the output head reuses it
     lora = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    config = model.config
-    return 4 * frozen + 6 * lora + 12 * config.num_hidden_layers * config.hidden_size * seq
+    return 4 * frozen + 6 * lora
 
 
 def _elements(param) -> int:
@@ -296,8 +315,9 @@ def recomputed_chunked_loss(hidden, head_weight, labels, head_bias=None, chunk: 
     return total / (targets != -100).sum().clamp(min=1)
 
 
-def measure(shape: str, name: str, run: Run, peak_override: float | None) -> Result:
-    """Build a fresh model for one variant, train `warmup + steps` steps, time the last `steps`."""
+def measure(shape: str, name: str, run: Run, peak_override: float | None, profile: bool = False) -> Result:
+    """Build a fresh model for one variant, train `warmup + steps` steps, time the last `steps`;
+    with `profile`, profile two more (`bench.step_profile`)."""
     import torch
 
     variant = VARIANTS[name]
@@ -319,11 +339,18 @@ def measure(shape: str, name: str, run: Run, peak_override: float | None) -> Res
     tokens = sum(int((b["labels"] != -100).sum()) for b in batches[run.warmup:])
     peak = peak_flops(run.device, peak_override)
     rate = tokens / seconds
-    return Result(
+    result = Result(
         model=shape, variant=name, tokens_per_s=rate, loss=losses[-1], warmup_s=warmup,
         peak_mem_gib=torch.cuda.max_memory_allocated() / 2**30 if run.device == "cuda" else None,
         mfu=rate * flops_per_token(model, run.seq) / peak if peak else None,
     )
+    if profile:
+        from bench.step_profile import profile_steps
+
+        result.profile = profile_steps(lambda batch: train_step(model, batch, optimizer, variant), batches[-2:],
+                                       run.device, run.batch * run.seq * matmul_flops_per_token(model),
+                                       timed_step_ms=1e3 * seconds / run.steps)
+    return result
 
 
 def _sync(device: str) -> None:
@@ -333,7 +360,7 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def guarded(shape: str, name: str, run: Run, peak_override: float | None) -> Result:
+def guarded(shape: str, name: str, run: Run, peak_override: float | None, profile: bool = False) -> Result:
     """`measure`, turning a missing dependency, an out-of-memory error or a failure into a note."""
     import gc
     import importlib.util
@@ -343,7 +370,7 @@ def guarded(shape: str, name: str, run: Run, peak_override: float | None) -> Res
     if VARIANTS[name].nf4 and importlib.util.find_spec("bitsandbytes") is None:
         return Result(model=shape, variant=name, note="skipped: QLoRA needs bitsandbytes")
     try:
-        return measure(shape, name, run, peak_override)
+        return measure(shape, name, run, peak_override, profile)
     except torch.OutOfMemoryError as error:
         return Result(model=shape, variant=name, note=f"out of memory: {str(error).splitlines()[0]}")
     except Exception as error:  # one broken variant must not cost the GPU run the others
@@ -365,6 +392,8 @@ def table(results: list[Result]) -> str:
         mfu = f"{100 * r.mfu:5.1f}%" if r.mfu is not None else f"{'-':>6}"
         warm = f"{r.warmup_s:8.1f}" if r.warmup_s is not None else f"{'-':>8}"
         lines.append(f"{r.model:6} {r.variant:20} {rate} {ratio} {mem} {mfu} {warm}  {r.note or ''}")
+        if r.profile:
+            lines.append(f"{'':27} {summary(r.profile)}")
     return "\n".join(lines)
 
 
@@ -375,6 +404,8 @@ def parse(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--steps", type=int, default=10, help="timed steps per variant")
     parser.add_argument("--peak-tflops", type=float, help="bf16 peak of this GPU, when its name is not known")
     parser.add_argument("--tiny", action="store_true", help="tiny shapes, 2 steps, on CPU unless CUDA is present")
+    parser.add_argument("--profile", action="store_true",
+                        help="profile two more steps of each variant: where the time goes (bench/step_profile.py)")
     parser.add_argument("--json", action="store_true", help="JSON on stdout instead of a table")
     parser.add_argument("--jsonl", action="store_true",
                         help="one JSON line per variant, printed as it finishes (a run cut short keeps them)")
@@ -396,7 +427,7 @@ def main(argv: list[str] | None = None) -> int:
     results = []
     for shape in shapes:
         for variant in args.variants:
-            results.append(guarded(shape, variant, run, args.peak_tflops))
+            results.append(guarded(shape, variant, run, args.peak_tflops, args.profile))
             if args.jsonl:
                 print(json.dumps(asdict(results[-1])), flush=True)
     if args.json:

@@ -125,9 +125,20 @@ def test_compiled_variants_run_and_learn_like_their_eager_twins(monkeypatch):
     real_compile = torch.nn.Module.compile
     monkeypatch.setattr(torch.nn.Module, "compile", lambda self, **kw: real_compile(self, backend="eager"))
     run = Run(batch=2, seq=64, warmup=1, steps=2, device="cpu")
-    for name in ("compile_chunked_ce", "qlora_lean"):
+    for name in ("compile_chunked_ce", "qlora_lean", "trainer_dropout"):
         compiled = guarded("tiny", name, run, None)
         monkeypatch.setitem(bench.train_gpu.VARIANTS, "eager", replace(VARIANTS[name], compile=False))
         eager = guarded("tiny", "eager", run, None)
         assert compiled.note is None and compiled.tokens_per_s > 0, compiled
         assert compiled.loss == pytest.approx(eager.loss, rel=1e-2)
+
+
+def test_the_autotune_variant_compiles_each_block_in_its_mode(monkeypatch):
+    from bench.train_gpu import VARIANTS, Run, build_model
+
+    torch.compile(torch.nn.Linear(2, 2), mode=VARIANTS["trainer_autotune"].compile_mode)  # torch knows the mode
+    modes = []
+    monkeypatch.setattr(torch.nn.Module, "compile", lambda self, **kw: modes.append(kw.get("mode")))
+    build_model("tiny", Run(device="cpu"), VARIANTS["trainer_autotune"])
+    build_model("tiny", Run(device="cpu"), VARIANTS["trainer"])
+    assert modes == ["max-autotune-no-cudagraphs"] * 2 + [None] * 2
