@@ -11,11 +11,12 @@
 #                 the chunked loss's earlier version and with LoRA dropout             (~30 per variant)
 #   2. 7b_profile where the 7B trainer's and stock loop's step time goes (bench/step_profile.py)
 #   3. 1.5b       Qwen2.5-1.5B shape: stock, trainer, its steps apart                 (55 for 3 variants)
-#   4. 7b_autotune the trainer compiled with max-autotune (a long compile)
-#   5. 1.5b_qlora the stock QLoRA recipe, the lean one and the trainer's                      (90)
-#   6. 7b_qlora   the trainer's QLoRA and the lean one (quantizing 7B is slow)         (>200 with stock)
-#   7. 1.5b_steps the single steps: compile, chunked loss, checkpointing, padding vs packing (67)
-#   8. trainer    adapters.train on CUDA (bench/gpu_trainer.py): bf16 LoRA fast and plain, --qlora (51)
+#   4. gradients  first-step LoRA gradients of the fast variants against fp32: rounding or not (bench/grad_check.py)
+#   5. 7b_autotune the trainer compiled with max-autotune (a long compile)
+#   6. 1.5b_qlora the stock QLoRA recipe, the lean one and the trainer's                      (90)
+#   7. 7b_qlora   the trainer's QLoRA and the lean one (quantizing 7B is slow)         (>200 with stock)
+#   8. 1.5b_steps the single steps: compile, chunked loss, checkpointing, padding vs packing (67)
+#   9. trainer    adapters.train on CUDA (bench/gpu_trainer.py): bf16 LoRA fast and plain, --qlora (51)
 #
 # torch, transformers, peft and accelerate come from the machine's image. bitsandbytes, where the
 # image lacks it, comes from .whl/ (git-ignored, so name it in the device tool's `carry`), fetched
@@ -58,6 +59,7 @@ step() {  # step NAME SECONDS COMMAND...: stdout to NAME.jsonl, stderr to NAME.l
 step 7b 170 $PY -m bench train_gpu --jsonl --models 7b --variants stock trainer trainer_recompute trainer_dropout compile_autocast
 step 7b_profile 90 $PY -m bench train_gpu --jsonl --models 7b --variants trainer stock --profile --steps 3
 step 1.5b 150 $PY -m bench train_gpu --jsonl --models 1.5b --variants stock trainer trainer_recompute trainer_dropout autocast compile_autocast
+step gradients 120 $PY -m bench grad_check --json
 step 7b_autotune 200 $PY -m bench train_gpu --jsonl --models 7b --variants trainer_autotune
 step 1.5b_qlora 120 $PY -m bench train_gpu --jsonl --models 1.5b --variants qlora_stock qlora_lean qlora_trainer
 step 7b_qlora 200 $PY -m bench train_gpu --jsonl --models 7b --variants qlora_trainer qlora_lean

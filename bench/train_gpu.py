@@ -281,6 +281,15 @@ def peak_flops(device: str, override: float | None) -> float | None:
 
 def train_step(model, batch: dict, optimizer, variant: Variant) -> float:
     """One forward, backward and AdamW step; returns the loss."""
+    loss = variant_loss(model, batch, variant)
+    loss.backward()
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return loss.item()
+
+
+def variant_loss(model, batch: dict, variant: Variant):
+    """The batch's loss as `variant` computes it, ready for `backward`."""
     import torch
 
     device = batch["input_ids"].device.type
@@ -288,14 +297,9 @@ def train_step(model, batch: dict, optimizer, variant: Variant) -> float:
         if variant.chunked_ce:  # as adapters.train.model_loss computes it
             with head_off(model.get_base_model()) as head:
                 hidden = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-            loss = (recomputed_chunked_loss if variant.recompute else chunked_loss)(
+            return (recomputed_chunked_loss if variant.recompute else chunked_loss)(
                 hidden, head.weight, batch["labels"], head.bias)
-        else:
-            loss = model(**batch).loss
-    loss.backward()
-    optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
-    return loss.item()
+        return model(**batch).loss
 
 
 def recomputed_chunked_loss(hidden, head_weight, labels, head_bias=None, chunk: int = 1024):
@@ -412,16 +416,27 @@ def parse(argv: list[str]) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def device_for(command: str, tiny: bool) -> str | None:
+    """`cuda` where there is a GPU, else `cpu` for a --tiny check; None, having said why, for neither."""
+    import torch
+
+    if torch.cuda.is_available():
+        return "cuda"
+    if tiny:
+        return "cpu"
+    print(f"python -m bench {command}: error: no CUDA GPU; use --tiny to check the script on CPU", file=sys.stderr)
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse(sys.argv[1:] if argv is None else argv)
     import torch
 
-    cuda = torch.cuda.is_available()
-    if not cuda and not args.tiny:
-        print("python -m bench train_gpu: error: no CUDA GPU; use --tiny to check the script on CPU", file=sys.stderr)
+    device = device_for("train_gpu", args.tiny)
+    if device is None:
         return 2
     if args.tiny:
-        run, shapes = Run(batch=2, seq=64, warmup=1, steps=2, device="cuda" if cuda else "cpu"), ["tiny"]
+        run, shapes = Run(batch=2, seq=64, warmup=1, steps=2, device=device), ["tiny"]
     else:
         run, shapes = Run(steps=args.steps), args.models
     results = []

@@ -142,3 +142,19 @@ def test_the_autotune_variant_compiles_each_block_in_its_mode(monkeypatch):
     build_model("tiny", Run(device="cpu"), VARIANTS["trainer_autotune"])
     build_model("tiny", Run(device="cpu"), VARIANTS["trainer"])
     assert modes == ["max-autotune-no-cudagraphs"] * 2 + [None] * 2
+
+
+def test_grad_check_tells_rounding_from_a_real_difference(monkeypatch):
+    import bench.train_gpu
+    from bench.grad_check import compare
+    from bench.train_gpu import Run
+
+    run = Run(batch=2, seq=64, device="cpu")
+    rows = compare("tiny", ["stock", "autocast", "chunked_ce", "chunked_ce_recompute"], run)
+    assert [r["verdict"] for r in rows] == ["rounding"] * 4, rows
+    assert 0 < rows[0]["rel_error"] < 0.05  # bf16 against fp32: rounding, not nothing
+    # a loss 5% too large gives gradients 5% too large: several times bf16's rounding
+    real = bench.train_gpu.recomputed_chunked_loss
+    monkeypatch.setattr(bench.train_gpu, "recomputed_chunked_loss", lambda *args: 1.05 * real(*args))
+    (row,) = compare("tiny", ["chunked_ce_recompute"], run)
+    assert row["verdict"] == "differs" and row["rel_error"] > 0.04, row
