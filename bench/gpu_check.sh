@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Every GPU measurement in one command of about 9 minutes (more than fits: the last steps are skipped when the
-# budget runs out), for a short lease on one CUDA GPU.
+# budget runs out), for a short lease on one CUDA GPU with more than 97 GiB (an H200: the 7B stock loop
+# peaks at 97.3 GiB and would run out of memory on an 80 GB H100).
 #
 #   bash bench/gpu_check.sh OUTDIR [SECONDS]     # SECONDS: the whole run's budget (default 560)
 #
@@ -8,7 +9,7 @@
 # on an H200 on 2026-11-27 in brackets, where it ran then; the first call on a fresh machine runs
 # slower, caches cold):
 #   1. 7b         Qwen2.5-7B shape, where the trainer is short of 2x: stock, trainer, the trainer with
-#                 the chunked loss's earlier version and with LoRA dropout             (~30 per variant)
+#                 the chunked loss's earlier version and with LoRA dropout, compile_autocast (~30 each)
 #   2. 7b_profile where the 7B trainer's and stock loop's step time goes (bench/step_profile.py)
 #   3. 1.5b       Qwen2.5-1.5B shape: stock, trainer, its steps apart                 (55 for 3 variants)
 #   4. gradients  first-step LoRA gradients of the fast variants against fp32: rounding or not (bench/grad_check.py)
@@ -59,7 +60,7 @@ step() {  # step NAME SECONDS COMMAND...: stdout to NAME.jsonl, stderr to NAME.l
 step 7b 170 $PY -m bench train_gpu --jsonl --models 7b --variants stock trainer trainer_recompute trainer_dropout compile_autocast
 step 7b_profile 90 $PY -m bench train_gpu --jsonl --models 7b --variants trainer stock --profile --steps 3
 step 1.5b 150 $PY -m bench train_gpu --jsonl --models 1.5b --variants stock trainer trainer_recompute trainer_dropout autocast compile_autocast
-step gradients 120 $PY -m bench grad_check --json
+step gradients 120 $PY -m bench grad_check --jsonl
 step 7b_autotune 200 $PY -m bench train_gpu --jsonl --models 7b --variants trainer_autotune
 step 1.5b_qlora 120 $PY -m bench train_gpu --jsonl --models 1.5b --variants qlora_stock qlora_lean qlora_trainer
 step 7b_qlora 200 $PY -m bench train_gpu --jsonl --models 7b --variants qlora_trainer qlora_lean

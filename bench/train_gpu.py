@@ -55,7 +55,7 @@ import time
 from dataclasses import asdict, dataclass
 
 from adapters.speed import chunked_loss, compile_blocks, head_off
-from bench.step_profile import summary
+from bench.step_profile import profile_steps, summary
 
 QWEN_SHAPES = {
     # Public values from Qwen/Qwen2.5-1.5B and Qwen/Qwen2.5-7B config.json.
@@ -126,7 +126,8 @@ class Variant:
     compile_mode: str | None = None
     """`torch.compile`'s mode for the blocks: None is its default."""
     dropout: float = 0.0
-    """LoRA dropout on each adapted layer's input: peft's default is 0, `adapters.train`'s 0.05."""
+    """LoRA dropout on each adapted layer's input: 0 is peft's default and `adapters.train`'s
+    (which defaulted to 0.05 until 2026-11-27)."""
 
 
 VARIANTS = {
@@ -138,7 +139,8 @@ VARIANTS = {
     "trainer": Variant(compile=True, chunked_ce=True, autocast=True),
     "trainer_recompute": Variant(compile=True, chunked_ce=True, autocast=True, recompute=True),
     "trainer_dropout": Variant(compile=True, chunked_ce=True, autocast=True, dropout=0.05),
-    "trainer_autotune": Variant(compile=True, chunked_ce=True, autocast=True, compile_mode="max-autotune-no-cudagraphs"),
+    "trainer_autotune": Variant(compile=True, chunked_ce=True, autocast=True,
+                                compile_mode="max-autotune-no-cudagraphs"),
     "autocast": Variant(autocast=True),
     "compile_autocast": Variant(compile=True, autocast=True),
     "checkpointing": Variant(checkpoint_every=1),
@@ -170,7 +172,8 @@ def build_model(shape: str, run: Run, variant: Variant = Variant()):
     if variant.kbit_prep:
         model = prepare_model_for_kbit_training(model, gradient_checkpointing_kwargs={"use_reentrant": False})
     model.config.use_cache = False
-    lora = LoraConfig(r=16, lora_alpha=32, lora_dropout=variant.dropout, target_modules=LORA_TARGETS, task_type="CAUSAL_LM")
+    lora = LoraConfig(r=16, lora_alpha=32, lora_dropout=variant.dropout, target_modules=LORA_TARGETS,
+                      task_type="CAUSAL_LM")
     model = get_peft_model(model, lora)
     blocks = model.get_base_model().model.layers
     if variant.checkpoint_every:
@@ -349,8 +352,6 @@ def measure(shape: str, name: str, run: Run, peak_override: float | None, profil
         mfu=rate * flops_per_token(model, run.seq) / peak if peak else None,
     )
     if profile:
-        from bench.step_profile import profile_steps
-
         result.profile = profile_steps(lambda batch: train_step(model, batch, optimizer, variant), batches[-2:],
                                        run.device, run.batch * run.seq * matmul_flops_per_token(model),
                                        timed_step_ms=1e3 * seconds / run.steps)

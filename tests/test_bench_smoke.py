@@ -120,11 +120,14 @@ def test_compiled_variants_run_and_learn_like_their_eager_twins(monkeypatch):
     from dataclasses import replace
 
     import bench.train_gpu
-    from bench.train_gpu import VARIANTS, Run, guarded
+    from bench.train_gpu import VARIANTS, Run, build_model, guarded
 
     real_compile = torch.nn.Module.compile
     monkeypatch.setattr(torch.nn.Module, "compile", lambda self, **kw: real_compile(self, backend="eager"))
     run = Run(batch=2, seq=64, warmup=1, steps=2, device="cpu")
+    dropouts = [m.lora_dropout["default"].p for m in build_model("tiny", run, VARIANTS["trainer_dropout"]).modules()
+                if hasattr(m, "lora_dropout")]
+    assert dropouts and set(dropouts) == {0.05}  # the variant below does train with dropout
     for name in ("compile_chunked_ce", "qlora_lean", "trainer_dropout"):
         compiled = guarded("tiny", name, run, None)
         monkeypatch.setitem(bench.train_gpu.VARIANTS, "eager", replace(VARIANTS[name], compile=False))
@@ -150,8 +153,8 @@ def test_grad_check_tells_rounding_from_a_real_difference(monkeypatch):
     from bench.train_gpu import Run
 
     run = Run(batch=2, seq=64, device="cpu")
-    rows = compare("tiny", ["stock", "autocast", "chunked_ce", "chunked_ce_recompute"], run)
-    assert [r["verdict"] for r in rows] == ["rounding"] * 4, rows
+    rows = list(compare("tiny", ["chunked_ce", "chunked_ce_recompute", "trainer_recompute"], run))
+    assert [(r["verdict"], r["baseline"]) for r in rows] == [("rounding", "stock")] * 2 + [("rounding", "autocast")]
     assert 0 < rows[0]["rel_error"] < 0.05  # bf16 against fp32: rounding, not nothing
     # a loss 5% too large gives gradients 5% too large: several times bf16's rounding
     real = bench.train_gpu.recomputed_chunked_loss
