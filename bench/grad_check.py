@@ -23,7 +23,8 @@ import argparse
 import json
 import sys
 
-from bench.train_gpu import QWEN_SHAPES, VARIANTS, Run, Variant, build_model, device_for, make_batches, variant_loss
+from bench.train_gpu import (QWEN_SHAPES, VARIANTS, Run, Variant, build_model, device_for, make_batches, release,
+                             variant_loss)
 
 TOLERANCE = 2.0
 """A variant's error may be this many times its plain loop's and still count as rounding."""
@@ -38,8 +39,6 @@ def baseline(name: str) -> str:
 def lora_gradients(shape: str, variant: Variant, run: Run, batch: dict, fp32: bool = False) -> dict:
     """The LoRA gradients (fp32, on the CPU) of one batch, for a fresh model built as `variant` says;
     the model is freed before returning."""
-    import gc
-
     import torch
 
     model = build_model(shape, run, variant)
@@ -53,9 +52,7 @@ def lora_gradients(shape: str, variant: Variant, run: Run, batch: dict, fp32: bo
     variant_loss(model, batch, variant).backward()
     gradients = {name: p.grad.float().cpu() for name, p in model.named_parameters() if p.requires_grad}
     del model
-    gc.collect()
-    if run.device == "cuda":
-        torch.cuda.empty_cache()
+    release(run.device)
     return gradients
 
 

@@ -23,22 +23,21 @@ import statistics
 import sys
 import time
 
+from dataclasses import replace
+
 from bench.train_gpu import Variant, train_step
 
-
-VARIANTS = {  # the GPU bench's knobs (bench/train_gpu.py), as they apply to the CPU
-    "fp32": Variant(),
-    "bf16": Variant(autocast=True),
-    "fp32_chunked": Variant(chunked_ce=True),
-    "bf16_chunked": Variant(autocast=True, chunked_ce=True),
-    "fp32_recompute": Variant(chunked_ce=True, recompute=True),
-    "bf16_recompute": Variant(autocast=True, chunked_ce=True, recompute=True),
-    "fp32_compiled": Variant(compile=True),
-    "bf16_compiled": Variant(autocast=True, compile=True),
-    "fp32_trainer": Variant(chunked_ce=True, compile=True),
-    "bf16_trainer": Variant(autocast=True, chunked_ce=True, compile=True),
-    "fp32_dropout": Variant(dropout=0.05),
-    "bf16_dropout": Variant(autocast=True, dropout=0.05),
+LOOPS = {  # the GPU bench's knobs (bench/train_gpu.py), as they apply to the CPU
+    "": Variant(),
+    "chunked": Variant(chunked_ce=True),
+    "recompute": Variant(chunked_ce=True, recompute=True),
+    "compiled": Variant(compile=True),
+    "trainer": Variant(chunked_ce=True, compile=True),
+    "dropout": Variant(dropout=0.05),
+}
+VARIANTS = {  # each loop in fp32 and under bf16 autocast: fp32, bf16, fp32_chunked, bf16_chunked, ...
+    "_".join(filter(None, (precision, loop))): replace(knobs, autocast=precision == "bf16")
+    for loop, knobs in LOOPS.items() for precision in ("fp32", "bf16")
 }
 DEFAULT_VARIANTS = ["fp32", "bf16", "fp32_chunked", "bf16_chunked", "fp32_recompute", "bf16_recompute"]
 WARMUP = 2

@@ -367,7 +367,6 @@ def _sync(device: str) -> None:
 
 def guarded(shape: str, name: str, run: Run, peak_override: float | None, profile: bool = False) -> Result:
     """`measure`, turning a missing dependency, an out-of-memory error or a failure into a note."""
-    import gc
     import importlib.util
 
     import torch
@@ -381,9 +380,18 @@ def guarded(shape: str, name: str, run: Run, peak_override: float | None, profil
     except Exception as error:  # one broken variant must not cost the GPU run the others
         return Result(model=shape, variant=name, note=f"failed: {type(error).__name__}: {str(error).splitlines()[0]}")
     finally:
-        gc.collect()
-        if run.device == "cuda":
-            torch.cuda.empty_cache()
+        release(run.device)
+
+
+def release(device: str) -> None:
+    """Collect what the last model left behind and hand its cached GPU memory back, before the next."""
+    import gc
+
+    import torch
+
+    gc.collect()
+    if device == "cuda":
+        torch.cuda.empty_cache()
 
 
 def table(results: list[Result]) -> str:
