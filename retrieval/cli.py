@@ -89,8 +89,7 @@ def build(args: argparse.Namespace, embedder) -> int:
         raise MissingColumnError(f"{error}; choose one with --{error.field}-field", error.field) from None
     index = DemoIndex.build(pool, embedder)
     meta = index.save(args.out)
-    notes = [f"{pool.skipped} bad rows skipped"] if pool.skipped else []
-    notes += [f"{pool.duplicates} duplicates dropped"] if pool.duplicates else []
+    notes = pool.notes()
     recall = f", recall@8 {meta['recall']:.3f}" if meta["kind"] != "exact" else ""
     extra = f" ({'; '.join(notes)})" if notes else ""
     print(f"indexed {len(pool)} examples with {embedder.name} ({meta['kind']}{recall}) into {args.out}{extra}")

@@ -18,7 +18,8 @@ rows is refused with a `BadRowsError` naming the first few and their line number
 `skip_bad` is set, in which case the pool reports how many rows it skipped. The message names no
 way to skip them: the callers differ (`retrieval build --skip-bad`, a checkbox in the UI, none in
 `bot` or `lab`), so each adds its own hint. Exact duplicates (same input and output) are dropped,
-the first one kept.
+the first one kept. `Pool.notes` says what a user should know about how the file was read.
+A number in a JSON field is read as its text (`1` as "1"), as a CSV cell would be.
 This module reads files; it knows nothing about embeddings or indexes.
 """
 
@@ -26,6 +27,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -33,6 +35,9 @@ from retrieval.rows import MissingColumnError, PoolError, RowError, read_rows
 
 BUILTIN_DIR = Path(__file__).resolve().parent / "pools"
 MAX_ERRORS_SHOWN = 5
+MAX_CLASS_IDS = 20
+"""Most distinct numeric outputs a pool may have for `Pool.notes` to call them class ids."""
+NUMBER = re.compile(r"[+-]?\d+(\.\d+)?")
 
 __all__ = ["BUILTIN_DIR", "BadRowsError", "Example", "MissingColumnError", "Pool", "PoolError", "builtin_pools",
            "load_pool"]
@@ -95,10 +100,36 @@ class Pool:
     def __len__(self) -> int:
         return len(self.examples)
 
+    def notes(self) -> list[str]:
+        """What a user should know about how the file was read: rows left out, and outputs that
+        look like class ids (the model copies the answers it is shown, so it would answer "0" or "1")."""
+        notes = []
+        if self.skipped:
+            notes.append(f"{self.skipped} bad {'row' if self.skipped == 1 else 'rows'} skipped")
+        if self.duplicates:
+            notes.append(f"{self.duplicates} {'duplicate' if self.duplicates == 1 else 'duplicates'} dropped")
+        ids = class_ids(self.examples)
+        if ids:
+            shown = ", ".join(ids[:6]) + (", ..." if len(ids) > 6 else "")
+            notes.append(f"every output is a number ({shown}), so the bot will answer with these numbers; "
+                         "write label words in the pool to have it answer in words")
+        return notes
+
     def ids_with_input(self, text: str) -> set[int]:
         """Ids of the examples whose input is `text` (ignoring surrounding whitespace)."""
         wanted = text.strip()
         return {example.id for example in self.examples if example.input.strip() == wanted}
+
+
+def class_ids(examples: list[Example]) -> list[str]:
+    """The outputs in numeric order when every one is a number and they repeat, at most
+    `MAX_CLASS_IDS` distinct values, as class labels written as ids do; otherwise []."""
+    values = {example.output.strip() for example in examples}
+    if not values or len(values) > MAX_CLASS_IDS or len(values) == len(examples):
+        return []
+    if not all(NUMBER.fullmatch(value) for value in values):
+        return []
+    return sorted(values, key=float)
 
 
 def content_sha256(examples: list[Example]) -> str:

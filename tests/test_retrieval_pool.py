@@ -40,6 +40,44 @@ def test_exact_duplicates_are_dropped(tmp_path):
     assert pool.duplicates == 1
 
 
+def test_notes_count_what_was_left_out(tmp_path):
+    path = tmp_path / "p.jsonl"
+    rows = [{"input": "a", "output": "x"}] * 3 + [{"input": "b", "output": "y"}]
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows) + "not json\n", encoding="utf-8")
+    assert load_pool(path, skip_bad=True).notes() == ["1 bad row skipped", "2 duplicates dropped"]
+    assert load_pool(write_jsonl(tmp_path / "clean.jsonl", rows[2:])).notes() == []
+
+
+@pytest.mark.parametrize("name, text", [
+    ("ids.jsonl", "".join(json.dumps({"input": f"film {i}", "output": i % 3 - 1}) + "\n" for i in range(7))),
+    ("ids.csv", "input,output\n" + "".join(f"film {i},{i % 3 - 1}\n" for i in range(7))),
+])
+def test_outputs_that_look_like_class_ids_get_a_note(tmp_path, name, text):
+    """JSON numbers and CSV cells are read alike, as text; the note lists the ids in numeric order."""
+    path = tmp_path / name
+    path.write_text(text, encoding="utf-8")
+    pool = load_pool(path)
+    assert [e.output for e in pool.examples[:3]] == ["-1", "0", "1"]
+    assert pool.notes() == ["every output is a number (-1, 0, 1), so the bot will answer with these numbers; "
+                            "write label words in the pool to have it answer in words"]
+
+
+@pytest.mark.parametrize("outputs", [
+    ["0", "1", "positive", "0"],  # not every output is a number
+    ["12", "7.5", "3", "40"],  # numbers that never repeat: answers, not classes
+    [str(i % 21) for i in range(42)],  # 21 distinct values: more than MAX_CLASS_IDS
+])
+def test_no_class_id_note_for_words_answers_or_many_values(tmp_path, outputs):
+    rows = [{"input": f"q{i}", "output": out} for i, out in enumerate(outputs)]
+    assert load_pool(write_jsonl(tmp_path / "p.jsonl", rows)).notes() == []
+
+
+def test_many_class_ids_are_shortened(tmp_path):
+    rows = [{"input": f"q{i}", "output": i % 20} for i in range(40)]
+    note, = load_pool(write_jsonl(tmp_path / "p.jsonl", rows)).notes()
+    assert note.startswith("every output is a number (0, 1, 2, 3, 4, 5, ...), so")
+
+
 def test_malformed_json_line_names_its_line(tmp_path):
     path = tmp_path / "p.jsonl"
     path.write_text('{"input": "a", "output": "b"}\n{"input": "c", "output": \n', encoding="utf-8")

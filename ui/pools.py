@@ -46,7 +46,9 @@ def pools_tab(service, pool_pickers: list[gr.Dropdown]) -> None:
         except ValueError as error:
             raise gr.Error(str(error)) from error
         choices = pool_choices(service)
-        note = f"Built **{name.strip()}**: {len(index)} examples."  # a valid name is letters, digits, - and _
+        notes = index.pool.notes()  # counts and numbers only, nothing from the file that Markdown could render
+        extra = f" ({'; '.join(notes)})" if notes else ""
+        note = f"Built **{name.strip()}**: {len(index)} examples{extra}."  # a valid name is letters, digits, - and _
         return note, listing(), *[gr.update(choices=choices)] * len(pool_pickers)
 
     build.click(
