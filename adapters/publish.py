@@ -30,7 +30,8 @@ class TargetError(ValueError):
 def check_target(target: Path | str, marker: str, kind: str) -> Path:
     """Refuse a `target` that publishing would destroy: a file, or a non-empty folder without `marker`
     (the file every folder of this `kind` holds). An earlier version of the same kind, an empty
-    folder or a new path may be replaced. Returns the target as a Path."""
+    folder or a new path may be replaced. Returns the target as a Path. (An index folder, which is
+    rewritten file by file rather than swapped whole, has its own check: `retrieval.storage.check_writable`.)"""
     if not str(target).strip():
         raise TargetError(f"no output folder given; name one for {kind}")
     path = Path(target).expanduser()

@@ -84,7 +84,11 @@ def save_folder(folder: Path, files: dict[str, Callable[[Path], None]], meta: di
 
 
 def check_writable(folder: Path) -> None:
-    """Refuse a `folder` that is a file, or that holds anything a save might overwrite or delete."""
+    """Refuse a `folder` that is a file, or that holds anything a save might overwrite or delete.
+
+    An index is saved file by file into its folder and the save deletes files it did not list, so
+    every name in the folder is checked. (`adapters.publish.check_target` guards folders that are
+    replaced whole; there one marker file is enough to tell an earlier version.)"""
     folder = Path(folder)
     if folder.exists() and not folder.is_dir():
         raise StorageError(f"'{folder}' is a file, not a folder; choose a folder to save into")
