@@ -59,9 +59,12 @@ def main(args: argparse.Namespace) -> int:
     from adapters.publish import TargetError
     from bot.models import ModelError
 
+    from bot.cli import library_output_to_stderr
+
     try:
-        out = export(args.adapter, args.out, args.model, args.dtype)
-    except (AdapterError, ModelError, TargetError) as error:
+        with library_output_to_stderr():
+            out = export(args.adapter, args.out, args.model, args.dtype)
+    except (AdapterError, ModelError, TargetError, OSError) as error:  # OSError: a full disk, say
         print(f"error: {error}", file=sys.stderr)
         return 2
     print(f"merged model written: {out}")

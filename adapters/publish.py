@@ -37,12 +37,30 @@ def check_target(target: Path | str, marker: str, kind: str) -> Path:
     path = Path(target).expanduser()
     if path.is_file() or path.is_symlink():
         raise TargetError(f"'{path}' is a file (or a link); {kind} needs a folder of its own")
+    problem = creation_problem(path)
+    if problem:
+        raise TargetError(problem)
     if path.is_dir() and not (path / marker).is_file() and any(path.iterdir()):
         raise TargetError(
             f"'{path}' already holds files and is not {kind}, so writing there would delete them; "
             "choose a new folder (or empty that one yourself)"
         )
     return path
+
+
+def creation_problem(path: Path) -> str | None:
+    """Why the folder `path` could not be made (a file in the way, no permission), or None: the checks
+    `mkdir(parents=True)` would fail, made before any work whose result would then be lost."""
+    ancestor = path
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if ancestor == path:
+        return None
+    if not ancestor.is_dir():
+        return f"cannot create '{path}': '{ancestor}' is a file, not a folder"
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        return f"cannot create '{path}': no permission to write in '{ancestor}'"
+    return None
 
 
 def publish(target: Path, write: Callable[[Path], None], marker: str | None = None, kind: str = "a folder") -> Path:

@@ -429,10 +429,12 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 
 def main(args: argparse.Namespace) -> int:
     from adapters.lora import IncompleteAdapter, QLoRAUnavailable
+    from bot.cli import library_output_to_stderr
 
     try:
-        output = train(config_from_args(args))
-    except (ValueError, FileNotFoundError, QLoRAUnavailable, IncompleteAdapter) as error:
+        with library_output_to_stderr():
+            output = train(config_from_args(args))
+    except (ValueError, OSError, QLoRAUnavailable, IncompleteAdapter) as error:  # OSError: a full disk, say
         print(f"error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -9,6 +9,7 @@ Parsing lives here; `main(args)` does the work with heavy imports inside it.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 
@@ -20,6 +21,12 @@ class OneLineParser(argparse.ArgumentParser):
 
     def error(self, message):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def library_output_to_stderr():
+    """Send what libraries print on stdout to stderr while a command works (DeepSpeed, imported by
+    accelerate, logs its accelerator there), so that stdout holds only the command's result line."""
+    return contextlib.redirect_stdout(sys.stderr)
 
 
 class DefaultsHelpFormatter(argparse.RawDescriptionHelpFormatter):
@@ -40,6 +47,17 @@ def positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
     return value
+
+
+def list_item(text: str) -> int:
+    """One number of a list flag (`--permutation 2 0 1`). Such a flag takes every word after it, so a
+    question written after the list lands here: the message says how to place it."""
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"'{text}' is not a whole number; the list takes every word after the flag, so put the question "
+            "before it, or end the list with --") from None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -74,8 +92,8 @@ def build_parser() -> argparse.ArgumentParser:
     fewshot.add_argument("--demo-seed", type=int, default=0, help=shots["seed"])
     fewshot.add_argument("--diversity", type=float, default=0.5, help=shots["diversity"] + " 0-1.")
     fewshot.add_argument("--style", choices=["chat", "text"], default="chat", help=shots["style"])
-    fewshot.add_argument("--fixed-ids", type=int, nargs="+", help=shots["fixed_ids"])
-    fewshot.add_argument("--permutation", type=int, nargs="+", help=shots["permutation"])
+    fewshot.add_argument("--fixed-ids", type=list_item, nargs="+", help=shots["fixed_ids"])
+    fewshot.add_argument("--permutation", type=list_item, nargs="+", help=shots["permutation"])
 
     prepare = commands.add_parser("prepare", help="convert and cache a model so later loads are fast",
                                   formatter_class=DefaultsHelpFormatter)

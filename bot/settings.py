@@ -7,6 +7,8 @@ from dataclasses import dataclass
 
 MAX_NEW_TOKENS = 8192
 """Most tokens one answer may ask for."""
+MAX_TEMPERATURE = 2.0
+"""Highest sampling temperature: OpenAI's API limit, and the sliders' in the UI."""
 
 
 @dataclass(frozen=True)
@@ -14,7 +16,7 @@ class GenerationSettings:
     max_new_tokens: int = 256
     """Most tokens to generate for the answer."""
     temperature: float = 0.0
-    """0 is greedy decoding; above 0 samples from the softened distribution."""
+    """0 is greedy decoding; above 0 (at most 2) samples from the softened distribution."""
     top_p: float = 1.0
     """Nucleus sampling: keep the smallest set of tokens whose probability reaches top_p."""
     seed: int | None = None
@@ -25,8 +27,8 @@ class GenerationSettings:
             raise ValueError(f"max_new_tokens must be a whole number, got {self.max_new_tokens!r}")
         if not 1 <= self.max_new_tokens <= MAX_NEW_TOKENS:
             raise ValueError(f"max_new_tokens must be between 1 and {MAX_NEW_TOKENS}, got {self.max_new_tokens}")
-        if not (math.isfinite(self.temperature) and 0 <= self.temperature <= 5):
-            raise ValueError(f"temperature must be between 0 and 5, got {self.temperature}")
+        if not (math.isfinite(self.temperature) and 0 <= self.temperature <= MAX_TEMPERATURE):
+            raise ValueError(f"temperature must be between 0 and {MAX_TEMPERATURE:g}, got {self.temperature}")
         if not (math.isfinite(self.top_p) and 0 < self.top_p <= 1):
             raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
         if self.seed is not None and (not isinstance(self.seed, int) or self.seed < 0):

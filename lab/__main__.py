@@ -74,6 +74,7 @@ def config_from_args(args: argparse.Namespace) -> LabConfig:
 
 
 def main(args: argparse.Namespace) -> int:
+    from bot.cli import library_output_to_stderr
     from lab.errors import LabError
     from lab.runner import run_experiment
 
@@ -81,7 +82,8 @@ def main(args: argparse.Namespace) -> int:
         print(f"[{fraction:4.0%}] {message}", file=sys.stderr, flush=True)
 
     try:
-        folder = run_experiment(args.experiment, config_from_args(args), progress=report)
+        with library_output_to_stderr():
+            folder = run_experiment(args.experiment, config_from_args(args), progress=report)
     except LabError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -65,8 +65,16 @@ def max_k(config: LabConfig, experiment: str) -> int:
 
 def check_config(config: LabConfig, experiment: str, out: Path) -> None:
     """What can be refused from the config alone, before data or models load."""
+    from adapters.publish import creation_problem
+
     if out.exists() and not out.is_dir():
         raise LabError(f"--out {out} is a file; give a folder for the run's results")
+    if out.is_dir() and any(out.iterdir()):
+        raise LabError(f"--out {out} already holds files (an earlier run's, or others'); give a new folder, "
+                       "so that nothing there is overwritten")
+    problem = creation_problem(out)
+    if problem:
+        raise LabError(f"--out: {problem}")
     if experiment in DEMONSTRATION_EXPERIMENTS and config.k < 1:
         raise LabError(f"the {experiment} experiment needs k >= 1 (--k), got k={config.k}")
     if experiment == "finetune" and config.adapter:

@@ -37,16 +37,25 @@ def experiment_module(name: str):
     return importlib.import_module(f"lab.experiments.{name}")
 
 
-def run_experiment(name: str, config: LabConfig, progress: Progress = no_progress, loaded=None) -> Path:
+def run_experiment(name: str, config: LabConfig, progress: Progress = no_progress, loaded=None,
+                   runs: Path = DEFAULT_RUNS) -> Path:
     """Run experiment `name`; returns the folder holding result.json, report.md and plot.png.
 
-    `loaded` is an already loaded `bot.models.LoadedModel` to use instead of loading `config.model`.
+    The folder is `config.out`, which must be new or empty, or else a new `<name>-<time>` folder in
+    `runs`. `loaded` is an already loaded `bot.models.LoadedModel` to use instead of loading `config.model`.
     """
     module = experiment_module(name)
     started = time.perf_counter()
-    out = Path(config.out) if config.out else DEFAULT_RUNS / f"{name}-{datetime.now():%Y%m%d-%H%M%S}"
-    ctx = open_context(config, name, out, progress, loaded)
-    out.mkdir(parents=True, exist_ok=True)
+    out = Path(config.out) if config.out else new_run_folder(Path(runs), name)
+    try:
+        ctx = open_context(config, name, out, progress, loaded)
+        out.mkdir(parents=True, exist_ok=True)
+    except BaseException as error:
+        if not config.out:  # the empty folder new_run_folder made for this run
+            out.rmdir()
+        if isinstance(error, OSError):
+            raise LabError(f"cannot create the result folder {out}: {error.strerror or error}") from error
+        raise
     result = module.run(ctx)
     record = {
         "experiment": name,
@@ -68,6 +77,22 @@ def run_experiment(name: str, config: LabConfig, progress: Progress = no_progres
     module.plot(result, out / "plot.png")
     progress(1.0, f"done: {out}")
     return out
+
+
+def new_run_folder(runs: Path, name: str) -> Path:
+    """A folder name in `runs` for a run of `name` started now that no other run has taken
+    (two runs in the same second get `-2`, `-3`, ...); the folder is made when the run starts."""
+    stem = f"{name}-{datetime.now():%Y%m%d-%H%M%S}"
+    for suffix in ["", *(f"-{n}" for n in range(2, 1000))]:
+        folder = runs / f"{stem}{suffix}"
+        try:
+            folder.mkdir(parents=True)
+        except FileExistsError:
+            continue
+        except OSError as error:
+            raise LabError(f"cannot create the result folder {folder}: {error.strerror or error}") from error
+        return folder
+    raise LabError(f"{runs} already holds a thousand runs named {stem}-*")
 
 
 def render_report(record: dict, table: str) -> str:

@@ -84,6 +84,8 @@ def cases(folder: Path, service, library) -> dict:
         "index written over a folder that is not one": lambda: error_of(lambda: check_writable(someones_folder(folder))),
         "adapter written over a folder that is not one": lambda: error_of(
             lambda: check_target(someones_folder(folder), CONFIG_FILE, "an adapter")),
+        "output folder below a file": lambda: error_of(
+            lambda: check_target(pool_file(folder, "notes.txt", "mine") / "adapter", CONFIG_FILE, "an adapter")),
         "adapter name that is a path": lambda: error_of(lambda: check_adapter_name("../../etc")),
         "adapter named like the base model": lambda: error_of(lambda: check_adapter_name("base")),
     }

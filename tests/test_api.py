@@ -125,7 +125,7 @@ def test_unknown_model_is_404(api):
     "body, status, message",
     [
         ({"model": "tiny-llama", "messages": [{"role": "user", "content": "hi"}], "temperature": 9}, 400,
-         "temperature must be between 0 and 5"),
+         "temperature must be between 0 and 2"),
         ({"model": "tiny-llama", "messages": [{"role": "assistant", "content": "hi"}]}, 400,
          "the last message must come from the user"),
         ({"model": "tiny-llama", "messages": []}, 422, "messages"),

@@ -42,7 +42,8 @@ def test_json_answer_from_a_local_model_folder(tiny_folder):
     result = bot("ask", "hello there", "--model", tiny_folder, "--max-new-tokens", "5", "--json", "--dtype", "float32")
     assert result.returncode == 0, result.stderr
     answer = json.loads(result.stdout)
-    assert set(answer) >= {"answer", "model", "prompt_tokens", "completion_tokens", "seconds"}
+    assert set(answer) == {"answer", "model", "adapter", "prompt_tokens", "completion_tokens", "seconds",
+                           "finish_reason", "prompt", "notice"}  # README's list; few-shot adds "demos"
     assert answer["model"] == tiny_folder and answer["completion_tokens"] == 5
 
 
@@ -62,11 +63,14 @@ def test_ask_decodes_natively_by_default_with_generates_answer(tiny_folder):
         (["ask", "hi", "--bogus"], "unrecognized arguments: --bogus"),
         (["ask", "hi", "--max-new-tokens", "0"], "argument --max-new-tokens: must be at least 1"),
         (["ask", "hi", "--max-new-tokens", "many"], "invalid positive_int value: 'many'"),
-        (["ask", "hi", "--temperature", "-1"], "temperature must be between 0 and 5"),
+        (["ask", "hi", "--temperature", "-1"], "temperature must be between 0 and 2"),
         (["ask", "hi", "--model", "/no/such/folder"], "unknown model '/no/such/folder'"),
         (["ask", "hi", "--model", "nobody/nothing"], "not in the local Hugging Face cache and the hub cannot be reached"),
         (["ask", "hi", "--device", "bogus"], "unknown device 'bogus'; choose auto, cpu, cuda, cuda:N or mps"),
         (["ask", "hi", "--device", "cuda"], "device 'cuda' is not available on this machine; available: cpu"),
+        (["ask", "--order", "permutation", "--permutation", "1", "0", "good film"],  # the list took the question
+         "argument --permutation: 'good film' is not a whole number; the list takes every word after the flag, so "
+         "put the question before it, or end the list with --"),
     ],
 )
 def test_bad_input_exits_nonzero_with_one_line(args, message):

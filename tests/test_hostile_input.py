@@ -39,7 +39,7 @@ CATALOGUE = {
     "empty message": "the message is empty",
     "prompt beyond the context window": "the message is too long: the prompt needs 25016 tokens but only 1008 fit in "
                                         "the context window after room for the answer",
-    "NaN temperature": "temperature must be between 0 and 5, got nan",
+    "NaN temperature": "temperature must be between 0 and 2, got nan",
     "negative max_new_tokens": "max_new_tokens must be between 1 and 8192, got -5",
     "top_p above 1": "top_p must be in (0, 1], got 1.5",
     "unknown adapter": "unknown adapter 'pirate'; available: base",
@@ -54,6 +54,7 @@ CATALOGUE = {
     "adapter written over a folder that is not one": "'{dir}/thesis' already holds files and is not an adapter, so "
                                                      "writing there would delete them; choose a new folder (or empty "
                                                      "that one yourself)",
+    "output folder below a file": "cannot create '{dir}/notes.txt/adapter': '{dir}/notes.txt' is a file, not a folder",
     "adapter name that is a path": "adapter name '../../etc' is not a valid adapter name: use letters, digits, '-' and "
                                    "'_' (at most 64, starting with a letter or digit; no paths)",
     "adapter named like the base model": "adapter name 'base' is reserved: it means the base model without an adapter",

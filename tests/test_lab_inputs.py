@@ -43,6 +43,42 @@ def test_out_that_is_a_file_is_refused(tmp_path, no_model_load):
     assert (tmp_path / "afile").read_text() == "mine"
 
 
+def test_out_holding_files_is_refused_and_kept(tmp_path, no_model_load):
+    """An earlier run's folder (or anyone's) is never written over: result.json would be replaced."""
+    earlier = tmp_path / "earlier"
+    earlier.mkdir()
+    (earlier / "result.json").write_text("earlier run")
+    with pytest.raises(LabError, match="--out .*earlier already holds files .*give a new folder"):
+        run_experiment("labels", config(tmp_path, "x", out=str(earlier)))
+    assert [p.name for p in earlier.iterdir()] == ["result.json"] and (earlier / "result.json").read_text() == "earlier run"
+
+
+def test_out_below_a_file_is_refused_before_the_model_loads(tmp_path, no_model_load):
+    (tmp_path / "afile").write_text("mine")
+    with pytest.raises(LabError, match=r"--out: cannot create '.*afile/sub': '.*afile' is a file, not a folder"):
+        run_experiment("labels", config(tmp_path, "x", out=str(tmp_path / "afile" / "sub")))
+
+
+def test_default_run_folders_never_collide_and_a_refused_run_leaves_none(tmp_path, monkeypatch, no_model_load):
+    import datetime as real
+
+    import lab.runner
+
+    class Frozen(real.datetime):  # every run starts in the same second
+        @classmethod
+        def now(cls, tz=None):
+            return cls(2026, 11, 27, 9, 30, 0)
+
+    monkeypatch.setattr(lab.runner, "datetime", Frozen)
+    runs = tmp_path / "runs"
+    first, second = (lab.runner.new_run_folder(runs, "labels") for _ in range(2))
+    assert (first.name, second.name) == ("labels-20261127-093000", "labels-20261127-093000-2")
+    assert first.is_dir() and second.is_dir()
+    with pytest.raises(LabError, match="--embedder nosuch"):
+        run_experiment("shots", config(tmp_path, "x", out=None, embedder="nosuch"), runs=runs)
+    assert sorted(p.name for p in runs.iterdir()) == [first.name, second.name]
+
+
 def test_finetune_with_an_adapter_is_refused(tmp_path, no_model_load):
     with pytest.raises(LabError, match="finetune experiment trains its adapter on the bare base model; drop --adapter"):
         run_experiment("finetune", config(tmp_path, "x", adapter=str(tmp_path)))

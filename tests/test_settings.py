@@ -20,8 +20,8 @@ def test_sampling_passes_temperature_and_top_p():
     [
         ("max_new_tokens", 0, "max_new_tokens must be between 1 and 8192"),
         ("max_new_tokens", 2.5, "max_new_tokens must be a whole number"),
-        ("temperature", -0.1, "temperature must be between 0 and 5"),
-        ("temperature", math.nan, "temperature must be between 0 and 5"),
+        ("temperature", -0.1, "temperature must be between 0 and 2"),
+        ("temperature", math.nan, "temperature must be between 0 and 2"),
         ("top_p", 0.0, r"top_p must be in \(0, 1\]"),
         ("top_p", math.inf, r"top_p must be in \(0, 1\]"),
         ("seed", -1, "seed must be a non-negative whole number"),

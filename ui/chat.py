@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gradio as gr
 
+from bot.settings import MAX_TEMPERATURE
 from ui.escape import EscapingChatbot
 from ui.text import t
 
@@ -80,7 +81,7 @@ def chat_tab(service) -> dict:
         prompt_box = gr.Textbox(label=t("prompt_sent"), lines=8, max_lines=30, interactive=False)
     system = gr.Textbox(label=t("system_prompt"), value=DEFAULT_SYSTEM, lines=2, render=False)
     max_new_tokens = gr.Slider(1, 1024, value=256, step=1, label=t("max_new_tokens"), render=False)
-    temperature = gr.Slider(0, 2, value=0, step=0.05, label=t("temperature"), render=False)
+    temperature = gr.Slider(0, MAX_TEMPERATURE, value=0, step=0.05, label=t("temperature"), render=False)
     top_p = gr.Slider(0.05, 1, value=1, step=0.05, label=t("top_p"), render=False)
     adapter = gr.Dropdown(service.adapter_choices(), value="base", label=t("adapter"), render=False)
     few = fewshot_controls(service)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gradio as gr
 
+from bot.settings import MAX_TEMPERATURE
 from ui.chat import DEFAULT_SYSTEM, demo_rows, fewshot_controls, fewshot_from, settings_from
 from ui.text import t
 
@@ -25,7 +26,7 @@ def compare_tab(service) -> dict:
             for control in few.values():
                 control.render()
             max_new_tokens = gr.Slider(1, 1024, value=128, step=1, label=t("max_new_tokens"))
-            temperature = gr.Slider(0, 2, value=0, step=0.05, label=t("temperature"))
+            temperature = gr.Slider(0, MAX_TEMPERATURE, value=0, step=0.05, label=t("temperature"))
             seed = gr.Number(0, precision=0, label=t("seed"))
             system = gr.Textbox(label=t("system_prompt"), value=DEFAULT_SYSTEM, lines=2)  # the Chat tab's default
     with gr.Row():

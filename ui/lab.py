@@ -3,8 +3,6 @@ table and plot; earlier runs are listed. One experiment runs at a time, with a p
 
 from __future__ import annotations
 
-import time
-
 import gradio as gr
 
 from ui.text import t
@@ -88,8 +86,8 @@ def lab_tab(service, model_spec: str) -> dict:
                 k=int(k), n_test=int(n_test), seeds=parse_seeds(seeds),
                 permutations=int(permutations), embedder="default", out=None, **model_fields(service, adapter),
             )
-            config.out = str(runs / f"{experiment}-{time.strftime('%Y%m%d-%H%M%S')}")
-            folder = run_experiment(experiment, config, progress=lambda fraction, what: progress(fraction, desc=what))
+            folder = run_experiment(experiment, config, progress=lambda fraction, what: progress(fraction, desc=what),
+                                    runs=runs)
         except ValueError as error:
             raise gr.Error(str(error)) from error
         return (folder / "report.md").read_text(), str(folder / "plot.png"), runs_table(runs)
