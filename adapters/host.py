@@ -31,6 +31,8 @@ class AdapterHost:
         self.registry = registry or AdapterRegistry()
         self.base_fingerprint = weights_fingerprint(loaded.model)
         self._paths: dict[str, Path] = {}
+        self._versions: dict[str, tuple] = {}
+        """What each attached adapter's files were when loaded (`files_version`)."""
 
     @property
     def attached(self) -> list[str]:
@@ -46,17 +48,24 @@ class AdapterHost:
         return self.attach_info(self.registry.resolve_path(folder))
 
     def attach_info(self, info: AdapterInfo) -> str:
-        """Vet and load one adapter. Attaching a name again from the same folder does nothing."""
+        """Vet and load one adapter. Attaching a name again from the same folder does nothing while its
+        files are the ones loaded; once they changed (retrained under the same name), the new weights
+        replace the old, vetted first, so a bad new version leaves the old one serving."""
+        version = files_version(info.path)
         with self.lock:
             if info.name in self._paths:
                 if self._paths[info.name] != info.path:
                     raise AdapterError(
                         f"an adapter named '{info.name}' is already attached from {self._paths[info.name]}; detach it first"
                     )
-                return info.name
+                if self._versions[info.name] == version:
+                    return info.name
             self.registry.vet(info, self.loaded, self.base_fingerprint)
+            if info.name in self._paths:
+                self._remove(info.name)
             self._load(info)
             self._paths[info.name] = info.path
+            self._versions[info.name] = version
         return info.name
 
     def _load(self, info: AdapterInfo) -> None:
@@ -75,17 +84,33 @@ class AdapterHost:
         with self.lock:
             if name not in self._paths:
                 raise AdapterError(f"adapter '{name}' is not attached; attached: {', '.join(self._paths) or 'none'}")
-            model = self.loaded.model
-            if len(self._paths) == 1:
-                self.loaded.model = model.unload().eval()
-            else:
-                model.delete_adapter(name)
-                _no_active_adapter(model)
-            del self._paths[name]
+            self._remove(name)
+
+    def _remove(self, name: str) -> None:
+        """`detach`'s work, under the lock the caller holds."""
+        model = self.loaded.model
+        if len(self._paths) == 1:
+            self.loaded.model = model.unload().eval()
+        else:
+            model.delete_adapter(name)
+            _no_active_adapter(model)
+        del self._paths[name]
+        del self._versions[name]
 
     def detach_all(self) -> None:
         for name in self.attached:
             self.detach(name)
+
+
+def files_version(folder: Path) -> tuple:
+    """Which version of an adapter folder's files this is: each file's name, inode, size and time.
+    Publishing a retrained adapter swaps in a new folder, so every inode changes."""
+    entries = []
+    for path in sorted(Path(folder).iterdir()):
+        if path.is_file():
+            stat = path.stat()
+            entries.append((path.name, stat.st_ino, stat.st_size, stat.st_mtime_ns))
+    return tuple(entries)
 
 
 def _no_active_adapter(peft_model) -> None:

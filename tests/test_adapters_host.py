@@ -151,6 +151,28 @@ def test_attach_twice_is_a_no_op_and_a_clash_is_refused(lab, served, tmp_path):
         host.attach_path(tmp_path / "zebra")
 
 
+def test_an_adapter_retrained_under_its_name_is_served_anew(lab, served, tmp_path):
+    """Attaching the name again after its folder was replaced (a new training run) loads the new weights."""
+    from adapters.metadata import CONFIG_FILE
+    from adapters.publish import publish
+    from adapters.registry import AdapterRegistry
+
+    generator, host = served
+    shutil.copytree(lab[1], tmp_path / "adapters")
+    host.registry = AdapterRegistry(tmp_path / "adapters")
+    tokenizer = generator.loaded.tokenizer
+    old, new = (reference_answer(fresh_peft(lab, name), tokenizer, QUESTIONS[1]) for name in ("zebra", "paris"))
+    assert old != new  # sanity: the two versions answer apart
+    host.attach("zebra")
+    assert ask(generator, QUESTIONS[1], "zebra") == old
+    publish(tmp_path / "adapters" / "zebra", lambda staging: shutil.copytree(lab[1] / "paris", staging, dirs_exist_ok=True),
+            marker=CONFIG_FILE, kind="an adapter")
+    assert host.attach("zebra") == "zebra" and host.attached == ["zebra"]
+    assert ask(generator, QUESTIONS[1], "zebra") == new
+    torch.testing.assert_close(logits(generator.loaded.model, PROBE, adapter="zebra"),
+                               logits(fresh_peft(lab, "paris"), PROBE), rtol=0, atol=1e-5)
+
+
 def test_attach_for_cli_takes_a_folder_path(lab):
     from adapters.host import attach_for_cli
     from bot.generation import Generator
