@@ -56,22 +56,31 @@ def build_app(service, model_spec: str = "default") -> gr.Blocks:
 
 def keep_pickers_current(demo: gr.Blocks, service, chat: dict, compare: dict, lab: dict | None) -> None:
     """Every adapter and pool picker, and the Lab's runs, as they are now: when a page opens (the
-    lists were built when the app started) and when the Chat tab's refresh is pressed."""
-    from ui.chat import pool_choices
+    lists were built when the app started) and when the Chat tab's refresh is pressed. A picked
+    adapter or pool that is gone falls back to the base model or no pool (Gradio refuses a value
+    that is not among the choices, and the chat would stay stuck on it)."""
+    from bot.generation import BASE
+    from ui.chat import NO_POOL, pool_choices
     from ui.lab import runs_folder, runs_table
 
     adapter_pickers = [chat["adapter"], compare["models"]] + ([lab["adapter"]] if lab else [])
     pool_pickers = [chat["pool"], compare["pool"]]
 
-    def current():
-        adapters = gr.update(choices=service.adapter_choices())
-        pools = gr.update(choices=pool_choices(service))
-        runs = [runs_table(runs_folder())] if lab else []
-        return [adapters] * len(adapter_pickers) + [pools] * len(pool_pickers) + runs
+    def current(*picked):
+        adapters, pools = service.adapter_choices(), pool_choices(service)
+        updates = [
+            gr.update(choices=adapters, value=[name for name in value if name in adapters])  # the Compare ticks
+            if isinstance(value, list) else gr.update(choices=adapters, value=value if value in adapters else BASE)
+            for value in picked[:len(adapter_pickers)]
+        ]
+        updates += [gr.update(choices=pools, value=value if value in pools else NO_POOL)
+                    for value in picked[len(adapter_pickers):]]
+        return updates + ([runs_table(runs_folder())] if lab else [])
 
-    outputs = adapter_pickers + pool_pickers + ([lab["runs"]] if lab else [])
-    demo.load(current, outputs=outputs, api_name=False)
-    chat["refresh"].click(current, outputs=outputs, api_name=False)
+    pickers = adapter_pickers + pool_pickers
+    outputs = pickers + ([lab["runs"]] if lab else [])
+    demo.load(current, inputs=pickers, outputs=outputs, api_name=False)
+    chat["refresh"].click(current, inputs=pickers, outputs=outputs, api_name=False)
 
 
 def parse_args(argv=None) -> argparse.Namespace:

@@ -152,6 +152,35 @@ def test_a_fresh_page_offers_adapters_and_pools_added_after_the_start(tmp_path):
         page.get_by_role("option", name="reviews").wait_for(timeout=15000)
 
 
+def test_a_picked_adapter_that_is_deleted_falls_back_to_base_on_refresh(tmp_path):
+    """The refresh used to keep the gone adapter as the picker's value; Gradio then refused every message."""
+    import shutil
+
+    from adapters.host import AdapterHost
+    from adapters.registry import AdapterRegistry
+    from bot.models import load_model
+    from test_adapters_support import PERSONA_ROWS, tiny_base, train_tiny, write_rows
+
+    base = tiny_base(tmp_path / "base")
+    train_tiny(base, write_rows(tmp_path / "rows.jsonl", PERSONA_ROWS), tmp_path / "adapters" / "zebra", max_steps=1)
+    loaded = load_model(base, dtype="float32", device="cpu")
+    generator = Generator(loaded)
+    service = ChatService(generator, None, AdapterHost(loaded, generator.lock, AdapterRegistry(tmp_path / "adapters")))
+    with launched(service) as url, browser() as chromium:
+        page = chromium.new_page()
+        page.goto(url)
+        picker = page.get_by_label("Adapter").first
+        picker.click()
+        page.get_by_role("option", name="zebra").click()
+        shutil.rmtree(tmp_path / "adapters" / "zebra")
+        page.get_by_role("button", name="Refresh adapters").click()
+        page.wait_for_function("[...document.querySelectorAll('input')].some(i => i.getAttribute('aria-label') === "
+                               "'Adapter' && i.value === 'base')", timeout=15000)
+        send_chat(page, "hello")
+        reply = watch_reply(page)[-1]
+    assert reply and "⚠️" not in reply
+
+
 def test_stop_button_ends_a_streaming_answer(tiny):
     import time
 

@@ -11,6 +11,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import threading
 from pathlib import Path
 
@@ -31,22 +32,33 @@ class TrainingJob:
     def __init__(self):
         self.process: subprocess.Popen | None = None
         self.output: Path | None = None
+        self.log = None
+        """The process's stdout and stderr: a file, which cannot fill up and stall it as a pipe can."""
+        self.data: str = ""
+        self.failure: str | None = None
+        """The failed run's last line, read once."""
         self.lock = threading.Lock()
 
     def start(self, data: str, name: str, model: str, steps: int, learning_rate: float, rank: int) -> Path:
-        from adapters.config import TrainConfig
+        from adapters.config import TrainConfig, check_adapter_name
         from bot.paths import adapters_dir
 
+        check_adapter_name(name)
         output = adapters_dir() / name
         TrainConfig(data=data, output=str(output), max_steps=steps, learning_rate=learning_rate, rank=rank)
+        if output.exists():  # another user's, perhaps: the command line may replace an adapter, this page may not
+            raise ValueError(f"an adapter named '{name}' already exists; choose another name")
         with self.lock:
             if self.running:
                 raise ValueError("a training run is already going; wait for it to finish")
             command = [sys.executable, "-m", "adapters.train", "--data", data, "--out", str(output), "--model", model,
                        "--max-steps", str(steps), "--learning-rate", str(learning_rate), "--rank", str(rank),
                        "--alpha", str(2 * rank), "--no-progress"]
-            self.process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-            self.output = output
+            if self.log is not None:
+                self.log.close()
+            self.log = tempfile.TemporaryFile("w+", encoding="utf-8")
+            self.process = subprocess.Popen(command, stdout=self.log, stderr=subprocess.STDOUT, text=True)
+            self.output, self.data, self.failure = output, data, None
         return output
 
     @property
@@ -71,8 +83,12 @@ class TrainingJob:
             return f"training **{self.output.name}**…"
         if self.process.returncode == 0:
             return f"done: **{self.output.name}** is in the adapters folder; press *Refresh adapters*"
-        tail = (self.process.stdout.read() or "").strip().splitlines()[-1:] if self.process.stdout else []
-        return f"training failed ({self.process.returncode}): {tail[0] if tail else 'no output'}"
+        if self.failure is None:
+            self.log.seek(0)
+            lines = self.log.read().strip().splitlines()
+            # the message names the data file by its name, not by where the server keeps uploads
+            self.failure = lines[-1].replace(self.data, Path(self.data).name) if lines else "no output"
+        return f"training failed ({self.process.returncode}): {self.failure}"
 
 
 def train_tab(model_spec: str) -> None:

@@ -1,0 +1,34 @@
+"""The Train tab's background job: it never replaces an adapter, and a failed run keeps saying why."""
+
+import pytest
+
+from tiny import save_tiny
+from ui.train import DEMO_DATA, TrainingJob
+
+
+@pytest.fixture
+def adapters(tmp_path, monkeypatch):
+    monkeypatch.setenv("ICL_BOT_ADAPTERS", str(tmp_path / "adapters"))
+    return tmp_path / "adapters"
+
+
+def test_an_existing_adapter_is_not_replaced(adapters):
+    (adapters / "mine").mkdir(parents=True)
+    (adapters / "mine" / "adapter_config.json").write_text("{}")
+    job = TrainingJob()
+    with pytest.raises(ValueError, match="an adapter named 'mine' already exists; choose another name"):
+        job.start(str(DEMO_DATA / "captain_kelp.jsonl"), "mine", "default", 2, 1e-3, 4)
+    assert job.process is None
+    assert [p.name for p in (adapters / "mine").iterdir()] == ["adapter_config.json"]
+
+
+def test_a_failed_run_keeps_its_reason_and_names_the_file_not_where_uploads_live(adapters, tmp_path):
+    bad = tmp_path / "uploads" / "a1b2c3" / "bad.jsonl"
+    bad.parent.mkdir(parents=True)
+    bad.write_text('{"input": "a", "output": "b"}\nnot json\n')
+    job = TrainingJob()
+    job.start(str(bad), "fresh", save_tiny(tmp_path / "tiny"), 2, 1e-3, 4)
+    job.process.wait(timeout=300)
+    first, later = job.status(), job.status()  # the page polls every 2 s
+    assert first == later == "training failed (2): error: bad.jsonl: line 2 is not JSON: Expecting value (column 1)"
+    assert not (adapters / "fresh").exists()
