@@ -95,18 +95,41 @@ def new_run_folder(runs: Path, name: str) -> Path:
     raise LabError(f"{runs} already holds a thousand runs named {stem}-*")
 
 
+PLOT_LINK = "\n\n![plot](plot.png)\n"
+"""How report.md ends: the plot beside it. A page that shows the report shows the plot itself."""
+SPLIT_NAMES = {"train", "test", "dev", "validation", "pool", "data"}
+
+
 def render_report(record: dict, table: str) -> str:
     config = record["config"]
     shots = f"ks={config['ks']}" if record["experiment"] == "shots" else f"k={config['k']}"  # shots sweeps ks
     seeds = "" if record["experiment"] == "finetune" else f", seeds={config['seeds']}"  # finetune draws no sets
+    train, test = shown_path(config["train"]), shown_path(config["test"])
     return (
-        f"# {record['experiment']}: {Path(config['train']).parent.name or config['train']}\n\n"
+        f"# {record['experiment']}: {data_name(config['train'])}\n\n"
         f"{EXPERIMENTS[record['experiment']]}\n\n"
         f"- model: {record['model']} ({record['dtype']}), task: {record['task']}, labels: {', '.join(record['labels'][:20])}\n"
-        f"- train: {config['train']} ({record['train_size']} examples), test: {config['test']} ({record['n_test']} items)\n"
+        f"- train: {train} ({record['train_size']} examples), test: {test} ({record['n_test']} items)\n"
         f"- {shots}{seeds}, style={config['style']}, calibrate={config['calibrate']}\n"
-        f"- run time: {record['seconds']:.0f} s\n\n{table}\n\n![plot](plot.png)\n"
+        f"- run time: {record['seconds']:.0f} s\n\n{table}{PLOT_LINK}"
     )
+
+
+def data_name(path: str) -> str:
+    """What a report calls the data: the file's name (`sentiment`), or its folder's when the file is
+    named after a split (`sst2` for sst2/train.jsonl)."""
+    file = Path(path)
+    return file.parent.name if file.stem.lower() in SPLIT_NAMES and file.parent.name else file.stem
+
+
+def shown_path(path: str) -> str:
+    """A data path as a report shows it: as typed when relative; an absolute one (the web page passes
+    those) relative to the working folder when inside it, else by its name alone, since the folder an
+    upload lands in means nothing to a reader."""
+    file = Path(path)
+    if not file.is_absolute():
+        return path
+    return str(file.relative_to(Path.cwd())) if file.is_relative_to(Path.cwd()) else file.name
 
 
 def list_runs(folder: str | Path = DEFAULT_RUNS) -> list[dict]:

@@ -1,5 +1,7 @@
 """The web app through gradio_client: the tiny model in-process, the real one as `python app.py`."""
 
+from pathlib import Path
+
 import pytest
 from gradio_client import Client
 
@@ -68,6 +70,9 @@ def test_lab_tab_runs_an_experiment_and_lists_it(tmp_path):
         report, plot, runs = Client(url).predict(
             "labels", "sentiment", "sentiment", None, None, 2, 6, "0", 2, "base", api_name="/lab")
     assert "gold" in report and "random" in report and "none" in report
+    assert report.startswith("# labels: sentiment\n")  # the pool's name, not its folder's ("pools")
+    assert "retrieval/pools/sentiment.jsonl" in report and str(Path.cwd()) not in report  # no server paths
+    assert "![plot]" not in report  # the image beside it shows the plot; the link had no target in the page
     assert plot and runs["data"][0][1] == "labels"
 
 

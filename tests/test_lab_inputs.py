@@ -223,3 +223,16 @@ def test_command_line_errors_name_the_flag_and_its_defaults_are_the_configs(tmp_
         LabConfig(train="a", test="b", n_test=0)
     parsed = config_from_args(build_parser().parse_args(["shots", "--train", "a", "--test", "b"]))
     assert parsed == LabConfig(train="a", test="b")
+
+
+@pytest.mark.parametrize("path, name, shown", [
+    ("../shared/data/sst2/train.jsonl", "sst2", "../shared/data/sst2/train.jsonl"),  # as typed
+    ("retrieval/pools/sentiment.jsonl", "sentiment", "retrieval/pools/sentiment.jsonl"),
+    ("/tmp/gradio/a1b2c3/my reviews.csv", "my reviews", "my reviews.csv"),  # an upload: its folder means nothing
+    ("TEST.JSONL", "TEST", "TEST.JSONL"),  # a split name with no folder to name it by
+])
+def test_reports_name_the_data_and_show_paths_a_reader_can_use(path, name, shown, monkeypatch, tmp_path):
+    from lab.runner import data_name, shown_path
+
+    monkeypatch.chdir(tmp_path)
+    assert data_name(path) == name and shown_path(path) == shown

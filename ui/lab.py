@@ -78,7 +78,7 @@ def lab_tab(service, model_spec: str) -> dict:
     def start(experiment, train, test, train_file, test_file, k, n_test, seeds, permutations, adapter,
               progress=gr.Progress()):
         from lab.config import LabConfig
-        from lab.runner import run_experiment
+        from lab.runner import PLOT_LINK, run_experiment
 
         try:
             config = LabConfig(
@@ -90,7 +90,8 @@ def lab_tab(service, model_spec: str) -> dict:
                                     runs=runs)
         except ValueError as error:
             raise gr.Error(str(error)) from error
-        return (folder / "report.md").read_text(), str(folder / "plot.png"), runs_table(runs)
+        report = (folder / "report.md").read_text().removesuffix(PLOT_LINK)  # the plot shows beside it
+        return report, str(folder / "plot.png"), runs_table(runs)
 
     experiment.change(lambda name: EXPERIMENTS[name], experiment, description, api_name=False)
     run.click(start, [experiment, train, test, train_file, test_file, k, n_test, seeds, permutations, adapter],
