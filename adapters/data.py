@@ -1,6 +1,7 @@
 """Read instruction data into chat conversations.
 
-Accepted record shapes, in a `.jsonl` file (one record a line) or a `.json` file (a list):
+Accepted record shapes, in a `.jsonl` file (one record a line) or a `.json` file (a list), and
+pool tables, `.csv` / `.tsv` with `input` and `output` columns, read as pools are (`retrieval.rows`):
 - the project's pool format: `{"input": ..., "output": ...}`;
 - alpaca: `{"instruction": ..., "input": ..., "output": ..., "system"?: ...}`;
 - OpenAI chat: `{"messages": [{"role": ..., "content": ...}, ...]}`;
@@ -33,6 +34,8 @@ def read_records(path: Path) -> list[dict]:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as error:
         raise DataError(f"{path} is not UTF-8 text (byte {error.start} cannot be decoded); save it as UTF-8") from None
+    if path.suffix.lower() in (".csv", ".tsv"):
+        return _table_records(path)
     if path.suffix == ".json":
         try:
             records = json.loads(text)
@@ -50,6 +53,19 @@ def read_records(path: Path) -> list[dict]:
         except json.JSONDecodeError as error:
             raise DataError(f"{path}: line {number} is not JSON: {error.msg} (column {error.colno})") from None
     return records
+
+
+def _table_records(path: Path) -> list[dict]:
+    """A CSV/TSV pool as `{"input", "output"}` records; a bad row is named by its line, as for a pool."""
+    from retrieval.rows import PoolError, read_rows
+
+    try:
+        rows, errors = read_rows(path, "input", "output")
+    except PoolError as error:
+        raise DataError(f"{error}; a table of training data needs the columns 'input' and 'output'") from None
+    if errors:
+        raise DataError(f"{path}: line {errors[0].line}: {errors[0].message}")
+    return [{"input": text, "output": answer} for text, answer, _ in rows]
 
 
 def to_messages(record: dict) -> list[dict]:

@@ -139,3 +139,24 @@ def test_unreadable_files_name_the_file_and_the_line(tmp_path):
     broken.write_text('[{"input": "a", "output": "b"},\n {"input": }]')
     with pytest.raises(DataError, match=r"broken.json is not valid JSON: .* line 2"):
         load_conversations(broken)
+
+
+def test_a_pool_table_is_training_data_and_its_problems_are_named(tmp_path):
+    """CSV/TSV read as pools are: quoted commas and numbers as text; a bad row or column is named."""
+    from adapters.data import DataError, load_conversations
+
+    table = tmp_path / "rows.csv"
+    table.write_text('input,output,source\n"Hello, who are you?",I am Kelp.,me\nTwo plus two?,4,me\n')
+    as_json = tmp_path / "rows.jsonl"
+    as_json.write_text('{"input": "Hello, who are you?", "output": "I am Kelp."}\n{"input": "Two plus two?", "output": "4"}\n')
+    assert load_conversations(table) == load_conversations(as_json)
+    tabs = tmp_path / "rows.tsv"
+    tabs.write_text("input\toutput\nHi\tHello.\n")
+    assert load_conversations(tabs) == [[{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello."}]]
+    (tmp_path / "cols.csv").write_text("text,label\ngood,1\n")
+    with pytest.raises(DataError, match=r"cols.csv: the header has no column 'input' \(columns: text, label\); a table "
+                                         r"of training data needs the columns 'input' and 'output'"):
+        load_conversations(tmp_path / "cols.csv")
+    (tmp_path / "empty.csv").write_text("input,output\nfine,\n")
+    with pytest.raises(DataError, match=r"empty.csv: line 2: field 'output' is empty"):
+        load_conversations(tmp_path / "empty.csv")

@@ -100,7 +100,7 @@ def train_tab(model_spec: str) -> None:
     with gr.Row():
         with gr.Column():
             data = gr.Dropdown(list(demos), value=next(iter(demos), None), label=t("train_data"))
-            upload = gr.File(label=t("train_file"), file_types=[".jsonl", ".json"], type="filepath")
+            upload = gr.File(label=t("train_file"), file_types=[".jsonl", ".json", ".csv", ".tsv"], type="filepath")
             name = gr.Textbox("my-adapter", label=t("adapter_name"))
             steps = gr.Slider(1, 2000, value=60, step=1, label=t("max_steps"))
             learning_rate = gr.Number(2e-3, label=t("learning_rate"))
