@@ -74,6 +74,7 @@ def publish(target: Path, write: Callable[[Path], None], marker: str | None = No
     staging.chmod(0o755)  # mkdtemp makes it private; the published folder is an ordinary one
     try:
         write(staging)
+        _ordinary_modes(staging)
         _sync_folder(staging)
         if marker:
             check_target(target, marker, kind)  # it may have changed while `write` ran
@@ -124,6 +125,16 @@ def recover(parent: Path) -> None:
             if not (Path(parent) / folder.name).exists():
                 os.replace(folder, Path(parent) / folder.name)
         shutil.rmtree(retired, ignore_errors=True)
+
+
+def _ordinary_modes(folder: Path) -> None:
+    """Give every file the permissions a new file gets here: safetensors writes its files private."""
+    from bot.paths import ordinary_file_mode
+
+    mode = ordinary_file_mode(folder)
+    for path in folder.rglob("*"):
+        if path.is_file() and not path.is_symlink():
+            path.chmod(mode)
 
 
 def _sync_folder(folder: Path) -> None:

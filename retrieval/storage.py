@@ -24,6 +24,8 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
+from bot.paths import ordinary_file_mode
+
 META_FILE = "meta.json"
 DATA_NAME = re.compile(r"[a-z]+-[0-9a-f]{16}")
 """How a save names a data file: `<role>-<sha256 prefix>`."""
@@ -50,6 +52,7 @@ def write_file_atomic(path: Path, write: Callable[[Path], None]) -> None:
     os.close(handle)
     try:
         write(Path(temp))
+        os.chmod(temp, ordinary_file_mode(path.parent))  # mkstemp makes the file private
         os.replace(temp, path)
     except BaseException:
         Path(temp).unlink(missing_ok=True)

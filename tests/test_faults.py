@@ -289,6 +289,31 @@ def test_publish_swaps_folders_in_one_atomic_step_on_linux(tmp_path):
     assert (tmp_path / "a" / "x").read_text() == "from b" and (tmp_path / "b" / "x").read_text() == "from a"
 
 
+@pytest.mark.parametrize("umask", [0o022, 0o027])
+def test_published_and_indexed_files_get_the_permissions_of_any_new_file(tmp_path, umask):
+    """Private files (safetensors writes them so, mkstemp too) would keep a server running as
+    another user from reading adapters and indexes; they get what the umask gives a new file."""
+    from adapters.publish import publish
+    from retrieval.storage import write_file_atomic
+
+    def private_file(folder: Path) -> None:
+        (folder / "adapter_model.safetensors").write_bytes(b"weights")
+        (folder / "adapter_model.safetensors").chmod(0o600)
+
+    old = os.umask(umask)
+    try:
+        publish(tmp_path / "adapter", private_file)
+        write_file_atomic(tmp_path / "index" / "vectors", lambda temp: temp.write_bytes(b"vectors"))
+        (tmp_path / "plain").write_text("made the ordinary way")
+    finally:
+        os.umask(old)
+    expected = 0o666 & ~umask
+    assert (tmp_path / "plain").stat().st_mode & 0o777 == expected
+    for made in (tmp_path / "adapter" / "adapter_model.safetensors", tmp_path / "index" / "vectors"):
+        assert made.stat().st_mode & 0o777 == expected, made
+    assert sorted(p.name for p in (tmp_path / "adapter").iterdir()) == ["adapter_model.safetensors"]  # no probe left
+
+
 def test_corrupt_adapter_is_refused_while_other_adapters_answer(tmp_path):
     from adapters.host import AdapterHost
     from adapters.registry import AdapterRegistry
