@@ -1,6 +1,6 @@
 """List the adapters in the adapters directory.
 
-    python -m adapters list            # a table: name, base model, steps, losses
+    python -m adapters list            # a table: name, base model, steps, final loss
     python -m adapters list --json     # one JSON array, for scripts
     python -m adapters list --dir PATH # another adapters directory
 
@@ -15,8 +15,10 @@ import sys
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m adapters", description="Manage LoRA adapters.")
-    commands = parser.add_subparsers(dest="command", required=True)
+    from bot.cli import OneLineParser
+
+    parser = OneLineParser(prog="python -m adapters", description="Manage LoRA adapters.")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
     listing = commands.add_parser("list", help="list the adapters and their metadata")
     listing.add_argument("--json", action="store_true", help="print a JSON array")
     listing.add_argument("--dir", default=None, help="adapters directory (default: the service's)")

@@ -46,7 +46,9 @@ def export(adapter: str, out: Path | str, model: str = "default", dtype: str = "
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m adapters.export", description="Merge a LoRA adapter into its base.")
+    from bot.cli import OneLineParser
+
+    parser = OneLineParser(prog="python -m adapters.export", description="Merge a LoRA adapter into its base.")
     parser.add_argument("--adapter", required=True, help="registry name, adapter folder, or hub id")
     parser.add_argument("--out", required=True, help="folder to write the merged model into")
     parser.add_argument("--model", default="default", help="the adapter's base model spec")

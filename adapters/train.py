@@ -383,12 +383,12 @@ def key_value(text: str) -> tuple[str, str]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from bot.cli import DefaultsHelpFormatter
+    from bot.cli import DefaultsHelpFormatter, OneLineParser
     from bot.docstrings import field_default, help_texts
 
     docs = help_texts(TrainConfig)
-    parser = argparse.ArgumentParser(prog="python -m adapters.train", description="Train a LoRA adapter.",
-                                     formatter_class=DefaultsHelpFormatter)
+    parser = OneLineParser(prog="python -m adapters.train", description="Train a LoRA adapter.",
+                           formatter_class=DefaultsHelpFormatter)
     parser.add_argument("--data", required=True, help=docs["data"])
     where = parser.add_mutually_exclusive_group(required=True)
     where.add_argument("--out", help="adapter folder to write; its name is the adapter's name")

@@ -190,6 +190,8 @@ class ChatService:
             return DemoIndex.load(path, self.library.embedder)
         if path.is_file():
             return DemoIndex.build(load_pool(path), self.library.embedder)
+        if path.suffix or "/" in pool:  # written as a file, not a name
+            raise ValueError(f"pool file '{pool}' does not exist")
         raise ValueError(f"unknown pool '{pool}'; available: {', '.join(self.library.names())}, or a pool file")
 
     def _stream(self, messages, settings, adapter, result: TurnResult) -> Iterator[TurnResult]:

@@ -7,6 +7,8 @@ from dataclasses import dataclass
 
 MAX_NEW_TOKENS = 8192
 """Most tokens one answer may ask for."""
+MAX_SEED = 2**63 - 1
+"""Largest seed torch takes as a signed 64-bit number."""
 MAX_TEMPERATURE = 2.0
 """Highest sampling temperature: OpenAI's API limit, and the sliders' in the UI."""
 
@@ -31,8 +33,8 @@ class GenerationSettings:
             raise ValueError(f"temperature must be between 0 and {MAX_TEMPERATURE:g}, got {self.temperature}")
         if not (math.isfinite(self.top_p) and 0 < self.top_p <= 1):
             raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
-        if self.seed is not None and (not isinstance(self.seed, int) or self.seed < 0):
-            raise ValueError(f"seed must be a non-negative whole number, got {self.seed!r}")
+        if self.seed is not None and (not isinstance(self.seed, int) or not 0 <= self.seed <= MAX_SEED):
+            raise ValueError(f"seed must be a whole number from 0 to {MAX_SEED}, got {self.seed!r}")
 
     @property
     def greedy(self) -> bool:

@@ -136,3 +136,17 @@ def test_fewshot_json_lists_demos_in_ascending_similarity_before_the_query(tmp_p
     assert scores == sorted(scores) and len(set(scores)) == 4
     positions = [prompt.index(d["input"]) for d in demos]
     assert positions == sorted(positions) and positions[-1] < prompt.rindex(query)
+
+
+@pytest.mark.parametrize("module, args, message", [
+    ("adapters", ["lis"], "argument command: invalid choice: 'lis' (choose from 'list')"),
+    ("adapters.train", ["--data", "x.jsonl", "--name", "y", "--fill", "noequals"],
+     "argument --fill: expected KEY=VALUE, got 'noequals'"),
+    ("adapters.export", ["--adapter", "x", "--out", "y", "--dtype", "fp16"],
+     "argument --dtype: invalid choice: 'fp16' (choose from 'float32', 'bfloat16', 'float16')"),
+])
+def test_the_adapter_commands_answer_a_bad_flag_in_one_line(module, args, message):
+    """As the bot, retrieval and lab commands do: no usage block of twenty lines."""
+    result = subprocess.run([sys.executable, "-m", module, *args], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [f"python -m {module}: error: {message} (see python -m {module} --help)"]

@@ -78,6 +78,7 @@ def test_pool_file_by_path(service, tmp_path):
     "fewshot, message",
     [
         (FewShot("nowhere", k=2), "unknown pool 'nowhere'; available: .*sentiment"),
+        (FewShot("data/nowhere.jsonl", k=2), "pool file 'data/nowhere.jsonl' does not exist"),
         (FewShot("sentiment", k=10_000), "k=10000 is larger than the pool"),
         (FewShot("sentiment", select="psychic"), "unknown strategy 'psychic'"),
         (FewShot("sentiment", order="alphabetical"), "unknown order 'alphabetical'"),

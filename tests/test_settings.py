@@ -24,7 +24,8 @@ def test_sampling_passes_temperature_and_top_p():
         ("temperature", math.nan, "temperature must be between 0 and 2"),
         ("top_p", 0.0, r"top_p must be in \(0, 1\]"),
         ("top_p", math.inf, r"top_p must be in \(0, 1\]"),
-        ("seed", -1, "seed must be a non-negative whole number"),
+        ("seed", -1, "seed must be a whole number from 0 to 9223372036854775807, got -1"),
+        ("seed", 10**20, "seed must be a whole number from 0 to 9223372036854775807"),  # torch would overflow
     ],
 )
 def test_bad_values_name_the_field(field, value, message):
