@@ -24,14 +24,17 @@ MERGED = "a merged model"
 
 def export(adapter: str, out: Path | str, model: str = "default", dtype: str = "float32", registry=None) -> Path:
     """Load `model`, attach `adapter` (name, folder or hub id), merge it, and publish the folder `out`."""
-    from adapters.host import attach_for_cli
+    from adapters.host import AdapterHost, resolve_cli_adapter
     from adapters.publish import check_target, publish
+    from adapters.registry import AdapterRegistry
     from bot.models import load_model
 
     check_target(out, MERGE_NOTE, MERGED)  # before loading and merging, not after
+    registry = registry or AdapterRegistry()
+    info = resolve_cli_adapter(adapter, registry)  # an unknown adapter fails before the model loads
     loaded = load_model(model, dtype=dtype, device="cpu")
     base_name = loaded.name
-    name = attach_for_cli(loaded, adapter, threading.Lock(), registry)
+    name = AdapterHost(loaded, threading.Lock(), registry).attach_info(info)
     merged = loaded.model.merge_and_unload(adapter_names=[name])
     note = {"adapter": name, "adapter_source": str(adapter), "base_model": base_name, "dtype": dtype}
 

@@ -55,11 +55,9 @@ class Run:
     """The output head while the chunked loss runs (the model then returns hidden states), else None."""
 
 
-def prepare_data(config: TrainConfig, tokenizer) -> Prepared:
-    from adapters.data import load_conversations
+def prepare_data(config: TrainConfig, conversations: list[list[dict]], tokenizer) -> Prepared:
     from adapters.encode import encode_all, pack, split
 
-    conversations = load_conversations(Path(config.data), config.fill)
     train_part, eval_part = split(conversations, config.eval_fraction, config.seed)
     train = encode_all(tokenizer, train_part, config.max_length)
     if not train:
@@ -101,11 +99,13 @@ def train(config: TrainConfig) -> Path:
     from accelerate import Accelerator
     from accelerate.utils import GradientAccumulationPlugin
 
+    from adapters.data import load_conversations
     from adapters.lora import check_engine, check_qlora
     from adapters.metadata import CONFIG_FILE
     from adapters.publish import check_target
 
     check_target(config.output, CONFIG_FILE, ADAPTER)  # before the work, not after it
+    conversations = load_conversations(Path(config.data), config.fill)  # a bad file fails before the model loads
     if config.qlora:
         check_qlora()
     use_bf16 = config.precision == "bf16" or (config.precision == "auto" and (bf16_base() or cpu_bf16()))
@@ -117,7 +117,7 @@ def train(config: TrainConfig) -> Path:
         if accelerator.state.deepspeed_plugin is not None:  # DeepSpeed takes both from its config, before prepare()
             accelerator.state.deepspeed_plugin.deepspeed_config.update(
                 train_micro_batch_size_per_gpu=config.batch_size, gradient_accumulation_steps=config.grad_accum)
-        return _train(config, accelerator, load_bf16=use_bf16 and bf16_base())
+        return _train(config, conversations, accelerator, load_bf16=use_bf16 and bf16_base())
     finally:
         if accelerator.num_processes == 1:
             _forget_accelerator_state()
@@ -155,7 +155,7 @@ def _forget_accelerator_state() -> None:
     GradientState._reset_state()
 
 
-def _train(config: TrainConfig, accelerator, load_bf16: bool) -> Path:
+def _train(config: TrainConfig, conversations: list[list[dict]], accelerator, load_bf16: bool) -> Path:
     import torch
     from accelerate.utils import set_seed
 
@@ -166,7 +166,7 @@ def _train(config: TrainConfig, accelerator, load_bf16: bool) -> Path:
     started = time.perf_counter()
     set_seed(config.seed)
     base = load_base(config.model, config.qlora, str(accelerator.device), load_bf16)
-    data = prepare_data(config, base.tokenizer)
+    data = prepare_data(config, conversations, base.tokenizer)
     # Under FSDP only the main process is sure to hold the weights (the others may hold meta tensors).
     collective = fingerprint_is_collective(base.model)
     fingerprint = weights_fingerprint(base.model) if collective or accelerator.is_main_process else ""

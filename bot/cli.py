@@ -148,8 +148,11 @@ def main(args: argparse.Namespace) -> int:
 
 def ask_request(args: argparse.Namespace) -> dict:
     """The keyword arguments of ChatService.chat, validated before the model loads."""
-    from bot.service import FewShot
+    from bot.service import FewShot, check_pool
     from bot.settings import GenerationSettings
+
+    if not args.question.strip():
+        raise ValueError("the message is empty")
 
     settings = GenerationSettings(
         max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p, seed=args.seed
@@ -162,6 +165,9 @@ def ask_request(args: argparse.Namespace) -> dict:
             fixed_ids=tuple(args.fixed_ids) if args.fixed_ids else None,
             permutation=tuple(args.permutation) if args.permutation else None,
         )
+        from retrieval.library import PoolLibrary
+
+        check_pool(args.pool, PoolLibrary().names())  # the names only: no embedder loads
     return {"system": args.system, "settings": settings, "fewshot": fewshot}
 
 

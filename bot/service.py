@@ -47,10 +47,27 @@ class FewShot:
             raise ValueError(f"unknown mode '{self.mode}'; choose one of: {', '.join(MODES)}")
         if isinstance(self.k, bool) or not isinstance(self.k, int) or self.k < 0:
             raise ValueError(f"k must be a whole number >= 0, got {self.k!r}")
+        if not 0.0 <= self.diversity <= 1.0:
+            raise ValueError(f"diversity must be between 0 and 1, got {self.diversity}")
 
     @property
     def shots(self) -> int:
         return {"zero": 0, "one": 1}.get(self.mode, self.k)
+
+
+def check_pool(pool: str, names) -> None:
+    """Refuse a `pool` that is neither one of the library's `names`, an index folder nor a pool file
+    (the command line checks this before the model loads)."""
+    from pathlib import Path
+
+    from retrieval.storage import META_FILE
+
+    path = Path(pool)
+    if pool in names or (path / META_FILE).is_file() or path.is_file():
+        return
+    if path.suffix or "/" in pool:  # written as a file, not a name
+        raise ValueError(f"pool file '{pool}' does not exist")
+    raise ValueError(f"unknown pool '{pool}'; available: {', '.join(names)}, or a pool file")
 
 
 @dataclass
@@ -185,14 +202,11 @@ class ChatService:
             raise ValueError("few-shot prompts need a pool library; this service has none")
         if pool in self.library.names():
             return self.library.get(pool)
+        check_pool(pool, self.library.names())
         path = Path(pool)
         if (path / META_FILE).is_file():
             return DemoIndex.load(path, self.library.embedder)
-        if path.is_file():
-            return DemoIndex.build(load_pool(path), self.library.embedder)
-        if path.suffix or "/" in pool:  # written as a file, not a name
-            raise ValueError(f"pool file '{pool}' does not exist")
-        raise ValueError(f"unknown pool '{pool}'; available: {', '.join(self.library.names())}, or a pool file")
+        return DemoIndex.build(load_pool(path), self.library.embedder)
 
     def _stream(self, messages, settings, adapter, result: TurnResult) -> Iterator[TurnResult]:
         fitted = self.generator.fit(messages, settings)

@@ -51,11 +51,13 @@ def add_embedder_flag(parser: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     from retrieval.embedder import load_embedder
 
-    check = check_build if args.command == "build" else check_search
     try:
-        check(args)
-        embedder = load_embedder(args.embedder)
-        return build(args, embedder) if args.command == "build" else search(args, embedder)
+        if args.command == "build":
+            check_build(args)
+            pool = read_pool(args)  # a missing file or a bad row is named before the embedder loads
+            return build(args, pool, load_embedder(args.embedder))
+        check_search(args)
+        return search(args, load_embedder(args.embedder))
     except (ValueError, OSError) as error:  # PoolError, EmbedderError, IndexMismatch, StorageError, bad k, disk full
         print(f"error: {error}", file=sys.stderr)
         return 2
@@ -77,16 +79,20 @@ def check_search(args: argparse.Namespace) -> None:
         raise ValueError("--query is empty; give the text to search for")
 
 
-def build(args: argparse.Namespace, embedder) -> int:
-    from retrieval.index import DemoIndex
+def read_pool(args: argparse.Namespace):
     from retrieval.pool import BadRowsError, MissingColumnError, load_pool
 
     try:
-        pool = load_pool(args.pool, args.input_field, args.output_field, skip_bad=args.skip_bad, task=args.task)
+        return load_pool(args.pool, args.input_field, args.output_field, skip_bad=args.skip_bad, task=args.task)
     except BadRowsError as error:
         raise BadRowsError(f"{error}; pass --skip-bad to leave them out") from None
     except MissingColumnError as error:
         raise MissingColumnError(f"{error}; choose one with --{error.field}-field", error.field) from None
+
+
+def build(args: argparse.Namespace, pool, embedder) -> int:
+    from retrieval.index import DemoIndex
+
     index = DemoIndex.build(pool, embedder)
     meta = index.save(args.out)
     notes = pool.notes()

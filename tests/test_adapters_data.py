@@ -160,3 +160,19 @@ def test_a_pool_table_is_training_data_and_its_problems_are_named(tmp_path):
     (tmp_path / "empty.csv").write_text("input,output\nfine,\n")
     with pytest.raises(DataError, match=r"empty.csv: line 2: field 'output' is empty"):
         load_conversations(tmp_path / "empty.csv")
+
+
+@pytest.mark.parametrize("content, message", [(None, "data file '.*none.jsonl' does not exist"),
+                                              ("", "data file '.*none.jsonl' holds no records")])
+def test_bad_data_is_refused_before_the_model_loads(tmp_path, monkeypatch, content, message):
+    import adapters.lora
+    from adapters.config import TrainConfig
+    from adapters.train import train
+
+    monkeypatch.setattr(adapters.lora, "load_base", lambda *args, **kwargs: pytest.fail("loaded the model first"))
+    data = tmp_path / "none.jsonl"
+    if content is not None:
+        data.write_text(content)
+    with pytest.raises(ValueError, match=message):
+        train(TrainConfig(data=str(data), output=str(tmp_path / "out"), max_steps=1))
+    assert not (tmp_path / "out").exists()

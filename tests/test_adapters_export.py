@@ -70,6 +70,10 @@ def test_export_refuses_a_folder_that_is_not_a_merged_model_before_merging(adapt
     for out, message in ((tmp_path / "notes", "already holds files and is not a merged model"), ("", "no output folder")):
         with pytest.raises(ValueError, match=message):
             export(str(folder), out, model=base)
+    from adapters.registry import AdapterRegistry
+
+    with pytest.raises(ValueError, match="unknown adapter 'nobody'"):  # nor an adapter that is not there
+        export("nobody", tmp_path / "merged", model=base, registry=AdapterRegistry(tmp_path / "adapters"))
     assert (tmp_path / "notes" / "keep.txt").read_text() == "mine"
     monkeypatch.undo()
     first = export(str(folder), tmp_path / "merged", model=base)

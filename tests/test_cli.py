@@ -68,6 +68,13 @@ def test_ask_decodes_natively_by_default_with_generates_answer(tiny_folder):
         (["ask", "hi", "--model", "nobody/nothing"], "not in the local Hugging Face cache and the hub cannot be reached"),
         (["ask", "hi", "--device", "bogus"], "unknown device 'bogus'; choose auto, cpu, cuda, cuda:N or mps"),
         (["ask", "hi", "--device", "cuda"], "device 'cuda' is not available on this machine; available: cpu"),
+        # refused before the model loads: a model that cannot load would be the error otherwise
+        (["ask", "  ", "--model", "nobody/nothing"], "error: the message is empty"),
+        (["ask", "hi", "--pool", "nowhere", "--model", "nobody/nothing"], "error: unknown pool 'nowhere'; available: "),
+        (["ask", "hi", "--pool", "my/pool.csv", "--model", "nobody/nothing"],
+         "error: pool file 'my/pool.csv' does not exist"),
+        (["ask", "hi", "--pool", "sentiment", "--diversity", "2", "--model", "nobody/nothing"],
+         "error: diversity must be between 0 and 1, got 2.0"),
         (["ask", "--order", "permutation", "--permutation", "1", "0", "good film"],  # the list took the question
          "argument --permutation: 'good film' is not a whole number; the list takes every word after the flag, so "
          "put the question before it, or end the list with --"),

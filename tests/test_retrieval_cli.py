@@ -171,3 +171,17 @@ def test_overlong_row_is_refused_or_skipped_with_the_flag(tmp_path, capsys):
                                        "the limit is 20,000 per row; pass --skip-bad to leave them out\n")
     assert cli([*build, "--skip-bad"]) == 0
     assert capsys.readouterr().out.endswith(f"into {tmp_path / 'idx'} (1 bad row skipped)\n")
+
+
+@pytest.mark.parametrize("rows, message", [
+    (None, "pool file '{dir}/p.jsonl' does not exist"),
+    ([{"text": "no input field"}], "p.jsonl: 1 bad row: line 1: missing field 'input'; pass --skip-bad"),
+])
+def test_a_bad_pool_is_named_before_the_embedder_loads(tmp_path, capsys, monkeypatch, rows, message):
+    import retrieval.embedder
+
+    monkeypatch.setattr(retrieval.embedder, "load_embedder", lambda name: pytest.fail("loaded the embedder first"))
+    if rows is not None:
+        (tmp_path / "p.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    assert cli(["build", "--pool", str(tmp_path / "p.jsonl"), "--out", str(tmp_path / "idx")]) == 2
+    assert capsys.readouterr().err.startswith("error: " + message.format(dir=tmp_path))
