@@ -181,6 +181,25 @@ def test_a_picked_adapter_that_is_deleted_falls_back_to_base_on_refresh(tmp_path
     assert reply and "⚠️" not in reply
 
 
+def test_the_lab_shows_only_the_controls_an_experiment_reads(tiny, tmp_path):
+    from playwright.sync_api import expect
+
+    from retrieval.embedder import HashEmbedder
+    from retrieval.library import PoolLibrary
+
+    service = ChatService(Generator(tiny), PoolLibrary(tmp_path / "indexes", HashEmbedder()))
+    with launched(service) as url, browser() as chromium:
+        page = chromium.new_page()
+        page.goto(url)
+        page.get_by_role("tab", name="Lab").click()
+        controls = {"k": page.locator("#lab-k"), "permutations": page.locator("#lab-permutations")}
+        for experiment, shown in [("shots", set()), ("labels", {"k"}), ("order", {"k", "permutations"})]:
+            page.locator("#lab-experiment input").click()
+            page.get_by_role("option", name=experiment, exact=True).click()
+            for name, control in controls.items():  # expect() waits until it holds, or fails after 5 s
+                (expect(control).to_be_visible if name in shown else expect(control).to_be_hidden)()
+
+
 def test_stop_button_ends_a_streaming_answer(tiny):
     import time
 

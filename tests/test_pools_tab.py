@@ -46,6 +46,14 @@ def test_the_note_says_when_outputs_are_class_ids(pools_app, tmp_path):
                     "numbers; write label words in the pool to have it answer in words).")
 
 
+def test_a_missing_name_is_asked_for(pools_app, tmp_path):
+    _, client = pools_app
+    pool = tmp_path / "p.jsonl"
+    pool.write_text('{"input": "a", "output": "b"}\n')
+    with pytest.raises(Exception, match="type a name for the index in 'Index name'"):
+        client.predict(handle_file(str(pool)), "  ", "input", "output", "", False, api_name="/build_index")
+
+
 def test_a_missing_column_points_at_the_field_box(pools_app, tmp_path):
     _, client = pools_app
     table = tmp_path / "table.csv"

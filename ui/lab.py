@@ -39,6 +39,10 @@ def runs_folder():
     return data_home() / "runs"
 
 
+POOL_FILES = [".jsonl", ".csv", ".tsv", ".json"]
+"""What the lab reads: any pool file with `input` and `output` fields or columns."""
+
+
 def parse_seeds(text: str) -> list[int]:
     """ "0 1, 2" -> [0, 1, 2], or a ValueError that says what a seed must be."""
     parts = text.replace(",", " ").split()
@@ -61,13 +65,14 @@ def lab_tab(service, model_spec: str) -> dict:
             train = gr.Dropdown(list(pools), value="sentiment", label=t("train_pool"))
             test = gr.Dropdown(list(pools), value="sentiment", label=t("test_pool"))
             with gr.Row():
-                train_file = gr.File(label=t("train_file"), file_types=[".jsonl"], type="filepath")
-                test_file = gr.File(label=t("test_file"), file_types=[".jsonl"], type="filepath")
+                train_file = gr.File(label=t("train_file"), file_types=POOL_FILES, type="filepath")
+                test_file = gr.File(label=t("test_file"), file_types=POOL_FILES, type="filepath")
         with gr.Column():
-            k = gr.Slider(0, 8, value=4, step=1, label=t("k"))
+            k = gr.Slider(0, 8, value=4, step=1, label=t("k"), elem_id="lab-k")
             n_test = gr.Slider(4, 500, value=40, step=1, label=t("n_test"))
             seeds = gr.Textbox("0 1", label=t("seeds"))
-            permutations = gr.Slider(1, 120, value=24, step=1, label=t("permutations"))
+            permutations = gr.Slider(1, 120, value=24, step=1, label=t("permutations"),  # order is the first shown
+                                     elem_id="lab-permutations")
             adapter = gr.Dropdown(service.adapter_choices(), value="base", label=t("adapter"))
             run = gr.Button(t("run_experiment"), variant="primary", elem_id="lab-run")
     report = gr.Markdown(elem_id="lab-report")
@@ -93,7 +98,12 @@ def lab_tab(service, model_spec: str) -> dict:
         report = (folder / "report.md").read_text().removesuffix(PLOT_LINK)  # the plot shows beside it
         return report, str(folder / "plot.png"), runs_table(runs)
 
-    experiment.change(lambda name: EXPERIMENTS[name], experiment, description, api_name=False)
+    def controls(name):
+        """The description, and only the controls the experiment reads: shots sweeps its own ks and
+        only order scores permutations."""
+        return EXPERIMENTS[name], gr.update(visible=name != "shots"), gr.update(visible=name == "order")
+
+    experiment.change(controls, experiment, [description, k, permutations], api_name=False)
     run.click(start, [experiment, train, test, train_file, test_file, k, n_test, seeds, permutations, adapter],
               [report, plot, table], api_name="lab", concurrency_limit=1)
     return {"adapter": adapter, "runs": table}

@@ -29,6 +29,8 @@ def pools_tab(service, pool_pickers: list[gr.Dropdown]) -> None:
     def build_index(path, name, input_field, output_field, task, skip_bad, progress=gr.Progress()):
         if not path:
             raise gr.Error("choose a pool file to upload")
+        if not name.strip():
+            raise gr.Error(f"type a name for the index in '{EN['index_name']}'")
 
         def report(done: int, total: int):
             progress(done / max(total, 1), desc=f"embedding {done}/{total}")
@@ -51,7 +53,8 @@ def pools_tab(service, pool_pickers: list[gr.Dropdown]) -> None:
         note = f"Built **{name.strip()}**: {len(index)} examples{extra}."  # a valid name is letters, digits, - and _
         return note, listing(), *[gr.update(choices=choices)] * len(pool_pickers)
 
-    build.click(
+    # the last build's note goes first, so that it never stands beside this build's error
+    build.click(lambda: "", None, status, queue=False, api_name=False).then(
         build_index, [upload, name, input_field, output_field, task, skip_bad], [status, table, *pool_pickers],
         api_name="build_index",
     )
