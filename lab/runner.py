@@ -68,6 +68,7 @@ def run_experiment(name: str, config: LabConfig, progress: Progress = no_progres
         "n_test": len(ctx.data.test),
         "test": [{"input": item.input, "output": item.output} for item in ctx.data.test],  # what predictions index
         "train_size": len(ctx.data.train),
+        "train_duplicates": ctx.data.train.duplicates,
         "train_sha256": ctx.data.train.sha256,
         "seconds": time.perf_counter() - started,
         **result,
@@ -105,11 +106,13 @@ def render_report(record: dict, table: str) -> str:
     shots = f"ks={config['ks']}" if record["experiment"] == "shots" else f"k={config['k']}"  # shots sweeps ks
     seeds = "" if record["experiment"] == "finetune" else f", seeds={config['seeds']}"  # finetune draws no sets
     train, test = shown_path(config["train"]), shown_path(config["test"])
+    duplicates = record.get("train_duplicates", 0)  # runs from before 2026-11-27 do not record it
+    dropped = f"; {duplicates} exact duplicates dropped" if duplicates else ""
     return (
         f"# {record['experiment']}: {data_name(config['train'])}\n\n"
         f"{EXPERIMENTS[record['experiment']]}\n\n"
         f"- model: {record['model']} ({record['dtype']}), task: {record['task']}, labels: {', '.join(record['labels'][:20])}\n"
-        f"- train: {train} ({record['train_size']} examples), test: {test} ({record['n_test']} items)\n"
+        f"- train: {train} ({record['train_size']} examples{dropped}), test: {test} ({record['n_test']} items)\n"
         f"- {shots}{seeds}, style={config['style']}, calibrate={config['calibrate']}\n"
         f"- run time: {record['seconds']:.0f} s\n\n{table}{PLOT_LINK}"
     )

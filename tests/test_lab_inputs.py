@@ -101,6 +101,14 @@ def test_labels_report_shows_how_many_random_labels_were_wrong(tmp_path, tiny):
     assert f"| wrong labels in random | {' | '.join(map(str, wrong))} |" in report
 
 
+def test_the_report_counts_the_duplicates_the_pool_dropped(tmp_path, tiny):
+    train = write_pool(tmp_path / "dups.jsonl", TRAIN + TRAIN[:3])
+    result = run(tmp_path, tiny, "labels", train=train, seeds=[0])
+    report = (tmp_path / "runs" / "labels" / "report.md").read_text()
+    assert result["train_size"] == len(TRAIN) and result["train_duplicates"] == 3
+    assert f"dups.jsonl ({len(TRAIN)} examples; 3 exact duplicates dropped)" in report
+
+
 def test_order_report_names_ties_between_orders(tmp_path, tiny, monkeypatch):
     import lab.experiments.order
 
