@@ -69,9 +69,10 @@ def keep_pickers_current(demo: gr.Blocks, service, chat: dict, compare: dict, la
     def current(*picked):
         adapters, pools = service.adapter_choices(), pool_choices(service)
         updates = [
-            gr.update(choices=adapters, value=[name for name in value if name in adapters])  # the Compare ticks
-            if isinstance(value, list) else gr.update(choices=adapters, value=value if value in adapters else BASE)
-            for value in picked[:len(adapter_pickers)]
+            gr.update(choices=adapters, value=[name for name in value or [] if name in adapters])  # Compare's ticks
+            if isinstance(picker, gr.CheckboxGroup)
+            else gr.update(choices=adapters, value=value if value in adapters else BASE)
+            for picker, value in zip(adapter_pickers, picked)
         ]
         updates += [gr.update(choices=pools, value=value if value in pools else NO_POOL)
                     for value in picked[len(adapter_pickers):]]

@@ -57,12 +57,14 @@ def read_records(path: Path) -> list[dict]:
 
 def _table_records(path: Path) -> list[dict]:
     """A CSV/TSV pool as `{"input", "output"}` records; a bad row is named by its line, as for a pool."""
-    from retrieval.rows import PoolError, read_rows
+    from retrieval.rows import MissingColumnError, PoolError, read_rows
 
     try:
         rows, errors = read_rows(path, "input", "output")
-    except PoolError as error:
+    except MissingColumnError as error:
         raise DataError(f"{error}; a table of training data needs the columns 'input' and 'output'") from None
+    except PoolError as error:
+        raise DataError(str(error)) from None
     if errors:
         raise DataError(f"{path}: line {errors[0].line}: {errors[0].message}")
     return [{"input": text, "output": answer} for text, answer, _ in rows]

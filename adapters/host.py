@@ -47,11 +47,20 @@ class AdapterHost:
         """Attach an adapter folder given by path; its folder name becomes its name."""
         return self.attach_info(self.registry.resolve_path(folder))
 
+    def current(self, name: str) -> str:
+        """`name` for a request: an attached registry adapter whose folder was replaced since it was
+        loaded (trained again under its name) is loaded anew first. One listing of its folder per call."""
+        path = self._paths.get(name)
+        if path is not None and path == self.registry.root / name and _version(name, path) != self._versions[name]:
+            return self.attach(name)
+        return name
+
     def attach_info(self, info: AdapterInfo) -> str:
         """Vet and load one adapter. Attaching a name again from the same folder does nothing while its
-        files are the ones loaded; once they changed (retrained under the same name), the new weights
-        replace the old, vetted first, so a bad new version leaves the old one serving."""
-        version = files_version(info.path)
+        files are the ones loaded; once they changed (trained again under the same name), the new files
+        are vetted, and replace the old weights only if they pass (if not, the request fails with
+        what is wrong, and so does each later one until the folder is fixed)."""
+        version = _version(info.name, info.path)
         with self.lock:
             if info.name in self._paths:
                 if self._paths[info.name] != info.path:
@@ -100,6 +109,13 @@ class AdapterHost:
     def detach_all(self) -> None:
         for name in self.attached:
             self.detach(name)
+
+
+def _version(name: str, folder: Path) -> tuple:
+    try:
+        return files_version(folder)
+    except OSError as error:  # removed, or (without an atomic swap) between the two renames of a publish
+        raise AdapterError(f"adapter '{name}' was removed or is being replaced ({error.strerror}); try again") from None
 
 
 def files_version(folder: Path) -> tuple:

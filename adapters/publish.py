@@ -40,6 +40,8 @@ def check_target(target: Path | str, marker: str, kind: str) -> Path:
     problem = creation_problem(path)
     if problem:
         raise TargetError(problem)
+    if path.exists() and not os.access(path.parent, os.W_OK | os.X_OK):  # the new version is staged beside it
+        raise TargetError(f"cannot replace '{path}': no permission to write in '{path.parent}'")
     if path.is_dir() and not (path / marker).is_file() and any(path.iterdir()):
         raise TargetError(
             f"'{path}' already holds files and is not {kind}, so writing there would delete them; "

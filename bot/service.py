@@ -65,6 +65,9 @@ def check_pool(pool: str, names) -> None:
     path = Path(pool)
     if pool in names or (path / META_FILE).is_file() or path.is_file():
         return
+    if path.is_dir():
+        raise ValueError(f"'{pool}' is a folder but not an index (no {META_FILE}); build one with "
+                         "python -m retrieval build, or give a pool file")
     if path.suffix or "/" in pool:  # written as a file, not a name
         raise ValueError(f"pool file '{pool}' does not exist")
     raise ValueError(f"unknown pool '{pool}'; available: {', '.join(names)}, or a pool file")
@@ -104,8 +107,13 @@ class ChatService:
         return [BASE, *sorted(names)]
 
     def use_adapter(self, name: str) -> str:
-        """Make the adapter resident (loading it on first use) and return the name to generate with."""
-        if name == BASE or name in self.generator.resident_adapters():
+        """Make the adapter resident (loading it on first use, or anew once its folder was replaced)
+        and return the name to generate with."""
+        if name == BASE:
+            return name
+        if self.adapters is not None and name in self.adapters.attached:
+            return self.adapters.current(name)  # reloaded if it was trained again since
+        if name in self.generator.resident_adapters():
             return name
         if self.adapters is None:
             raise ValueError(f"unknown adapter '{name}'; available: {BASE}")

@@ -84,7 +84,7 @@ def main(args: argparse.Namespace) -> int:
     try:
         with library_output_to_stderr():
             folder = run_experiment(args.experiment, config_from_args(args), progress=report)
-    except LabError as error:
+    except (LabError, OSError) as error:  # OSError: a data file that cannot be read, say
         print(f"error: {error}", file=sys.stderr)
         return 2
     print(folder)

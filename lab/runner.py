@@ -47,35 +47,37 @@ def run_experiment(name: str, config: LabConfig, progress: Progress = no_progres
     module = experiment_module(name)
     started = time.perf_counter()
     out = Path(config.out) if config.out else new_run_folder(Path(runs), name)
+    ours = not (config.out and out.exists())  # an empty folder the user gave stays, whatever happens
     try:
         ctx = open_context(config, name, out, progress, loaded)
-        out.mkdir(parents=True, exist_ok=True)
-    except BaseException as error:
-        if not config.out:  # the empty folder new_run_folder made for this run
-            out.rmdir()
-        if isinstance(error, OSError):
-            raise LabError(f"cannot create the result folder {out}: {error.strerror or error}") from error
+        make_folder(out, exist_ok=True)
+        result = module.run(ctx)
+        record = {
+            "experiment": name,
+            "created": datetime.now().isoformat(timespec="seconds"),
+            "config": config.to_dict(),
+            "model": ctx.loaded.name,
+            "dtype": ctx.loaded.dtype,
+            "task": ctx.data.task,
+            "labels": ctx.data.labels,
+            "n_test": len(ctx.data.test),
+            "test": [{"input": item.input, "output": item.output} for item in ctx.data.test],  # what predictions index
+            "train_size": len(ctx.data.train),
+            "train_duplicates": ctx.data.train.duplicates,
+            "train_sha256": ctx.data.train.sha256,
+            "seconds": time.perf_counter() - started,
+            **result,
+        }
+        try:
+            (out / "result.json").write_text(json.dumps(record, indent=1, ensure_ascii=False) + "\n")
+            (out / "report.md").write_text(render_report(record, module.table(result)))
+            module.plot(result, out / "plot.png")
+        except OSError as error:  # a full disk, say: one line, as for any other refusal
+            raise LabError(f"cannot write the run's results into {out}: {error.strerror or error}") from error
+    except BaseException:
+        if ours:
+            _remove_if_empty(out)  # a run refused or failed before it wrote anything leaves no folder
         raise
-    result = module.run(ctx)
-    record = {
-        "experiment": name,
-        "created": datetime.now().isoformat(timespec="seconds"),
-        "config": config.to_dict(),
-        "model": ctx.loaded.name,
-        "dtype": ctx.loaded.dtype,
-        "task": ctx.data.task,
-        "labels": ctx.data.labels,
-        "n_test": len(ctx.data.test),
-        "test": [{"input": item.input, "output": item.output} for item in ctx.data.test],  # what predictions index
-        "train_size": len(ctx.data.train),
-        "train_duplicates": ctx.data.train.duplicates,
-        "train_sha256": ctx.data.train.sha256,
-        "seconds": time.perf_counter() - started,
-        **result,
-    }
-    (out / "result.json").write_text(json.dumps(record, indent=1, ensure_ascii=False) + "\n")
-    (out / "report.md").write_text(render_report(record, module.table(result)))
-    module.plot(result, out / "plot.png")
     progress(1.0, f"done: {out}")
     return out
 
@@ -87,13 +89,28 @@ def new_run_folder(runs: Path, name: str) -> Path:
     for suffix in ["", *(f"-{n}" for n in range(2, 1000))]:
         folder = runs / f"{stem}{suffix}"
         try:
-            folder.mkdir(parents=True)
+            make_folder(folder, exist_ok=False)
         except FileExistsError:
             continue
-        except OSError as error:
-            raise LabError(f"cannot create the result folder {folder}: {error.strerror or error}") from error
         return folder
     raise LabError(f"{runs} already holds a thousand runs named {stem}-*")
+
+
+def make_folder(folder: Path, exist_ok: bool) -> None:
+    """mkdir with parents; a file-system error other than the folder existing becomes a LabError."""
+    try:
+        folder.mkdir(parents=True, exist_ok=exist_ok)
+    except FileExistsError:
+        raise
+    except OSError as error:
+        raise LabError(f"cannot create the result folder {folder}: {error.strerror or error}") from error
+
+
+def _remove_if_empty(folder: Path) -> None:
+    try:
+        folder.rmdir()  # only ever removes an empty folder
+    except OSError:
+        pass
 
 
 PLOT_LINK = "\n\n![plot](plot.png)\n"
@@ -107,7 +124,7 @@ def render_report(record: dict, table: str) -> str:
     seeds = "" if record["experiment"] == "finetune" else f", seeds={config['seeds']}"  # finetune draws no sets
     train, test = shown_path(config["train"]), shown_path(config["test"])
     duplicates = record.get("train_duplicates", 0)  # runs from before 2026-11-27 do not record it
-    dropped = f"; {duplicates} exact duplicates dropped" if duplicates else ""
+    dropped = f"; {duplicates} exact {'duplicate' if duplicates == 1 else 'duplicates'} dropped" if duplicates else ""
     return (
         f"# {record['experiment']}: {data_name(config['train'])}\n\n"
         f"{EXPERIMENTS[record['experiment']]}\n\n"
@@ -120,9 +137,11 @@ def render_report(record: dict, table: str) -> str:
 
 def data_name(path: str) -> str:
     """What a report calls the data: the file's name (`sentiment`), or its folder's when the file is
-    named after a split (`sst2` for sst2/train.jsonl)."""
+    named after a split (`sst2` for sst2/train.jsonl) and the folder is one a reader chose: not the
+    random folder an upload lands in outside the working folder."""
     file = Path(path)
-    return file.parent.name if file.stem.lower() in SPLIT_NAMES and file.parent.name else file.stem
+    chosen = not file.is_absolute() or file.is_relative_to(Path.cwd())
+    return file.parent.name if file.stem.lower() in SPLIT_NAMES and file.parent.name and chosen else file.stem
 
 
 def shown_path(path: str) -> str:

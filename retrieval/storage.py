@@ -20,11 +20,9 @@ import hashlib
 import json
 import os
 import re
-import tempfile
+import uuid
 from collections.abc import Callable
 from pathlib import Path
-
-from bot.paths import ordinary_file_mode
 
 META_FILE = "meta.json"
 DATA_NAME = re.compile(r"[a-z]+-[0-9a-f]{16}")
@@ -48,14 +46,14 @@ def sha256_file(path: Path) -> str:
 def write_file_atomic(path: Path, write: Callable[[Path], None]) -> None:
     """Call `write(temp_path)` and rename the result to `path`; no half-written `path` is ever seen."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp = tempfile.mkstemp(prefix=".partial-", dir=path.parent)
-    os.close(handle)
+    temp = path.parent / f".partial-{uuid.uuid4().hex}"
+    # not mkstemp, which makes the file private: this one gets what the umask gives any new file
+    os.close(os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
     try:
-        write(Path(temp))
-        os.chmod(temp, ordinary_file_mode(path.parent))  # mkstemp makes the file private
+        write(temp)
         os.replace(temp, path)
     except BaseException:
-        Path(temp).unlink(missing_ok=True)
+        temp.unlink(missing_ok=True)
         raise
 
 

@@ -157,20 +157,29 @@ def test_an_adapter_retrained_under_its_name_is_served_anew(lab, served, tmp_pat
     from adapters.publish import publish
     from adapters.registry import AdapterRegistry
 
+    from bot.service import ChatService
+
     generator, host = served
     shutil.copytree(lab[1], tmp_path / "adapters")
     host.registry = AdapterRegistry(tmp_path / "adapters")
+    service = ChatService(generator, None, host)
+
+    def chat(question: str) -> str:  # as the app's every request runs: the service names the adapter
+        *_, last = service.chat(question, None, None, greedy(), adapter="zebra")
+        return last.text
+
     tokenizer = generator.loaded.tokenizer
     old, new = (reference_answer(fresh_peft(lab, name), tokenizer, QUESTIONS[1]) for name in ("zebra", "paris"))
     assert old != new  # sanity: the two versions answer apart
-    host.attach("zebra")
-    assert ask(generator, QUESTIONS[1], "zebra") == old
+    assert chat(QUESTIONS[1]) == old
     publish(tmp_path / "adapters" / "zebra", lambda staging: shutil.copytree(lab[1] / "paris", staging, dirs_exist_ok=True),
             marker=CONFIG_FILE, kind="an adapter")
-    assert host.attach("zebra") == "zebra" and host.attached == ["zebra"]
-    assert ask(generator, QUESTIONS[1], "zebra") == new
+    assert chat(QUESTIONS[1]) == new and host.attached == ["zebra"]
     torch.testing.assert_close(logits(generator.loaded.model, PROBE, adapter="zebra"),
                                logits(fresh_peft(lab, "paris"), PROBE), rtol=0, atol=1e-5)
+    shutil.rmtree(tmp_path / "adapters" / "zebra")
+    with pytest.raises(ValueError, match="adapter 'zebra' was removed or is being replaced"):
+        chat(QUESTIONS[1])
 
 
 def test_attach_for_cli_takes_a_folder_path(lab):

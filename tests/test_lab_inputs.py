@@ -77,6 +77,10 @@ def test_default_run_folders_never_collide_and_a_refused_run_leaves_none(tmp_pat
     with pytest.raises(LabError, match="--embedder nosuch"):
         run_experiment("shots", config(tmp_path, "x", out=None, embedder="nosuch"), runs=runs)
     assert sorted(p.name for p in runs.iterdir()) == [first.name, second.name]
+    (tmp_path / "mine").mkdir()  # an empty folder the user named stays after a refused run
+    with pytest.raises(LabError, match="--embedder nosuch"):
+        run_experiment("shots", config(tmp_path, "x", out=str(tmp_path / "mine"), embedder="nosuch"))
+    assert (tmp_path / "mine").is_dir()
 
 
 def test_finetune_with_an_adapter_is_refused(tmp_path, no_model_load):
@@ -237,6 +241,7 @@ def test_command_line_errors_name_the_flag_and_its_defaults_are_the_configs(tmp_
     ("../shared/data/sst2/train.jsonl", "sst2", "../shared/data/sst2/train.jsonl"),  # as typed
     ("retrieval/pools/sentiment.jsonl", "sentiment", "retrieval/pools/sentiment.jsonl"),
     ("/tmp/gradio/a1b2c3/my reviews.csv", "my reviews", "my reviews.csv"),  # an upload: its folder means nothing
+    ("/tmp/gradio/a1b2c3/train.jsonl", "train", "train.jsonl"),  # not named after the upload's random folder
     ("TEST.JSONL", "TEST", "TEST.JSONL"),  # a split name with no folder to name it by
 ])
 def test_reports_name_the_data_and_show_paths_a_reader_can_use(path, name, shown, monkeypatch, tmp_path):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gradio as gr
 
+from retrieval.rows import FORMATS
 from ui.text import t
 
 
@@ -16,10 +17,10 @@ def pool_files() -> dict[str, str]:
 
 
 def runs_table(folder) -> list[list]:
-    from lab.runner import list_runs
+    from lab.runner import list_runs, shown_path
 
-    return [[r["created"], r["experiment"], r["model"], r["train"], r["test"], r["seconds"], r["path"]]
-            for r in list_runs(folder)]
+    return [[r["created"], r["experiment"], r["model"], shown_path(r["train"] or ""), shown_path(r["test"] or ""),
+             r["seconds"], shown_path(r["path"])] for r in list_runs(folder)]  # as the reports show paths
 
 
 def model_fields(service, adapter: str) -> dict:
@@ -37,10 +38,6 @@ def runs_folder():
     from bot.paths import data_home
 
     return data_home() / "runs"
-
-
-POOL_FILES = [".jsonl", ".csv", ".tsv", ".json"]
-"""What the lab reads: any pool file with `input` and `output` fields or columns."""
 
 
 def parse_seeds(text: str) -> list[int]:
@@ -65,8 +62,8 @@ def lab_tab(service, model_spec: str) -> dict:
             train = gr.Dropdown(list(pools), value="sentiment", label=t("train_pool"))
             test = gr.Dropdown(list(pools), value="sentiment", label=t("test_pool"))
             with gr.Row():
-                train_file = gr.File(label=t("train_file"), file_types=POOL_FILES, type="filepath")
-                test_file = gr.File(label=t("test_file"), file_types=POOL_FILES, type="filepath")
+                train_file = gr.File(label=t("train_file"), file_types=list(FORMATS), type="filepath")
+                test_file = gr.File(label=t("test_file"), file_types=list(FORMATS), type="filepath")
         with gr.Column():
             k = gr.Slider(0, 8, value=4, step=1, label=t("k"), elem_id="lab-k")
             n_test = gr.Slider(4, 500, value=40, step=1, label=t("n_test"))

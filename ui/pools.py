@@ -5,6 +5,7 @@ from __future__ import annotations
 import gradio as gr
 
 from retrieval.pool import BadRowsError, MissingColumnError
+from retrieval.rows import FORMATS
 from ui.chat import pool_choices
 from ui.text import EN, t
 
@@ -15,7 +16,7 @@ def pools_tab(service, pool_pickers: list[gr.Dropdown]) -> None:
 
     with gr.Row():
         with gr.Column():
-            upload = gr.File(label=t("upload_pool"), file_types=[".jsonl", ".csv", ".tsv", ".json"], type="filepath")
+            upload = gr.File(label=t("upload_pool"), file_types=list(FORMATS), type="filepath")
             name = gr.Textbox(label=t("index_name"), placeholder="my-pool")
             with gr.Row():
                 input_field = gr.Textbox("input", label=t("input_field"))

@@ -19,7 +19,13 @@ import gradio as gr
 
 from ui.text import t
 
-DEMO_DATA = Path(__file__).resolve().parent.parent / "adapters" / "data"
+REPO_ROOT = Path(__file__).resolve().parent.parent
+"""Where `python -m adapters.train` runs from, whatever the app's working folder."""
+DEMO_DATA = REPO_ROOT / "adapters" / "data"
+
+
+TRAINING_FILES = [".jsonl", ".json", ".csv", ".tsv"]
+"""What `adapters.data` reads."""
 
 
 def training_enabled() -> bool:
@@ -57,7 +63,7 @@ class TrainingJob:
             if self.log is not None:
                 self.log.close()
             self.log = tempfile.TemporaryFile("w+", encoding="utf-8")
-            self.process = subprocess.Popen(command, stdout=self.log, stderr=subprocess.STDOUT, text=True)
+            self.process = subprocess.Popen(command, stdout=self.log, stderr=subprocess.STDOUT, text=True, cwd=REPO_ROOT)
             self.output, self.data, self.failure = output, data, None
         return output
 
@@ -83,12 +89,14 @@ class TrainingJob:
             return f"training **{self.output.name}**…"
         if self.process.returncode == 0:
             return f"done: **{self.output.name}** is in the adapters folder; press *Refresh adapters*"
-        if self.failure is None:
-            self.log.seek(0)
-            lines = self.log.read().strip().splitlines()
-            # the message names the data file by its name, not by where the server keeps uploads
-            self.failure = lines[-1].replace(self.data, Path(self.data).name) if lines else "no output"
-        return f"training failed ({self.process.returncode}): {self.failure}"
+        with self.lock:  # every open page polls; start() may swap the log meanwhile
+            if self.failure is None:
+                self.log.seek(0)
+                lines = self.log.read().strip().splitlines()
+                errors = [line for line in lines if line.startswith("error:")] or lines[-1:]  # not a late warning
+                # the message names the data file by its name, not by where the server keeps uploads
+                self.failure = errors[-1].replace(self.data, Path(self.data).name) if errors else "no output"
+            return f"training failed ({self.process.returncode}): {self.failure}"
 
 
 def train_tab(model_spec: str) -> None:
@@ -100,7 +108,7 @@ def train_tab(model_spec: str) -> None:
     with gr.Row():
         with gr.Column():
             data = gr.Dropdown(list(demos), value=next(iter(demos), None), label=t("train_data"))
-            upload = gr.File(label=t("train_file"), file_types=[".jsonl", ".json", ".csv", ".tsv"], type="filepath")
+            upload = gr.File(label=t("train_file"), file_types=TRAINING_FILES, type="filepath")
             name = gr.Textbox("my-adapter", label=t("adapter_name"))
             steps = gr.Slider(1, 2000, value=60, step=1, label=t("max_steps"))
             learning_rate = gr.Number(2e-3, label=t("learning_rate"))
