@@ -32,3 +32,19 @@ def test_a_failed_run_keeps_its_reason_and_names_the_file_not_where_uploads_live
     first, later = job.status(), job.status()  # the page polls every 2 s
     assert first == later == "training failed (2): error: bad.jsonl: line 2 is not JSON: Expecting value (column 1)"
     assert not (adapters / "fresh").exists()
+
+
+def test_a_run_shows_its_progress_and_stops_without_writing_an_adapter(adapters, tmp_path):
+    import time
+
+    job = TrainingJob()
+    job.start(str(DEMO_DATA / "captain_kelp.jsonl"), "long", save_tiny(tmp_path / "tiny"), 2000, 1e-3, 4)
+    deadline = time.monotonic() + 120
+    while "step" not in job.status() and job.running and time.monotonic() < deadline:
+        time.sleep(0.2)
+    progress = job.status()
+    assert progress.startswith("training **long**: step ") and " of 2000, about " in progress, progress
+    job.stop()
+    job.process.wait(timeout=120)
+    assert job.status() == "stopped **long**: no adapter written"
+    assert not (adapters / "long").exists()

@@ -62,6 +62,7 @@ EN = {
     "learning_rate": "Learning rate",
     "rank": "LoRA rank",
     "start_training": "Start training",
+    "stop_training": "Stop",
     "loss": "Training loss",
 }
 
@@ -121,6 +122,7 @@ ZH = {
     "learning_rate": "学习率",
     "rank": "LoRA 秩",
     "start_training": "开始训练",
+    "stop_training": "停止",
     "loss": "训练损失",
 }
 

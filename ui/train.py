@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
 import threading
+import time
 from pathlib import Path
 
 import gradio as gr
@@ -65,7 +67,14 @@ class TrainingJob:
             self.log = tempfile.TemporaryFile("w+", encoding="utf-8")
             self.process = subprocess.Popen(command, stdout=self.log, stderr=subprocess.STDOUT, text=True, cwd=REPO_ROOT)
             self.output, self.data, self.failure = output, data, None
+            self.steps, self.started = steps, time.monotonic()
         return output
+
+    def stop(self) -> None:
+        """Interrupt the run as Ctrl-C would: `adapters.train` then writes no adapter."""
+        with self.lock:
+            if self.running:
+                self.process.send_signal(signal.SIGINT)
 
     @property
     def running(self) -> bool:
@@ -82,13 +91,23 @@ class TrainingJob:
                 return [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
         return []
 
+    def progress(self) -> str:
+        """What follows the name: ': step 12 of 60, about 3 min left' once a step is logged, '…' before."""
+        done = max((row["step"] for row in self.losses() if "step" in row), default=0)
+        if not done:
+            return "…"
+        left = (time.monotonic() - self.started) / done * (self.steps - done)  # loading the model counts too
+        return f": step {done} of {self.steps}, about {max(1, round(left / 60))} min left"
+
     def status(self) -> str:
         if self.process is None:
             return ""
         if self.running:
-            return f"training **{self.output.name}**…"
+            return f"training **{self.output.name}**{self.progress()}"
         if self.process.returncode == 0:
             return f"done: **{self.output.name}** is in the adapters folder; press *Refresh adapters*"
+        if self.process.returncode in (130, -signal.SIGINT):  # stopped here (or before Python set up its handler)
+            return f"stopped **{self.output.name}**: no adapter written"
         with self.lock:  # every open page polls; start() may swap the log meanwhile
             if self.failure is None:
                 self.log.seek(0)
@@ -113,7 +132,9 @@ def train_tab(model_spec: str) -> None:
             steps = gr.Slider(1, 2000, value=60, step=1, label=t("max_steps"))
             learning_rate = gr.Number(2e-3, label=t("learning_rate"))
             rank = gr.Slider(1, 64, value=8, step=1, label=t("rank"))
-            start = gr.Button(t("start_training"), variant="primary")
+            with gr.Row():
+                start = gr.Button(t("start_training"), variant="primary")
+                stop = gr.Button(t("stop_training"), variant="stop")
         with gr.Column():
             status = gr.Markdown()
             loss = gr.LinePlot(x="step", y="loss", label=t("loss"))
@@ -132,4 +153,5 @@ def train_tab(model_spec: str) -> None:
         return job.status(), pd.DataFrame(rows or {"step": [], "loss": []})
 
     start.click(begin, [data, upload, name, steps, learning_rate, rank], status, api_name=False)
+    stop.click(lambda: job.stop(), None, None, api_name=False)  # the next poll says it stopped
     gr.Timer(2).tick(poll, outputs=[status, loss], api_name=False)
