@@ -131,3 +131,16 @@ def test_no_choice_is_taken_for_an_interface_text_key(tiny):
     values = {str(value) for picker in pickers for _, value in picker.choices}
     assert {"order", "knn", "few"} <= values  # sanity: the pickers were found
     assert not values & set(EN)
+
+
+def test_a_notice_is_shown_once_until_it_changes():
+    """The chat shows a notice again only when it differs from the one this browser session last saw."""
+    from ui.chat import LastNotices
+
+    notices = LastNotices(sessions=2)
+    history = "earlier turns are not sent"
+    shown = [notices.fresh("a", history), notices.fresh("a", history), notices.fresh("b", history),
+             notices.fresh("a", "2 demonstrations dropped"), notices.fresh("a", history), notices.fresh(None, history)]
+    assert shown == [True, False, True, True, True, True]
+    notices.fresh("c", history)  # a third session: the oldest ("b") is forgotten, and would see it again
+    assert notices.fresh("b", history) and not notices.fresh("c", history)

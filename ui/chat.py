@@ -3,6 +3,9 @@ few-shot demonstrations from a pool. The function keeps Gradio's `fn(message, hi
 
 from __future__ import annotations
 
+import threading
+from collections import OrderedDict
+
 import gradio as gr
 
 from bot.settings import MAX_TEMPERATURE
@@ -37,6 +40,27 @@ def fewshot_from(pool, mode, k, select, order):
     if not pool or pool == NO_POOL:
         return None
     return FewShot(pool=pool, mode=mode, k=int(k), select=select, order=order)
+
+
+class LastNotices:
+    """The last notice each browser session was shown, so that the same one is not shown again with
+    every message (the "earlier turns are not sent" notice would cover the controls each time)."""
+
+    def __init__(self, sessions: int = 1000):
+        self.sessions = sessions
+        self._last: OrderedDict[str, str] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def fresh(self, session: str | None, notice: str) -> bool:
+        """Whether to show `notice` to `session` now; a session of None (no request) always sees it."""
+        if session is None:
+            return True
+        with self._lock:
+            seen = self._last.pop(session, None) == notice
+            self._last[session] = notice
+            while len(self._last) > self.sessions:  # the oldest sessions are forgotten
+                self._last.popitem(last=False)
+        return not seen
 
 
 def without_failures(history: list[dict]) -> list[dict]:
@@ -86,6 +110,8 @@ def chat_tab(service) -> dict:
     adapter = gr.Dropdown(service.adapter_choices(), value="base", label=t("adapter"), render=False)
     few = fewshot_controls(service)
 
+    notices = LastNotices()
+
     def respond(message, history, system, max_new_tokens, temperature, top_p, adapter, pool, mode, k, select, order,
                 request: gr.Request = None):
         # In the page an error is the answer, marked, rather than a raised gr.Error, after which Gradio's
@@ -99,7 +125,8 @@ def chat_tab(service) -> dict:
             warned = False
             for result in turns:
                 if result.notice and not warned:
-                    gr.Warning(result.notice)
+                    if notices.fresh(request.session_hash if request else None, result.notice):
+                        gr.Warning(result.notice)
                     warned = True
                 yield result.text, demo_rows(result.demos), result.prompt
         except ValueError as error:
