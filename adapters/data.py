@@ -22,6 +22,10 @@ ROLES = ("system", "user", "assistant")
 PLACEHOLDER = re.compile(r"\{\{\s*(\w+)\s*\}\}")
 
 
+FORMATS = (".jsonl", ".json", ".csv", ".tsv")
+"""The data files read here: JSONL (also any other suffix), a JSON list, or a pool table."""
+
+
 class DataError(ValueError):
     """A data file or record that cannot be turned into a conversation; the message says where."""
 

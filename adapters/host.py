@@ -51,7 +51,7 @@ class AdapterHost:
         """`name` for a request: an attached registry adapter whose folder was replaced since it was
         loaded (trained again under its name) is loaded anew first. One listing of its folder per call."""
         path = self._paths.get(name)
-        if path is not None and path == self.registry.root / name and _version(name, path) != self._versions[name]:
+        if path is not None and path == self.registry.root / name and _version(name, path) != self._versions.get(name):
             return self.attach(name)
         return name
 

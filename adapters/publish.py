@@ -16,6 +16,7 @@ import errno
 import os
 import shutil
 import tempfile
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 
@@ -131,12 +132,24 @@ def recover(parent: Path) -> None:
 
 def _ordinary_modes(folder: Path) -> None:
     """Give every file the permissions a new file gets here: safetensors writes its files private."""
-    from bot.paths import ordinary_file_mode
-
     mode = ordinary_file_mode(folder)
     for path in folder.rglob("*"):
         if path.is_file() and not path.is_symlink():
             path.chmod(mode)
+
+
+def ordinary_file_mode(folder: Path) -> int:
+    """The permissions a new file in `folder` gets by default (0o644 under the usual umask), found
+    by creating one: reading the umask means setting it, for every thread of the process at once.
+    Files written through a private temporary file (or by safetensors) get these, so that another
+    user, a vLLM server say, can read them as it reads the rest."""
+    probe = Path(folder) / f".mode-probe-{uuid.uuid4().hex}"
+    handle = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    try:
+        return os.fstat(handle).st_mode & 0o777
+    finally:
+        os.close(handle)
+        probe.unlink()
 
 
 def _sync_folder(folder: Path) -> None:

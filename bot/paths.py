@@ -32,18 +32,3 @@ def indexes_dir() -> Path:
     """FAISS indexes built from demonstration pools."""
     return data_home() / "indexes"
 
-
-def ordinary_file_mode(folder: Path) -> int:
-    """The permissions a new file in `folder` gets by default (0o644 under the usual umask), found
-    by creating one: reading the umask means setting it, for every thread of the process at once.
-    Files written through a private temporary file (or by safetensors) get these, so that another
-    user, a vLLM server say, can read them as it reads the rest."""
-    import uuid
-
-    probe = Path(folder) / f".mode-probe-{uuid.uuid4().hex}"
-    handle = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-    try:
-        return os.fstat(handle).st_mode & 0o777
-    finally:
-        os.close(handle)
-        probe.unlink()

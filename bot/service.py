@@ -47,8 +47,9 @@ class FewShot:
             raise ValueError(f"unknown mode '{self.mode}'; choose one of: {', '.join(MODES)}")
         if isinstance(self.k, bool) or not isinstance(self.k, int) or self.k < 0:
             raise ValueError(f"k must be a whole number >= 0, got {self.k!r}")
-        if not 0.0 <= self.diversity <= 1.0:
-            raise ValueError(f"diversity must be between 0 and 1, got {self.diversity}")
+        from retrieval.select import check_diversity
+
+        check_diversity(self.diversity)
 
     @property
     def shots(self) -> int:
@@ -208,9 +209,10 @@ class ChatService:
 
         if self.library is None:
             raise ValueError("few-shot prompts need a pool library; this service has none")
-        if pool in self.library.names():
+        names = self.library.names()
+        if pool in names:
             return self.library.get(pool)
-        check_pool(pool, self.library.names())
+        check_pool(pool, names)
         path = Path(pool)
         if (path / META_FILE).is_file():
             return DemoIndex.load(path, self.library.embedder)

@@ -92,6 +92,12 @@ def select_demos(
     return _with_scores(source, query, ids)
 
 
+def check_diversity(diversity: float) -> None:
+    """MMR's diversity is a weight between 0 and 1."""
+    if not 0.0 <= diversity <= 1.0:
+        raise SelectionError(f"diversity must be between 0 and 1, got {diversity}")
+
+
 def _check_arguments(source, k: int, strategy: str, diversity: float, fixed_ids) -> None:
     if strategy not in STRATEGIES:
         raise SelectionError(f"unknown strategy '{strategy}'; choose one of: {', '.join(STRATEGIES)}")
@@ -99,8 +105,7 @@ def _check_arguments(source, k: int, strategy: str, diversity: float, fixed_ids)
         raise SelectionError(f"k must be a whole number >= 0 (0 is zero-shot), got {k!r}")
     if strategy in ("knn", "mmr") and not isinstance(source, DemoIndex):
         raise SelectionError(f"strategy '{strategy}' needs an index, not a bare pool; build one with DemoIndex.build")
-    if not 0.0 <= diversity <= 1.0:
-        raise SelectionError(f"diversity must be between 0 and 1, got {diversity}")
+    check_diversity(diversity)
     if (strategy == "fixed") != (fixed_ids is not None):
         raise SelectionError("fixed_ids go with strategy 'fixed', and strategy 'fixed' needs fixed_ids")
 

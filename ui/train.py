@@ -19,15 +19,11 @@ from pathlib import Path
 
 import gradio as gr
 
+from adapters.data import FORMATS as DATA_FORMATS
+from bot.paths import REPO_ROOT  # where `python -m adapters.train` runs from, whatever the app's folder
 from ui.text import t
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-"""Where `python -m adapters.train` runs from, whatever the app's working folder."""
 DEMO_DATA = REPO_ROOT / "adapters" / "data"
-
-
-TRAINING_FILES = [".jsonl", ".json", ".csv", ".tsv"]
-"""What `adapters.data` reads."""
 
 
 def training_enabled() -> bool:
@@ -127,7 +123,7 @@ def train_tab(model_spec: str) -> None:
     with gr.Row():
         with gr.Column():
             data = gr.Dropdown(list(demos), value=next(iter(demos), None), label=t("train_data"))
-            upload = gr.File(label=t("train_file"), file_types=TRAINING_FILES, type="filepath")
+            upload = gr.File(label=t("train_file"), file_types=list(DATA_FORMATS), type="filepath")
             name = gr.Textbox("my-adapter", label=t("adapter_name"))
             steps = gr.Slider(1, 2000, value=60, step=1, label=t("max_steps"))
             learning_rate = gr.Number(2e-3, label=t("learning_rate"))
