@@ -1,8 +1,10 @@
 """The chat page in a real headless browser."""
 
+import re
 from pathlib import Path
 
 import pytest
+from playwright.sync_api import expect
 
 from bot.generation import Generator
 from bot.service import ChatService
@@ -26,10 +28,11 @@ def test_interface_language_follows_the_browser(tiny_url, locale, title, tab):
     with browser() as chromium:
         page = chromium.new_page(locale=locale)
         page.goto(tiny_url)
-        page.wait_for_selector("#title")
-        assert title in page.locator("#title").inner_text()
-        assert page.get_by_role("tab", name=tab).count() == 1
-        assert "tiny-llama" in page.locator("#model-name textarea, #model-name input").first.input_value()
+        # expect() waits until it holds: the title can be drawn before the tabs (CI failed once on `count()`).
+        expect(page.locator("#title")).to_contain_text(title, timeout=15_000)
+        expect(page.get_by_role("tab", name=tab)).to_have_count(1, timeout=15_000)
+        model_name = page.locator("#model-name textarea, #model-name input").first
+        expect(model_name).to_have_value(re.compile("tiny-llama"), timeout=15_000)
 
 
 def test_html_in_messages_is_shown_as_text_and_never_runs(tiny_url):
@@ -53,7 +56,7 @@ def test_a_refused_message_leaves_the_chat_usable(tiny_url):
         page.goto(tiny_url)
         box = page.locator("#chat-input textarea")
         box.wait_for()
-        assert page.locator("#chat-input button").count() >= 1  # a send button beside the box
+        expect(page.locator("#chat-input button").first).to_be_visible()  # a send button beside the box
         send_chat(page, "   ")
         page.wait_for_timeout(1500)
         assert page.locator("[data-testid='user']").count() == 0 and box.is_enabled()  # refused before the chat
@@ -182,8 +185,6 @@ def test_a_picked_adapter_that_is_deleted_falls_back_to_base_on_refresh(tmp_path
 
 
 def test_the_lab_shows_only_the_controls_an_experiment_reads(tiny, tmp_path):
-    from playwright.sync_api import expect
-
     from retrieval.embedder import HashEmbedder
     from retrieval.library import PoolLibrary
 
