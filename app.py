@@ -36,7 +36,8 @@ def build_app(service, model_spec: str = "default") -> gr.Blocks:
     with gr.Blocks(title="ICL & LoRA chat") as demo:
         with gr.Row():
             gr.Markdown(t("title"), elem_id="title")
-            gr.Textbox(service.model_name, label=t("model"), interactive=False, elem_id="model-name", scale=0)
+            gr.Textbox(service.model_name, label=t("model"), interactive=False, elem_id="model-name", scale=0,
+                       max_lines=1, min_width=360)  # wide enough for a hub id on one line
         with gr.Tab(t("tab_chat")):
             chat = chat_tab(service)
         with gr.Tab(t("tab_compare")):

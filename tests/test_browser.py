@@ -184,7 +184,8 @@ def test_a_picked_adapter_that_is_deleted_falls_back_to_base_on_refresh(tmp_path
     assert reply and "⚠️" not in reply
 
 
-def test_the_lab_shows_only_the_controls_an_experiment_reads(tiny, tmp_path):
+def test_the_lab_shows_only_the_controls_and_the_description_of_the_picked_experiment(tiny, tmp_path):
+    from lab.runner import EXPERIMENTS
     from retrieval.embedder import HashEmbedder
     from retrieval.library import PoolLibrary
 
@@ -194,11 +195,20 @@ def test_the_lab_shows_only_the_controls_an_experiment_reads(tiny, tmp_path):
         page.goto(url)
         page.get_by_role("tab", name="Lab").click()
         controls = {"k": page.locator("#lab-k"), "permutations": page.locator("#lab-permutations")}
-        for experiment, shown in [("shots", set()), ("labels", {"k"}), ("order", {"k", "permutations"})]:
+        descriptions = {name: page.locator(f"#lab-about-{name}") for name in EXPERIMENTS}
+        for experiment, shown, title in [("shots", set(), "Shots"), ("labels", {"k"}, "Labels"),
+                                         ("select", {"k"}, "Selection"), ("order", {"k", "permutations"}, "Order")]:
             page.locator("#lab-experiment input").click()
             page.get_by_role("option", name=experiment, exact=True).click()
             for name, control in controls.items():  # expect() waits until it holds, or fails after 5 s
                 (expect(control).to_be_visible if name in shown else expect(control).to_be_hidden)()
+            expect(descriptions[experiment]).to_contain_text(f"{title}:")
+            for other in set(EXPERIMENTS) - {experiment}:
+                expect(descriptions[other]).to_be_hidden()
+        chinese = chromium.new_page(locale="zh-CN")
+        chinese.goto(url)
+        chinese.get_by_role("tab", name="实验室").click()
+        expect(chinese.locator("#lab-about-order")).to_contain_text("示例顺序：")
 
 
 def test_stop_button_ends_a_streaming_answer(tiny):

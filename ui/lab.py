@@ -58,7 +58,8 @@ def lab_tab(service, model_spec: str) -> dict:
     with gr.Row():
         with gr.Column():
             experiment = gr.Dropdown(list(EXPERIMENTS), value="order", label=t("experiment"), elem_id="lab-experiment")
-            description = gr.Markdown(EXPERIMENTS["order"])
+            about = {name: gr.Markdown(t(f"about_{name}"), visible=name == "order", elem_id=f"lab-about-{name}")
+                     for name in EXPERIMENTS}
             train = gr.Dropdown(list(pools), value="sentiment", label=t("train_pool"))
             test = gr.Dropdown(list(pools), value="sentiment", label=t("test_pool"))
             with gr.Row():
@@ -96,11 +97,12 @@ def lab_tab(service, model_spec: str) -> dict:
         return report, str(folder / "plot.png"), runs_table(runs)
 
     def controls(name):
-        """The description, and only the controls the experiment reads: shots sweeps its own ks and
-        only order scores permutations."""
-        return EXPERIMENTS[name], gr.update(visible=name != "shots"), gr.update(visible=name == "order")
+        """The experiment's description (one per experiment, so that each is translated), and only the
+        controls it reads: shots sweeps its own ks and only order scores permutations."""
+        shown = [gr.update(visible=name == other) for other in about]
+        return *shown, gr.update(visible=name != "shots"), gr.update(visible=name == "order")
 
-    experiment.change(controls, experiment, [description, k, permutations], api_name=False)
+    experiment.change(controls, experiment, [*about.values(), k, permutations], api_name=False)
     run.click(start, [experiment, train, test, train_file, test_file, k, n_test, seeds, permutations, adapter],
               [report, plot, table], api_name="lab", concurrency_limit=1)
     return {"adapter": adapter, "runs": table}
