@@ -289,24 +289,78 @@ def test_publish_swaps_folders_in_one_atomic_step_on_linux(tmp_path):
     assert (tmp_path / "a" / "x").read_text() == "from b" and (tmp_path / "b" / "x").read_text() == "from a"
 
 
+AS_ANOTHER_USER = """
+import json, os, sys
+from adapters.metadata import CONFIG_FILE
+from adapters.publish import TargetError, check_target
+
+if os.getuid() == 0:  # root may write anywhere: check as nobody, after the imports (root's Python is private)
+    os.setgroups([])
+    os.setgid(65534)
+    os.setuid(65534)
+answers = []
+for target in sys.argv[1:]:
+    try:
+        answers.append(str(check_target(target, CONFIG_FILE, "an adapter")))
+    except TargetError as error:
+        answers.append(f"refused: {error}")
+print(json.dumps(answers))
+"""
+
+
+def test_an_output_folder_the_user_may_not_write_is_refused_before_any_work():
+    """Both "no permission" answers of `check_target`, checked as a user who may not write there
+    (the tests run as root, for whom every folder is writable), beside a folder the same user may."""
+    import tempfile
+
+    top = Path(tempfile.mkdtemp(prefix="permissions-"))  # not under pytest's tmp_path, which only root may enter
+    try:
+        top.chmod(0o755)
+        (top / "locked" / "adapter").mkdir(parents=True)
+        (top / "locked" / "adapter" / "adapter_config.json").write_text("{}")
+        (top / "open").mkdir(mode=0o777)
+        (top / "open").chmod(0o777)
+        (top / "locked").chmod(0o555)
+        targets = [top / "locked" / "new" / "adapter", top / "locked" / "adapter", top / "open" / "adapter"]
+        done = subprocess.run([sys.executable, "-c", AS_ANOTHER_USER, *map(str, targets)], cwd=ROOT,
+                              capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr
+        assert json.loads(done.stdout) == [
+            f"refused: cannot create '{targets[0]}': no permission to write in '{top / 'locked'}'",
+            f"refused: cannot replace '{targets[1]}': no permission to write in '{top / 'locked'}'",
+            str(targets[2]),
+        ]
+    finally:
+        (top / "locked").chmod(0o755)
+        shutil.rmtree(top)
+
+
+UNDER_UMASK = """
+import os, sys
+from pathlib import Path
+from adapters.publish import publish
+from retrieval.storage import write_file_atomic
+
+def private_file(folder):
+    (folder / "adapter_model.safetensors").write_bytes(b"weights")
+    (folder / "adapter_model.safetensors").chmod(0o600)
+
+os.umask(int(sys.argv[2], 8))
+folder = Path(sys.argv[1])
+publish(folder / "adapter", private_file)
+write_file_atomic(folder / "index" / "vectors", lambda temp: temp.write_bytes(b"vectors"))
+(folder / "plain").write_text("made the ordinary way")
+"""
+
+
 @pytest.mark.parametrize("umask", [0o022, 0o027])
 def test_published_and_indexed_files_get_the_permissions_of_any_new_file(tmp_path, umask):
     """Private files (safetensors writes them so, mkstemp too) would keep a server running as
-    another user from reading adapters and indexes; they get what the umask gives a new file."""
-    from adapters.publish import publish
-    from retrieval.storage import write_file_atomic
-
-    def private_file(folder: Path) -> None:
-        (folder / "adapter_model.safetensors").write_bytes(b"weights")
-        (folder / "adapter_model.safetensors").chmod(0o600)
-
-    old = os.umask(umask)
-    try:
-        publish(tmp_path / "adapter", private_file)
-        write_file_atomic(tmp_path / "index" / "vectors", lambda temp: temp.write_bytes(b"vectors"))
-        (tmp_path / "plain").write_text("made the ordinary way")
-    finally:
-        os.umask(old)
+    another user from reading adapters and indexes; they get what the umask gives a new file.
+    (In a child process: the umask is the whole process's, and other tests' threads run here.)"""
+    done = subprocess.run([sys.executable, "-c", UNDER_UMASK, str(tmp_path), oct(umask)[2:]], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
     expected = 0o666 & ~umask
     assert (tmp_path / "plain").stat().st_mode & 0o777 == expected
     for made in (tmp_path / "adapter" / "adapter_model.safetensors", tmp_path / "index" / "vectors"):
