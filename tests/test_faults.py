@@ -295,9 +295,12 @@ from adapters.metadata import CONFIG_FILE
 from adapters.publish import TargetError, check_target
 
 if os.getuid() == 0:  # root may write anywhere: check as nobody, after the imports (root's Python is private)
-    os.setgroups([])
-    os.setgid(65534)
-    os.setuid(65534)
+    try:
+        os.setgroups([])
+        os.setgid(65534)
+        os.setuid(65534)
+    except PermissionError:  # a container without the capability to change users
+        sys.exit(3)
 answers = []
 for target in sys.argv[1:]:
     try:
@@ -324,6 +327,8 @@ def test_an_output_folder_the_user_may_not_write_is_refused_before_any_work():
         targets = [top / "locked" / "new" / "adapter", top / "locked" / "adapter", top / "open" / "adapter"]
         done = subprocess.run([sys.executable, "-c", AS_ANOTHER_USER, *map(str, targets)], cwd=ROOT,
                               capture_output=True, text=True, timeout=120)
+        if done.returncode == 3:
+            pytest.skip("this root may not become another user, and root may write in any folder")
         assert done.returncode == 0, done.stderr
         assert json.loads(done.stdout) == [
             f"refused: cannot create '{targets[0]}': no permission to write in '{top / 'locked'}'",
