@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import signal
 import sys
 import time
 from contextlib import nullcontext
@@ -454,4 +455,7 @@ def _is_main_process() -> bool:
 
 
 if __name__ == "__main__":
+    # A background job of a script starts with SIGINT ignored, and Python then leaves it so: the Train
+    # tab's Stop (of an app started that way) and `kill -INT` must still interrupt the run.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     sys.exit(main(build_parser().parse_args()))

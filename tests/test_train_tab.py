@@ -35,16 +35,25 @@ def test_a_failed_run_keeps_its_reason_and_names_the_file_not_where_uploads_live
 
 
 def test_a_run_shows_its_progress_and_stops_without_writing_an_adapter(adapters, tmp_path):
+    """Also when the app was started as a script's background job, whose children inherit SIGINT ignored."""
+    import signal
     import time
 
     job = TrainingJob()
-    job.start(str(DEMO_DATA / "captain_kelp.jsonl"), "long", save_tiny(tmp_path / "tiny"), 2000, 1e-3, 4)
-    deadline = time.monotonic() + 120
-    while "step" not in job.status() and job.running and time.monotonic() < deadline:
-        time.sleep(0.2)
-    progress = job.status()
-    assert progress.startswith("training **long**: step ") and " of 2000, about " in progress, progress
-    job.stop()
-    job.process.wait(timeout=120)
+    handler = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        job.start(str(DEMO_DATA / "captain_kelp.jsonl"), "long", save_tiny(tmp_path / "tiny"), 2000, 1e-3, 4)
+    finally:
+        signal.signal(signal.SIGINT, handler)
+    try:
+        deadline = time.monotonic() + 120
+        while "step" not in job.status() and job.running and time.monotonic() < deadline:
+            time.sleep(0.2)
+        progress = job.status()
+        assert progress.startswith("training **long**: step ") and " of 2000, about " in progress, progress
+        job.stop()
+        job.process.wait(timeout=120)
+    finally:
+        job.process.kill()  # a failed check must not leave a 2000-step run loading the machine
     assert job.status() == "stopped **long**: no adapter written"
     assert not (adapters / "long").exists()
