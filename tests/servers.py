@@ -36,33 +36,44 @@ def run_on_free_port(command: Callable[[int], list[str]], attempts: int = 3, **k
 
 
 @contextlib.contextmanager
-def running_app(*args: str, env: dict | None = None, timeout: float = 120):
-    """Run `python app.py --port P ARGS` and yield its URL once it answers."""
-    port = free_port()
-    process = subprocess.Popen(
-        [sys.executable, str(ROOT / "app.py"), "--host", "127.0.0.1", "--port", str(port), *args],
-        cwd=ROOT, env={**os.environ, **(env or {})}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )
-    url = f"http://127.0.0.1:{port}/"
-    try:
-        deadline = time.monotonic() + timeout
-        while True:
-            if process.poll() is not None:
-                raise RuntimeError(f"app exited with {process.returncode}:\n{process.stdout.read()}")
-            try:
-                urllib.request.urlopen(url, timeout=2)
-                break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise TimeoutError(f"app did not answer on {url} within {timeout} s")
-                time.sleep(0.5)
-        yield url
-    finally:
-        process.terminate()
+def running_app(*args: str, env: dict | None = None, timeout: float = 120, attempts: int = 3):
+    """Run `python app.py --port P ARGS` and yield its URL once it answers. The port can be taken
+    while the app loads its model (see `run_on_free_port`); then it starts again on another."""
+    for attempt in range(1, attempts + 1):
+        port = free_port()
+        process = subprocess.Popen(
+            [sys.executable, str(ROOT / "app.py"), "--host", "127.0.0.1", "--port", str(port), *args],
+            cwd=ROOT, env={**os.environ, **(env or {})}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        )
+        url = f"http://127.0.0.1:{port}/"
         try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
+            output = wait_until_it_answers(process, url, timeout)
+            if output is None:
+                yield url
+                return
+            if attempt == attempts or not any(s in output.lower() for s in PORT_TAKEN):
+                raise RuntimeError(f"app exited with {process.returncode}:\n{output}")
+        finally:
+            process.terminate()
+            try:
+                process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                process.kill()
+
+
+def wait_until_it_answers(process: subprocess.Popen, url: str, timeout: float) -> str | None:
+    """None once `url` answers; the process's output if it exits first."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if process.poll() is not None:
+            return process.stdout.read()
+        try:
+            urllib.request.urlopen(url, timeout=2)
+            return None
+        except OSError:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"app did not answer on {url} within {timeout} s")
+            time.sleep(0.5)
 
 
 @contextlib.contextmanager
@@ -93,10 +104,24 @@ def launched(service, model_spec: str = "default"):
     """The Gradio UI around `service`, launched in-process on a free port; yield its URL."""
     import app
 
-    demo = app.build_app(service, model_spec)
-    port = free_port()
-    demo.queue().launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, i18n=app.I18N)
+    demo = app.build_app(service, model_spec).queue()
+    for attempt in range(1, 4):  # the port may be taken after `free_port`, or start-up pass Gradio's 5 s
+        port = free_port()
+        try:
+            demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, i18n=app.I18N)
+            break
+        except OSError:
+            if attempt == 3:
+                raise
     try:
         yield f"http://127.0.0.1:{port}/"
     finally:
         demo.close()
+
+
+def gradio_client(url: str, **kwargs):
+    """A `gradio_client.Client` that waits up to a minute for each HTTP reply (its default, 5 s, is
+    too short on a busy 2-core machine)."""
+    from gradio_client import Client
+
+    return Client(url, verbose=False, httpx_kwargs={"timeout": 60}, **kwargs)

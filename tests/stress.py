@@ -143,7 +143,7 @@ def ask(url: str, kinds: list[Kind], max_new_tokens: int, timeout: float) -> lis
     """
     from gradio_client import Client
 
-    client = Client(url, verbose=False)
+    client = Client(url, verbose=False, httpx_kwargs={"timeout": timeout})  # its default, 5 s, is short under load
     answers = []
     for kind in kinds:
         job = client.submit(*kind.arguments(max_new_tokens), api_name="/chat")

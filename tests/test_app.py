@@ -3,13 +3,12 @@
 from pathlib import Path
 
 import pytest
-from gradio_client import Client
 
 from bot.conversation import build_messages
 from bot.generation import Generator
 from bot.service import ChatService
 from bot.settings import GenerationSettings
-from servers import launched, running_app
+from servers import gradio_client, launched, running_app
 
 
 @pytest.fixture(scope="module")
@@ -21,7 +20,7 @@ def tiny_app(tiny):
 
 def test_chat_endpoint_answers_like_the_service(tiny_app):
     service, url = tiny_app
-    answer, demos, prompt = Client(url).predict("hello", "be brief", 9, 0, 1, api_name="/chat")
+    answer, demos, prompt = gradio_client(url).predict("hello", "be brief", 9, 0, 1, api_name="/chat")
     expected = service.generator.complete(build_messages("hello", system="be brief"), GenerationSettings(max_new_tokens=9))
     assert answer == expected.text
     assert prompt.startswith("<|im_start|>system\nbe brief<|im_end|>")
@@ -30,7 +29,7 @@ def test_chat_endpoint_answers_like_the_service(tiny_app):
 
 def test_chat_endpoint_streams(tiny_app):
     _, url = tiny_app
-    job = Client(url).submit("the quick brown fox", "sys", 30, 0, 1, api_name="/chat")
+    job = gradio_client(url).submit("the quick brown fox", "sys", 30, 0, 1, api_name="/chat")
     updates = [output[0] for output in job]
     assert len(updates) > 2
     assert all(later.startswith(earlier) for earlier, later in zip(updates, updates[1:]))
@@ -46,13 +45,13 @@ def test_chat_endpoint_streams(tiny_app):
 def test_bad_input_comes_back_as_an_error(tiny_app, args, message):
     _, url = tiny_app
     with pytest.raises(Exception, match=message):
-        Client(url).predict(*args, api_name="/chat")
+        gradio_client(url).predict(*args, api_name="/chat")
 
 
 @pytest.mark.integration
 def test_real_app_answers_through_gradio_client():
     with running_app() as url:
-        answer, _, _ = Client(url).predict(
+        answer, _, _ = gradio_client(url).predict(
             "What is the capital of France? Answer in one word.", "You are a helpful assistant.", 32, 0, 1,
             api_name="/chat",
         )
@@ -67,7 +66,7 @@ def test_lab_tab_runs_an_experiment_and_lists_it(tmp_path):
     folder = save_tiny(tmp_path / "tiny")
     service = ChatService(Generator(load_model(folder, dtype="float32")), PoolLibrary())
     with launched(service, model_spec=folder) as url:
-        report, plot, runs = Client(url).predict(
+        report, plot, runs = gradio_client(url).predict(
             "labels", "sentiment", "sentiment", None, None, 2, 6, "0", 2, "base", api_name="/lab")
     assert "gold" in report and "random" in report and "none" in report
     assert report.startswith("# labels: sentiment\n")  # the pool's name, not its folder's ("pools")

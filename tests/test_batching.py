@@ -111,7 +111,7 @@ def test_different_settings_never_share_a_batch(generator, monkeypatch):
         return original(conversations, settings, adapters)
 
     monkeypatch.setattr(generator, "complete_many", recording)
-    batcher = Batcher(generator, window_s=0.5, max_batch=8)
+    batcher = Batcher(generator, window_s=2, max_batch=8)  # wide: the three submits must share one window
     short = replace(SETTINGS, max_new_tokens=2)
     try:
         futures = [batcher.submit(build_messages("hello"), s) for s in (SETTINGS, short, SETTINGS)]

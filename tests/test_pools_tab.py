@@ -3,13 +3,13 @@
 import json
 
 import pytest
-from gradio_client import Client, handle_file
+from gradio_client import handle_file
 
 from bot.generation import Generator
 from bot.service import ChatService
 from retrieval.embedder import HashEmbedder
 from retrieval.library import PoolLibrary
-from servers import launched
+from servers import gradio_client, launched
 
 
 @pytest.fixture(scope="module")
@@ -17,7 +17,7 @@ def pools_app(tiny, tmp_path_factory):
     library = PoolLibrary(root=tmp_path_factory.mktemp("indexes"), embedder=HashEmbedder())
     service = ChatService(Generator(tiny), library)
     with launched(service) as url:
-        yield service, Client(url)
+        yield service, gradio_client(url)
 
 
 def test_upload_builds_an_index_and_bad_rows_point_at_the_checkbox(pools_app, tmp_path):

@@ -5,14 +5,13 @@ import subprocess
 import sys
 
 import pytest
-from gradio_client import Client
 
 from bot.conversation import build_messages
 from bot.generation import Generator
 from bot.remote import RemoteError, RemoteGenerator
 from bot.service import ChatService
 from bot.settings import GenerationSettings
-from servers import ROOT, running_app, serving
+from servers import ROOT, gradio_client, running_app, serving
 from tiny import tiny_loaded, with_lora_adapters
 
 SETTINGS = GenerationSettings(max_new_tokens=10)
@@ -74,7 +73,7 @@ def test_unreachable_server_is_a_clear_error():
 def test_second_instance_answers_like_the_first():
     question = "Name three colours of the rainbow."
     with running_app("--dtype", "float32") as first:
-        direct = Client(first).predict(question, "You are a helpful assistant.", 48, 0, 1, "base", "(none)", "few", 4,
+        direct = gradio_client(first).predict(question, "You are a helpful assistant.", 48, 0, 1, "base", "(none)", "few", 4,
                                        "knn", "nearest-last", api_name="/chat")[0]
         cli = subprocess.run(
             [sys.executable, "-m", "bot", "ask", "--backend", "openai", "--base-url", f"{first}v1", "--json",
@@ -83,7 +82,7 @@ def test_second_instance_answers_like_the_first():
         )
         assert cli.returncode == 0, cli.stderr
         with running_app("--backend", "openai", "--base-url", f"{first}v1") as second:
-            relayed = Client(second).predict(question, "You are a helpful assistant.", 48, 0, 1, "base", "(none)",
+            relayed = gradio_client(second).predict(question, "You are a helpful assistant.", 48, 0, 1, "base", "(none)",
                                              "few", 4, "knn", "nearest-last", api_name="/chat")[0]
     assert json.loads(cli.stdout)["answer"] == direct
     assert relayed == direct

@@ -124,13 +124,13 @@ def post(url: str, body: dict, headers: dict | None = None) -> tuple[int, str]:
 
 
 def test_login_guards_the_gradio_api(guarded):
-    from gradio_client import Client
+    from servers import gradio_client
 
     status, _ = post(f"{guarded}/gradio_api/call/chat", {"data": ["hello", "sys", 4, 0, 1]})
     assert status == 401
-    with pytest.raises(Exception):
-        Client(guarded, auth=("alice", "wrong"), verbose=False)
-    client = Client(guarded, auth=("alice", "pw"), verbose=False)
+    with pytest.raises(ValueError, match="Could not login"):
+        gradio_client(guarded, auth=("alice", "wrong"))
+    client = gradio_client(guarded, auth=("alice", "pw"))
     answer, _, _ = client.predict("hello", "sys", 4, 0, 1, api_name="/chat")
     assert isinstance(answer, str) and answer
 
