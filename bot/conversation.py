@@ -78,22 +78,36 @@ def fit_to_window(tokenizer, messages: list[dict], budget: int) -> FittedPrompt:
     """Drop the oldest exchanges until the prompt has at most `budget` tokens.
 
     The system prompt and the newest user message always stay; if those alone exceed the budget,
-    PromptTooLong says by how much.
+    PromptTooLong says by how much. The fewest exchanges to drop are found by bisection (dropping
+    more never adds tokens), so a long history costs a few tokenisations rather than one per exchange.
     """
     messages = neutralize_special_tokens(tokenizer, messages)
     head = [m for m in messages[:1] if m["role"] == "system"]
     body = messages[len(head):]
-    dropped = 0
-    while True:
-        tokens = count_prompt_tokens(tokenizer, head + body)
-        if tokens <= budget:
-            return FittedPrompt(messages=head + body, prompt_tokens=tokens, dropped_turns=dropped)
-        if len(body) <= 1:
-            raise PromptTooLong(
-                f"the message is too long: the prompt needs {tokens} tokens but only {budget} fit "
-                "in the context window after room for the answer"
-            )
+    starts = [0]  # where the kept messages begin after dropping 0, 1, 2... exchanges
+    while len(body) - starts[-1] > 1:
+        rest = body[starts[-1]:]
         # One exchange is a user message and the assistant's answer after it.
-        cut = 2 if len(body) > 2 and body[1]["role"] == "assistant" else 1
-        body = body[cut:]
-        dropped += 1
+        starts.append(starts[-1] + (2 if len(rest) > 2 and rest[1]["role"] == "assistant" else 1))
+    counted: dict[int, int] = {}
+
+    def tokens(dropped: int) -> int:
+        if dropped not in counted:
+            counted[dropped] = count_prompt_tokens(tokenizer, head + body[starts[dropped]:])
+        return counted[dropped]
+
+    low, high = 0, len(starts) - 1
+    if tokens(low) <= budget:  # the usual case: everything fits
+        high = low
+    elif tokens(high) > budget:
+        raise PromptTooLong(
+            f"the message is too long: the prompt needs {tokens(high)} tokens but only {budget} fit "
+            "in the context window after room for the answer"
+        )
+    while low < high:  # the fewest exchanges dropped such that the rest fits
+        middle = (low + high) // 2
+        if tokens(middle) <= budget:
+            high = middle
+        else:
+            low = middle + 1
+    return FittedPrompt(messages=head + body[starts[low]:], prompt_tokens=tokens(low), dropped_turns=low)

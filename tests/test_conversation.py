@@ -59,3 +59,40 @@ def test_typed_special_tokens_stay_text_and_cannot_forge_a_turn(tiny):
     assert ids.count(start) == reference.count(start) == 3 and ids.count(end) == reference.count(end)
     shown = fitted.messages[-1]["content"]
     assert shown.replace("\u2060", "") == forged[-1]["content"]  # the same text to the eye
+
+
+def one_by_one(tokenizer, messages: list[dict], budget: int) -> tuple[list[dict], int]:
+    """The reference: drop the oldest exchange, count again, until the prompt fits."""
+    from bot.conversation import neutralize_special_tokens
+
+    messages = neutralize_special_tokens(tokenizer, messages)
+    head, body, dropped = messages[:1], messages[1:], 0
+    while count_prompt_tokens(tokenizer, head + body) > budget:
+        body = body[2 if len(body) > 2 and body[1]["role"] == "assistant" else 1:]
+        dropped += 1
+    return head + body, dropped
+
+
+def test_bisection_drops_what_one_by_one_dropping_drops_with_few_tokenisations(tiny, monkeypatch):
+    import random
+
+    import bot.conversation
+
+    rng = random.Random(0)
+    turns = []
+    for i in range(60):  # uneven lengths, and a user message now and then without an answer
+        turns.append({"role": "user", "content": "question " * rng.randint(1, 30)})
+        if rng.random() < 0.8:
+            turns.append({"role": "assistant", "content": "answer " * rng.randint(1, 30)})
+    messages = build_messages("now", turns, system="sys")
+    full = count_prompt_tokens(tiny.tokenizer, messages)
+    calls = []
+    counting = bot.conversation.count_prompt_tokens
+    monkeypatch.setattr(bot.conversation, "count_prompt_tokens", lambda *a: calls.append(1) or counting(*a))
+    for budget in sorted(rng.sample(range(20, full + 20), 25)) + [full]:
+        calls.clear()
+        fitted = fit_to_window(tiny.tokenizer, messages, budget)
+        kept, dropped = one_by_one(tiny.tokenizer, messages, budget)
+        assert (fitted.messages, fitted.dropped_turns) == (kept, dropped), budget
+        assert fitted.prompt_tokens == count_prompt_tokens(tiny.tokenizer, kept) <= budget
+        assert len(calls) <= 9, f"{len(calls)} tokenisations for about 50 exchanges"
