@@ -10,9 +10,13 @@
 Few-shot settings ride in the namespaced extra field `icl`:
 `{"icl": {"pool": "sentiment", "mode": "few", "k": 4, "select": "knn", "order": "nearest-last"}}`.
 `icl.pool` is one of the pool names the UI offers; pool files and index folders by path are for the CLI.
+When demonstrations were used or earlier turns dropped to fit the context window, the answer
+says so under `icl` (`demos`, `notice`); a stream carries it in its first chunk.
 Errors have OpenAI's shape `{"error": {"message", "type", "param", "code"}}` with status 400
-(bad values), 401 (missing or wrong key), 404 (unknown model) or 422 (malformed body).
-Set `ICL_BOT_API_KEY` to require `Authorization: Bearer <key>`.
+(bad values, or an OpenAI feature this server does not offer: tools, images, response formats),
+401 (missing or wrong key), 404 (unknown model or endpoint), 405, 413 (a body over
+`MAX_BODY_BYTES`) or 422 (malformed body). Set `ICL_BOT_API_KEY` to require
+`Authorization: Bearer <key>`. A request whose client goes away stops its generation.
 """
 
 from __future__ import annotations
@@ -20,12 +24,15 @@ from __future__ import annotations
 import dataclasses
 import hmac
 import json
+import threading
 import time
 import typing
 import uuid
+from collections.abc import Iterator
 from typing import Any, Literal
 
-from fastapi import APIRouter, Depends, FastAPI, Request
+import anyio
+from fastapi import APIRouter, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, create_model
@@ -44,14 +51,33 @@ class APIError(Exception):
         return JSONResponse(body, status_code=self.status)
 
 
+class ContentPart(BaseModel):
+    """One part of a message's content list; only text parts can be answered by this text model."""
+
+    model_config = ConfigDict(extra="allow")
+    type: str
+    text: str | None = None
+
+
 class Message(BaseModel):
     role: Literal["system", "developer", "user", "assistant"]
-    content: str | list[dict[str, Any]]
+    content: str | list[ContentPart] | None = None
+    """None only where OpenAI allows it: an assistant turn (that called tools)."""
 
-    def text(self) -> str:
+    def text(self, index: int) -> str:
+        if self.content is None:
+            if self.role != "assistant":
+                raise APIError(400, f"messages[{index}] ({self.role}) has no content", param=f"messages.{index}.content")
+            return ""
         if isinstance(self.content, str):
             return self.content
-        return "".join(part.get("text", "") for part in self.content if part.get("type") == "text")
+        for part in self.content:
+            if part.type != "text":
+                raise APIError(400, f"messages[{index}] holds a '{part.type}' part; this model reads text parts only",
+                               param=f"messages.{index}.content")
+            if part.text is None:
+                raise APIError(400, f"messages[{index}] has a text part without text", param=f"messages.{index}.content")
+        return "".join(part.text for part in self.content)
 
 
 API_FEWSHOT_EXCLUDED = ("fixed_ids", "permutation")
@@ -77,16 +103,32 @@ FewShotFields = _fewshot_fields()
 class ChatRequest(BaseModel):
     model: str
     messages: list[Message] = Field(min_length=1)
-    max_tokens: int | None = Field(default=None, ge=0)
-    max_completion_tokens: int | None = Field(default=None, ge=0)
+    max_tokens: int | None = None
+    max_completion_tokens: int | None = None
     temperature: float | None = None
     top_p: float | None = None
     seed: int | None = None
+    stop: str | list[str] | None = None
     stream: bool = False
     stream_options: dict[str, Any] | None = None
     n: int = 1
     icl: FewShotFields | None = None
     """This service's extension: few-shot demonstrations for the last user message."""
+    # OpenAI features this server does not offer: refused by name rather than silently ignored.
+    tools: Any = None
+    tool_choice: Any = None
+    functions: Any = None
+    function_call: Any = None
+    response_format: dict[str, Any] | None = None
+    logprobs: bool | None = None
+    top_logprobs: int | None = None
+
+
+MAX_STOPS = 4
+"""Stop strings per request, as OpenAI allows."""
+
+MAX_BODY_BYTES = 16 * 1024 * 1024
+"""Largest request body /v1 reads (256 prompts of a few thousand token ids fit); larger is a 413."""
 
 
 MAX_PROMPTS = 256
@@ -112,52 +154,154 @@ def create_api(service, api_key: str | None = None) -> FastAPI:
     api = FastAPI(title="ICL & LoRA chat API")
     api.add_exception_handler(APIError, lambda request, error: error.response())
     api.add_exception_handler(RequestValidationError, _validation_error)
-    api.include_router(_routes(service, api_key))
+    api.include_router(_routes(service))
+    api.add_middleware(Guard, api_key=api_key)
     return api
 
 
 def _validation_error(request: Request, error: RequestValidationError) -> JSONResponse:
     first = error.errors()[0] if error.errors() else {}
+    if first.get("type") == "json_invalid":
+        return APIError(422, f"the body is not valid JSON: {first.get('ctx', {}).get('error', 'cannot parse it')}").response()
     where = ".".join(str(part) for part in first.get("loc", ()) if part != "body")
     return APIError(422, f"{where}: {first.get('msg', 'invalid request')}", param=where or None).response()
 
 
-def _routes(service, api_key: str | None) -> APIRouter:
-    def authorize(request: Request) -> None:
-        if not api_key:
-            return
-        given = request.headers.get("authorization", "").removeprefix("Bearer ").strip()
-        if not hmac.compare_digest(given.encode(), api_key.encode()):
-            raise APIError(401, "invalid or missing API key", kind="authentication_error", code="invalid_api_key")
+class BodyTooLarge(Exception):
+    pass
 
-    router = APIRouter(prefix="/v1", dependencies=[Depends(authorize)])
+
+class Guard:
+    """Before any /v1 route reads a body: the API key (401, whatever the body), then the body's size
+    (413 from its Content-Length, or while it streams in without one)."""
+
+    def __init__(self, app, api_key: str | None):
+        self.app, self.api_key = app, api_key
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or not scope["path"].startswith("/v1/") or scope["method"] == "OPTIONS":  # CORS
+            return await self.app(scope, receive, send)
+        headers = {name.decode("latin-1").lower(): value.decode("latin-1") for name, value in scope["headers"]}
+        refusal = self.refusal(headers)
+        if refusal is not None:
+            return await refusal.response()(scope, receive, send)
+        received = 0
+
+        async def counted():
+            nonlocal received
+            message = await receive()
+            received += len(message.get("body", b""))
+            if received > MAX_BODY_BYTES:
+                raise BodyTooLarge
+            return message
+
+        started = False
+
+        async def watched(message):
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, counted, watched)
+        except BodyTooLarge:
+            if not started:
+                await _too_large().response()(scope, receive, send)
+
+    def refusal(self, headers: dict[str, str]) -> APIError | None:
+        if self.api_key:
+            scheme, _, given = headers.get("authorization", "").strip().partition(" ")
+            if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), self.api_key.encode()):
+                return APIError(401, "invalid or missing API key (send Authorization: Bearer <key>)",
+                                kind="authentication_error", code="invalid_api_key")
+        length = headers.get("content-length", "0")
+        if not length.isdigit():
+            return APIError(400, f"Content-Length must be a number of bytes, got '{length}'")
+        return _too_large() if int(length) > MAX_BODY_BYTES else None
+
+
+def _too_large() -> APIError:
+    return APIError(413, f"the request body is over {MAX_BODY_BYTES // 2**20} MiB", code="request_too_large")
+
+
+ENDPOINTS = {"/v1/models": "GET", "/v1/chat/completions": "POST", "/v1/completions": "POST"}
+
+
+def _routes(service) -> APIRouter:
+    router = APIRouter(prefix="/v1")
+
+    def model_card(name: str) -> dict:
+        card = {"id": name, "object": "model", "created": int(time.time()), "owned_by": "icl-bot"}
+        return card if name == service.model_name else {**card, "parent": service.model_name}
 
     @router.get("/models")
     def list_models() -> dict:
-        created = int(time.time())
-        base = {"id": service.model_name, "object": "model", "created": created, "owned_by": "icl-bot"}
-        adapters = [
-            {"id": name, "object": "model", "created": created, "owned_by": "icl-bot", "parent": service.model_name}
-            for name in service.adapter_choices() if name != BASE
-        ]
-        return {"object": "list", "data": [base, *adapters]}
+        names = [service.model_name, *(name for name in service.adapter_choices() if name != BASE)]
+        return {"object": "list", "data": [model_card(name) for name in names]}
+
+    @router.get("/models/{model:path}")
+    def get_model(model: str) -> dict:
+        return model_card(service.model_name if _adapter_for(service, model) == BASE else model)
 
     @router.post("/chat/completions")
-    def chat_completions(body: ChatRequest):
-        adapter, turn = _plan(service, body)
+    async def chat_completions(body: ChatRequest, request: Request):
+        cancel = threading.Event()
+        turn = await anyio.to_thread.run_sync(_plan, service, body, cancel)
+        try:  # the first piece: errors (a prompt too long, say) surface here, before any byte is sent
+            first = await _unless_client_leaves(request, cancel, next, turn)
+        except ValueError as error:
+            raise APIError(400, str(error)) from error
+        answer = _answer(_chain(first, turn), _stops(body.stop), cancel)
         if body.stream:
             include_usage = bool((body.stream_options or {}).get("include_usage"))
-            return StreamingResponse(_events(body.model, turn, include_usage), media_type="text/event-stream")
-        result = None
-        for result in turn:
-            pass
-        return _completion_body(body.model, result)
+            events = _events(body.model, answer, include_usage)
+            return StreamingResponse(_until_client_leaves(events, cancel), media_type="text/event-stream")
+        return await _unless_client_leaves(request, cancel, _completion_body, body.model, answer)
 
     @router.post("/completions")
     def completions(body: CompletionRequest):
         return _text_completions(service, body)
 
+    @router.api_route("/{path:path}", methods=["GET", "POST", "PUT", "PATCH", "DELETE"])
+    def elsewhere(path: str, request: Request):
+        method = ENDPOINTS.get(f"/v1/{path}")
+        if method:
+            raise APIError(405, f"/v1/{path} takes {method}, not {request.method}", code="method_not_allowed")
+        raise APIError(404, f"no endpoint /v1/{path}; this server has {', '.join(ENDPOINTS)}", code="unknown_url")
+
     return router
+
+
+async def _unless_client_leaves(request: Request, cancel: threading.Event, function, *args):
+    """`function(*args)` in a worker thread; if the client disconnects meanwhile, `cancel` is set, so
+    the model stops at its next token instead of answering nobody while others wait for the lock."""
+
+    async def watch():
+        while not await request.is_disconnected():
+            await anyio.sleep(0.25)
+        cancel.set()
+
+    async with anyio.create_task_group() as group:
+        group.start_soon(watch)
+        try:
+            return await anyio.to_thread.run_sync(function, *args)
+        finally:
+            group.cancel_scope.cancel()
+
+
+async def _until_client_leaves(events: Iterator[str], cancel: threading.Event):
+    """The stream's events, read in a worker thread; Starlette cancels this when the client goes
+    away, and then the model is stopped too."""
+    from starlette.concurrency import iterate_in_threadpool
+
+    finished = False
+    try:
+        async for event in iterate_in_threadpool(events):
+            yield event
+        finished = True
+    finally:
+        if not finished:
+            cancel.set()
 
 
 def _adapter_for(service, model: str) -> str:
@@ -275,33 +419,88 @@ def _top_by_text(tokenizer, top: dict[int, float]) -> dict[str, float]:
     return by_text
 
 
-def _plan(service, body: ChatRequest):
-    """Check the request and start the turn; errors surface here, before any byte is sent."""
+UNOFFERED = {
+    "tools": "tool calls", "tool_choice": "tool calls", "functions": "function calls",
+    "function_call": "function calls", "logprobs": "log-probabilities on chat (POST /v1/completions scores tokens)",
+    "top_logprobs": "log-probabilities on chat (POST /v1/completions scores tokens)",
+}
+
+
+def _plan(service, body: ChatRequest, cancel: threading.Event):
+    """Check the request and return its turn, not yet started (starting it waits for the model)."""
     from bot.settings import GenerationSettings
 
+    for field, feature in UNOFFERED.items():
+        if getattr(body, field) not in (None, False, [], {}):
+            raise APIError(400, f"this server does not offer {feature}; leave out '{field}'", param=field)
+    if body.response_format and body.response_format.get("type", "text") != "text":
+        raise APIError(400, f"response_format '{body.response_format.get('type')}' is not offered; only text",
+                       param="response_format")
     if body.n != 1:
         raise APIError(400, "only n=1 is supported", param="n")
     adapter = _adapter_for(service, body.model)
-    system = "\n\n".join(m.text() for m in body.messages if m.role in ("system", "developer")) or None
-    turns = [{"role": m.role, "content": m.text()} for m in body.messages if m.role in ("user", "assistant")]
+    texts = [m.text(index) for index, m in enumerate(body.messages)]
+    system = "\n\n".join(t for m, t in zip(body.messages, texts) if m.role in ("system", "developer")) or None
+    turns = [{"role": m.role, "content": t} for m, t in zip(body.messages, texts) if m.role in ("user", "assistant")]
     if not turns or turns[-1]["role"] != "user":
         raise APIError(400, "the last message must come from the user", param="messages")
     max_tokens = _token_limit(body.max_tokens, "max_tokens")
     max_new_tokens = _token_limit(body.max_completion_tokens, "max_completion_tokens") or max_tokens or 256
+    _stops(body.stop)
     if body.icl:
         _check_pool(service, body.icl.pool)
+        if body.icl.select == "fixed" or body.icl.order == "permutation":
+            raise APIError(400, "select 'fixed' and order 'permutation' name pool rows and orders by number; "
+                           "the API does not take them (the CLI and the UI do)", param="icl")
     try:
         settings = GenerationSettings(
             max_new_tokens=max_new_tokens,
             temperature=0.0 if body.temperature is None else body.temperature,
             top_p=1.0 if body.top_p is None else body.top_p, seed=body.seed,
         )
+    except ValueError as error:  # each message begins with the field's name, the request's too
+        raise APIError(400, str(error), param=str(error).split(" ", 1)[0]) from error
+    try:
         fewshot = FewShot(**body.icl.model_dump()) if body.icl else None
-        turn = service.chat(turns[-1]["content"], turns[:-1], system, settings, adapter=adapter, fewshot=fewshot)
-        first = next(turn)
     except ValueError as error:
-        raise APIError(400, str(error)) from error
-    return adapter, _chain(first, turn)
+        raise APIError(400, f"icl: {error}", param="icl") from error
+    try:
+        adapter = service.use_adapter(adapter)  # here, where its errors are a 400 (and off the event loop)
+    except ValueError as error:
+        raise APIError(400, str(error), param="model") from error
+    return service.chat(turns[-1]["content"], turns[:-1], system, settings, adapter=adapter, fewshot=fewshot,
+                        cancel=cancel)
+
+
+def _stops(stop: str | list[str] | None) -> list[str]:
+    stops = [stop] if isinstance(stop, str) else list(stop or [])
+    if len(stops) > MAX_STOPS or any(not s for s in stops):
+        raise APIError(400, f"stop takes up to {MAX_STOPS} non-empty strings", param="stop")
+    return stops
+
+
+def _answer(turn, stops: list[str], cancel: threading.Event) -> Iterator[tuple[str, Any, str | None]]:
+    """(new text, result, finish reason) as the turn streams; the finish reason comes with the last.
+
+    Text is cut before the first stop string, and text that could be the start of one is held back
+    until it is not; on a stop the model is stopped and the turn drained for its token counts."""
+    hold = max((len(stop) for stop in stops), default=1) - 1
+    sent, stopped, result = 0, False, None
+    for result in turn:
+        if stopped:
+            continue
+        text = result.text
+        cuts = [text.find(stop, max(0, sent - hold)) for stop in stops]
+        cuts = [cut for cut in cuts if cut >= 0]
+        if cuts:
+            text, stopped = text[: min(cuts)], True
+            cancel.set()
+        end = len(text) if stopped else max(sent, len(text) - hold)
+        if end > sent:
+            yield text[sent:end], result, None
+            sent = end
+    finish = "stop" if stopped else _finish(result)
+    yield ("" if stopped else result.text[sent:]), result, finish
 
 
 def _token_limit(value: int | None, param: str) -> int | None:
@@ -340,20 +539,29 @@ def _finish(result) -> str:
     return "length" if result.completion.finish_reason == "length" else "stop"
 
 
-def _completion_body(model: str, result) -> dict:
+def _icl(result) -> dict | None:
+    """What the answer says about its prompt: the demonstrations used, and any notice (turns dropped)."""
+    if not result.demos and not result.notice:
+        return None
+    return {"demos": result.demos or [], "notice": result.notice}
+
+
+def _completion_body(model: str, answer) -> dict:
+    text, result, finish = "", None, None
+    for piece, result, finish in answer:
+        text += piece
     body = {
         "id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion", "created": int(time.time()), "model": model,
-        "choices": [{"index": 0, "message": {"role": "assistant", "content": result.text},
-                     "finish_reason": _finish(result)}],
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": finish}],
         "usage": _usage(result),
     }
-    if result.demos:
-        body["icl"] = {"demos": result.demos, "notice": result.notice}
+    if _icl(result):
+        body["icl"] = _icl(result)
     return body
 
 
-def _events(model: str, turn, include_usage: bool):
-    """Server-sent events: a role chunk, content chunks, a finish chunk, [DONE]."""
+def _events(model: str, answer, include_usage: bool):
+    """Server-sent events: a role chunk (with `icl` where there is one), content chunks, a finish chunk, [DONE]."""
     ident, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
 
     def chunk(delta: dict, finish=None, **extra) -> str:
@@ -361,13 +569,16 @@ def _events(model: str, turn, include_usage: bool):
                    "choices": [{"index": 0, "delta": delta, "finish_reason": finish}], **extra}
         return f"data: {json.dumps(payload, ensure_ascii=False)}\n\n"
 
-    yield chunk({"role": "assistant", "content": ""})
-    sent, result = 0, None
-    for result in turn:
-        if len(result.text) > sent:
-            yield chunk({"content": result.text[sent:]})
-            sent = len(result.text)
-    yield chunk({}, _finish(result))
+    first = True
+    for piece, result, finish in answer:
+        if first:
+            icl = _icl(result)
+            yield chunk({"role": "assistant", "content": ""}, **({"icl": icl} if icl else {}))
+            first = False
+        if piece:
+            yield chunk({"content": piece})
+        if finish:
+            yield chunk({}, finish)
     if include_usage:
         payload = {"id": ident, "object": "chat.completion.chunk", "created": created, "model": model,
                    "choices": [], "usage": _usage(result)}

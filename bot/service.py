@@ -7,6 +7,7 @@ It holds no Gradio code: app.py only wires components to these methods.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
@@ -135,14 +136,16 @@ class ChatService:
         settings: GenerationSettings | None = None,
         adapter: str = BASE,
         fewshot: FewShot | None = None,
+        cancel: threading.Event | None = None,
     ) -> Iterator[TurnResult]:
-        """Stream one turn. Raises ValueError (with a message for the user) for bad input."""
+        """Stream one turn. Raises ValueError (with a message for the user) for bad input. Setting
+        `cancel` (from any thread) stops the model at its next token; the turn then ends as usual."""
         if not message or not message.strip():
             raise ValueError("the message is empty")
         settings = settings or GenerationSettings()
         adapter = self.use_adapter(adapter)
         messages, result = self.prepare(message, history, system, settings, fewshot)
-        yield from self._stream(messages, settings, adapter, result)
+        yield from self._stream(messages, settings, adapter, result, cancel)
 
     def prepare(self, message, history, system, settings, fewshot: FewShot | None) -> tuple[list[dict], TurnResult]:
         """The messages to send for one turn, and a result that already holds the demonstrations."""
@@ -218,11 +221,11 @@ class ChatService:
             return DemoIndex.load(path, self.library.embedder)
         return DemoIndex.build(load_pool(path), self.library.embedder)
 
-    def _stream(self, messages, settings, adapter, result: TurnResult) -> Iterator[TurnResult]:
+    def _stream(self, messages, settings, adapter, result: TurnResult, cancel=None) -> Iterator[TurnResult]:
         fitted = self.generator.fit(messages, settings)
         result.notice = " ".join(filter(None, [result.notice, fitted.notice])) or None
         result.prompt = self.generator.render(fitted.messages)
-        state = StreamState()
+        state = StreamState() if cancel is None else StreamState(cancel=cancel)
         for piece in self.generator.stream(fitted.messages, settings, adapter, state):
             result.text += piece
             yield result

@@ -1,5 +1,6 @@
 """The OpenAI-compatible API, driven by the official `openai` client and by raw HTTP."""
 
+import http.client
 import json
 import urllib.error
 import urllib.request
@@ -147,7 +148,7 @@ def test_bad_requests_get_openai_style_errors(api, body, status, message):
     [
         ("/chat/completions", "max_tokens", 0, 400, "max_tokens must be between 1 and 8192, got 0"),
         ("/chat/completions", "max_tokens", 9000, 400, "max_tokens must be between 1 and 8192, got 9000"),
-        ("/chat/completions", "max_tokens", -3, 422, "max_tokens: Input should be greater than or equal to 0"),
+        ("/chat/completions", "max_tokens", -3, 400, "max_tokens must be between 1 and 8192, got -3"),
         ("/chat/completions", "max_completion_tokens", 0, 400, "max_completion_tokens must be between 1 and 8192"),
         ("/chat/completions", "max_tokens", 2.5, 422, "max_tokens: Input should be a valid integer"),
         ("/completions", "max_tokens", 0, 400, "max_tokens must be at least 1 (or 0 with echo"),
@@ -222,3 +223,159 @@ def test_sixteen_concurrent_streaming_clients_get_their_own_answers(api):
     with ThreadPoolExecutor(max_workers=16) as pool:
         answers = list(pool.map(stream, jobs, timeout=300))
     assert answers == serial
+
+
+def raw(url, path, *, method="POST", body: bytes | None = None, headers: dict | None = None) -> tuple[int, dict]:
+    """Status and JSON body of any request to /v1`path`."""
+    request = urllib.request.Request(f"{url}/v1{path}", data=body, method=method, headers=headers or {})
+    try:
+        with urllib.request.urlopen(request) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read())
+
+
+def test_stop_strings_end_the_answer_before_them_streamed_or_not(api):
+    service, url = api
+    full = expected(service, "base", "a wonderful film", 40)
+    stop = full[len(full) // 2 : len(full) // 2 + 3]  # from the middle of the answer it gives without one
+    assert stop.strip() and stop in full, f"sanity check: {full!r}"
+    cut = full[: full.index(stop)]
+    answer = client(url).chat.completions.create(model="tiny-llama", messages=[{"role": "user", "content": "a wonderful film"}],
+                                                 max_tokens=40, stop=[stop, "never appears"])
+    assert (answer.choices[0].message.content, answer.choices[0].finish_reason) == (cut, "stop")
+    assert 0 < answer.usage.completion_tokens < 40  # the model stopped there too
+    chunks = list(client(url).chat.completions.create(
+        model="tiny-llama", messages=[{"role": "user", "content": "a wonderful film"}], max_tokens=40, stop=stop,
+        stream=True))
+    assert "".join(c.choices[0].delta.content or "" for c in chunks) == cut
+    assert chunks[-1].choices[0].finish_reason == "stop"
+
+
+@pytest.mark.parametrize("extra, param, message", [
+    ({"tools": [{"type": "function", "function": {"name": "f", "parameters": {}}}]}, "tools", "tool calls"),
+    ({"response_format": {"type": "json_object"}}, "response_format", "response_format 'json_object' is not offered"),
+    ({"logprobs": True, "top_logprobs": 2}, "logprobs", "log-probabilities on chat"),
+    ({"stop": ["a", "b", "c", "d", "e"]}, "stop", "stop takes up to 4 non-empty strings"),
+])
+def test_openai_features_this_server_lacks_are_refused_by_name(api, extra, param, message):
+    _, url = api
+    status, answer = post(url, "/chat/completions", chat_body(**extra))
+    assert status == 400 and message in answer["error"]["message"] and answer["error"]["param"] == param
+
+
+@pytest.mark.parametrize("content, status, message", [
+    ([{"type": "text", "text": 5}], 422, "Input should be a valid string"),
+    ([{"type": "text", "text": None}], 400, "messages[0] has a text part without text"),
+    ([{"type": "image_url", "image_url": {"url": "data:,"}}], 400, "holds a 'image_url' part; this model reads text"),
+    (None, 400, "messages[0] (user) has no content"),
+])
+def test_content_parts_are_checked(api, content, status, message):
+    _, url = api
+    code, answer = post(url, "/chat/completions", {"model": "tiny-llama", "messages": [{"role": "user", "content": content}]})
+    assert code == status and message in answer["error"]["message"], answer
+
+
+def test_text_parts_and_an_assistant_turn_without_content_are_read_as_openai_sends_them(api):
+    service, url = api
+    messages = [{"role": "user", "content": [{"type": "text", "text": "hi "}, {"type": "text", "text": "there"}]},
+                {"role": "assistant", "content": None}, {"role": "user", "content": "and now"}]
+    status, answer = post(url, "/chat/completions", {"model": "tiny-llama", "messages": messages, "max_tokens": 6})
+    reference = service.generator.complete(
+        build_messages("and now", [{"role": "user", "content": "hi there"}, {"role": "assistant", "content": ""}]),
+        GenerationSettings(max_new_tokens=6))
+    assert status == 200 and answer["choices"][0]["message"]["content"] == reference.text
+
+
+def test_dropped_turns_and_demonstrations_are_reported_streamed_or_not(pools_api):
+    from bot.conversation import fit_to_window
+
+    service, url = pools_api
+    history = []
+    for i in range(40):
+        history += [{"role": "user", "content": f"question {i} " * 40}, {"role": "assistant", "content": f"answer {i} " * 40}]
+    messages = [*history, {"role": "user", "content": "and now"}]
+    budget = service.generator.context_window - 4
+    dropped = fit_to_window(service.generator.tokenizer, messages, budget).dropped_turns
+    assert dropped > 0, "sanity check: the history is longer than the window"
+    status, answer = post(url, "/chat/completions", {"model": "tiny-llama", "messages": messages, "max_tokens": 4}, key=None)
+    assert status == 200 and f"The {dropped} oldest conversation turns were dropped" in answer["icl"]["notice"]
+    assert answer["icl"]["demos"] == []
+    body = chat_body(max_tokens=2, icl={"pool": "sentiment", "k": 2})
+    status, answer = post(url, "/chat/completions", body, key=None)
+    stream = client(url, key="unused").chat.completions.create(
+        model="tiny-llama", messages=body["messages"], max_tokens=2, stream=True, extra_body={"icl": body["icl"]})
+    chunks = list(stream)
+    assert chunks[0].model_extra["icl"] == answer["icl"] and len(answer["icl"]["demos"]) == 2
+
+
+def test_models_by_id_unknown_endpoints_and_wrong_methods_answer_in_openai_shape(api):
+    _, url = api
+    auth = {"Authorization": f"Bearer {KEY}"}
+    assert client(url).models.retrieve("pirate").model_extra["parent"] == "tiny-llama"
+    assert client(url).models.retrieve("tiny-llama").id == "tiny-llama"
+    with pytest.raises(openai.NotFoundError, match="unknown model 'gpt-9'"):
+        client(url).models.retrieve("gpt-9")
+    status, answer = raw(url, "/embeddings", body=b"{}", headers=auth)
+    assert status == 404 and "no endpoint /v1/embeddings" in answer["error"]["message"]
+    status, answer = raw(url, "/chat/completions", method="GET", headers=auth)
+    assert status == 405 and answer["error"]["message"] == "/v1/chat/completions takes POST, not GET"
+
+
+def test_the_key_is_checked_before_the_body_and_bodies_over_the_limit_are_413(api):
+    from bot.api import MAX_BODY_BYTES
+
+    _, url = api
+    status, answer = raw(url, "/chat/completions", body=b"{not json", headers={"Content-Type": "application/json"})
+    assert status == 401
+    for header, status in [(f"bearer {KEY}", 200), (KEY, 401), (f"Bearer {KEY}x", 401)]:
+        assert raw(url, "/models", method="GET", headers={"Authorization": header})[0] == status, header
+    auth = {"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"}
+    status, answer = raw(url, "/chat/completions", body=b"{not json", headers=auth)
+    assert status == 422 and answer["error"]["message"].startswith("the body is not valid JSON")
+    # Refused from the header, before the body is read (a client sending it would see the connection close).
+    connection = http.client.HTTPConnection(url.removeprefix("http://"), timeout=30)
+    connection.putrequest("POST", "/v1/chat/completions")
+    for name, value in {**auth, "Content-Length": str(MAX_BODY_BYTES + 1)}.items():
+        connection.putheader(name, value)
+    connection.endheaders()
+    response = connection.getresponse()
+    assert response.status == 413 and "over 16 MiB" in json.loads(response.read())["error"]["message"]
+    connection.close()
+
+
+@pytest.mark.parametrize("stream", [True, False])
+def test_a_client_that_goes_away_stops_its_generation(stream):
+    """Generation used to run on to max_tokens for nobody, holding the model while others waited."""
+    import time
+
+    import httpx
+
+    import app
+
+    loaded = tiny_loaded()
+    steps = []
+    loaded.model.register_forward_pre_hook(lambda *_: steps.append(time.sleep(0.02)))  # 20 ms a token
+
+    def never_ending(module, args, output):  # an answer that would run to max_tokens
+        output.logits[..., loaded.tokenizer.eos_token_id] = -float("inf")
+
+    loaded.model.register_forward_hook(never_ending)
+    generator = Generator(loaded)
+    with serving(app.create_server(ChatService(generator))) as url:
+        body = chat_body(max_tokens=2000, stream=stream, temperature=1.0, seed=1)
+        with httpx.Client(timeout=3) as http:
+            if stream:
+                with http.stream("POST", f"{url}/v1/chat/completions", json=body) as response:
+                    for line in response.iter_lines():
+                        if '"content"' in line and '"content": ""' not in line:
+                            break  # a first piece has come: hang up
+            else:
+                with pytest.raises(httpx.ReadTimeout):
+                    http.post(f"{url}/v1/chat/completions", json=body)
+        assert generator.lock.acquire(timeout=60), "the model is still busy a minute after the client left"
+        generator.lock.release()
+        ran = len(steps)
+        time.sleep(0.5)
+        room = generator.context_window - 30  # what max_tokens is cut to: about 1000 tokens, 20 s
+        assert len(steps) == ran < room / 2, f"{ran} tokens made for nobody (there was room for about {room})"
