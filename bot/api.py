@@ -35,6 +35,8 @@ import anyio
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
+from starlette._utils import get_route_path
+from starlette.exceptions import HTTPException
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
 from bot.generation import BASE
@@ -154,6 +156,7 @@ def create_api(service, api_key: str | None = None) -> FastAPI:
     api = FastAPI(title="ICL & LoRA chat API")
     api.add_exception_handler(APIError, lambda request, error: error.response())
     api.add_exception_handler(RequestValidationError, _validation_error)
+    api.add_exception_handler(BodyTooLarge, lambda request, error: _too_large().response())
     api.include_router(_routes(service))
     api.add_middleware(Guard, api_key=api_key)
     return api
@@ -167,8 +170,12 @@ def _validation_error(request: Request, error: RequestValidationError) -> JSONRe
     return APIError(422, f"{where}: {first.get('msg', 'invalid request')}", param=where or None).response()
 
 
-class BodyTooLarge(Exception):
-    pass
+class BodyTooLarge(HTTPException):
+    """Raised while a body without Content-Length streams in; an HTTPException, so that FastAPI's body
+    reader lets it through (it turns any other error into a 400)."""
+
+    def __init__(self):
+        super().__init__(413)
 
 
 class Guard:
@@ -179,7 +186,7 @@ class Guard:
         self.app, self.api_key = app, api_key
 
     async def __call__(self, scope, receive, send):
-        if scope["type"] != "http" or not scope["path"].startswith("/v1/") or scope["method"] == "OPTIONS":  # CORS
+        if scope["type"] != "http" or not get_route_path(scope).startswith("/v1/") or scope["method"] == "OPTIONS":
             return await self.app(scope, receive, send)
         headers = {name.decode("latin-1").lower(): value.decode("latin-1") for name, value in scope["headers"]}
         refusal = self.refusal(headers)
@@ -195,18 +202,7 @@ class Guard:
                 raise BodyTooLarge
             return message
 
-        started = False
-
-        async def watched(message):
-            nonlocal started
-            started = started or message["type"] == "http.response.start"
-            await send(message)
-
-        try:
-            await self.app(scope, counted, watched)
-        except BodyTooLarge:
-            if not started:
-                await _too_large().response()(scope, receive, send)
+        await self.app(scope, counted, send)
 
     def refusal(self, headers: dict[str, str]) -> APIError | None:
         if self.api_key:
@@ -255,7 +251,7 @@ def _routes(service) -> APIRouter:
         if body.stream:
             include_usage = bool((body.stream_options or {}).get("include_usage"))
             events = _events(body.model, answer, include_usage)
-            return StreamingResponse(_until_client_leaves(events, cancel), media_type="text/event-stream")
+            return CancellingStream(events, cancel)
         return await _unless_client_leaves(request, cancel, _completion_body, body.model, answer)
 
     @router.post("/completions")
@@ -281,17 +277,37 @@ async def _unless_client_leaves(request: Request, cancel: threading.Event, funct
             await anyio.sleep(0.25)
         cancel.set()
 
+    outcome: dict = {}
     async with anyio.create_task_group() as group:
         group.start_soon(watch)
         try:
-            return await anyio.to_thread.run_sync(function, *args)
+            outcome["value"] = await anyio.to_thread.run_sync(function, *args)
+        except Exception as error:  # raised below, outside the group, which would wrap it in an ExceptionGroup
+            outcome["error"] = error
         finally:
             group.cancel_scope.cancel()
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["value"]
+
+
+class CancellingStream(StreamingResponse):
+    """Server-sent events that set `cancel` the moment the client disconnects. (Starlette's own
+    cancellation waits for the worker thread's current read, which lasts until the next piece of
+    text: for text without spaces, the whole answer.)"""
+
+    def __init__(self, events: Iterator[str], cancel: threading.Event):
+        super().__init__(_until_client_leaves(events, cancel), media_type="text/event-stream")
+        self.cancel = cancel
+
+    async def listen_for_disconnect(self, receive) -> None:
+        await super().listen_for_disconnect(receive)
+        self.cancel.set()
 
 
 async def _until_client_leaves(events: Iterator[str], cancel: threading.Event):
-    """The stream's events, read in a worker thread; Starlette cancels this when the client goes
-    away, and then the model is stopped too."""
+    """The stream's events, read in a worker thread. Where the server does not report the
+    disconnect (ASGI 2.4), Starlette cancels this at the next event, and the model is stopped then."""
     from starlette.concurrency import iterate_in_threadpool
 
     finished = False
