@@ -241,13 +241,13 @@ def _routes(service) -> APIRouter:
 
     @router.post("/chat/completions")
     async def chat_completions(body: ChatRequest, request: Request):
-        cancel = threading.Event()
+        cancel, stops = threading.Event(), _stops(body.stop)
         turn = await anyio.to_thread.run_sync(_plan, service, body, cancel)
         try:  # the first piece: errors (a prompt too long, say) surface here, before any byte is sent
             first = await _unless_client_leaves(request, cancel, next, turn)
         except ValueError as error:
             raise APIError(400, str(error)) from error
-        answer = _answer(_chain(first, turn), _stops(body.stop), cancel)
+        answer = _answer(_chain(first, turn), stops, cancel)
         if body.stream:
             include_usage = bool((body.stream_options or {}).get("include_usage"))
             events = _events(body.model, answer, include_usage)
@@ -462,7 +462,6 @@ def _plan(service, body: ChatRequest, cancel: threading.Event):
         raise APIError(400, "the last message must come from the user", param="messages")
     max_tokens = _token_limit(body.max_tokens, "max_tokens")
     max_new_tokens = _token_limit(body.max_completion_tokens, "max_completion_tokens") or max_tokens or 256
-    _stops(body.stop)
     if body.icl:
         _check_pool(service, body.icl.pool)
         if body.icl.select == "fixed" or body.icl.order == "permutation":
