@@ -26,6 +26,7 @@ from pathlib import Path
 from adapters import checkpoint
 from adapters.config import ALL_LINEAR, TrainConfig
 from adapters.encode import Example
+from retrieval.storage import write_file_atomic
 
 LOG_FILE = "train_log.jsonl"
 ADAPTER = "an adapter"
@@ -368,12 +369,24 @@ def _log(run: Run, row: dict) -> None:
             handle.write(json.dumps(row) + "\n")
 
 
+def read_log(path: Path) -> list[dict]:
+    """The rows of a loss log. A line cut short (the run was killed as it wrote, or the line is
+    being written now) is left out."""
+    rows = []
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        try:
+            rows.append(json.loads(line))
+        except ValueError:
+            continue
+    return rows
+
+
 def _truncate_log(output: Path, step: int) -> None:
     """Keep the loss log's rows up to the resumed step; later ones were lost with the crash."""
     log = checkpoint.run_dir(output) / LOG_FILE
     if log.is_file():
-        rows = [line for line in log.read_text().splitlines() if line and json.loads(line)["step"] <= step]
-        log.write_text("".join(row + "\n" for row in rows))
+        rows = [row for row in read_log(log) if row.get("step", 0) <= step]
+        write_file_atomic(log, lambda temp: temp.write_text("".join(json.dumps(row) + "\n" for row in rows)))
 
 
 def key_value(text: str) -> tuple[str, str]:

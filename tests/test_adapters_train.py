@@ -118,6 +118,19 @@ def test_resume_continues_the_step_count_and_matches_an_uninterrupted_run(setup,
     assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
 
 
+def test_resume_after_a_kill_that_cut_a_log_line_short(setup, monkeypatch):
+    """A run killed as it wrote its loss log leaves half a line; resuming drops it instead of failing on it."""
+    from adapters import checkpoint
+    from adapters.train import LOG_FILE, read_log
+
+    base, data, root = setup
+    crash_at_step(monkeypatch, 5, base, data, root / "torn", max_steps=6, save_every=2)
+    with (checkpoint.run_dir(root / "torn") / LOG_FILE).open("a") as log:
+        log.write('{"step": 5, "lo')
+    resumed = train_tiny(base, data, root / "torn", max_steps=6, save_every=2, resume=True)
+    assert [row["step"] for row in read_log(resumed / LOG_FILE)] == [1, 2, 3, 4, 5, 6]
+
+
 def test_resume_without_checkpoint_is_refused(setup):
     base, data, root = setup
     with pytest.raises(FileNotFoundError, match="no checkpoint of 'persona'"):

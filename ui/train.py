@@ -7,7 +7,6 @@ adapter lands in the adapters folder, where the adapter pickers find it after a 
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -78,28 +77,29 @@ class TrainingJob:
 
     def losses(self) -> list[dict]:
         from adapters.checkpoint import run_dir
-        from adapters.train import LOG_FILE
+        from adapters.train import LOG_FILE, read_log
 
         if self.output is None:
             return []
         for log in (run_dir(self.output) / LOG_FILE, self.output / LOG_FILE):
             if log.is_file():
-                return [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
+                return read_log(log)
         return []
 
-    def progress(self) -> str:
+    def progress(self, rows: list[dict]) -> str:
         """What follows the name: ': step 12 of 60, about 3 min left' once a step is logged, '…' before."""
-        done = max((row["step"] for row in self.losses() if "step" in row), default=0)
+        done = max((row["step"] for row in rows if "step" in row), default=0)
         if not done:
             return "…"
         left = (time.monotonic() - self.started) / done * (self.steps - done)  # loading the model counts too
         return f": step {done} of {self.steps}, about {max(1, round(left / 60))} min left"
 
-    def status(self) -> str:
+    def status(self, rows: list[dict] | None = None) -> str:
+        """The run's state in a line; `rows`, the loss log's if already read."""
         if self.process is None:
             return ""
         if self.running:
-            return f"training **{self.output.name}**{self.progress()}"
+            return f"training **{self.output.name}**{self.progress(self.losses() if rows is None else rows)}"
         if self.process.returncode == 0:
             return f"done: **{self.output.name}** is in the adapters folder; press *Refresh adapters*"
         if self.process.returncode in (130, -signal.SIGINT):  # stopped here (or before Python set up its handler)
@@ -145,8 +145,9 @@ def train_tab(model_spec: str) -> None:
     def poll():
         import pandas as pd
 
-        rows = [row for row in job.losses() if "loss" in row]
-        return job.status(), pd.DataFrame(rows or {"step": [], "loss": []})
+        rows = job.losses()
+        losses = [row for row in rows if "loss" in row]
+        return job.status(rows), pd.DataFrame(losses or {"step": [], "loss": []})
 
     start.click(begin, [data, upload, name, steps, learning_rate, rank], status, api_name=False)
     stop.click(lambda: job.stop(), None, None, api_name=False)  # the next poll says it stopped
