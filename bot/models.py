@@ -54,6 +54,9 @@ class LoadedModel:
     name: str
     dtype: str
     device: str
+    weights: str = ""
+    """Where the weights came from, where `name` alone does not say: the default model's name is its
+    hub id whether it loaded from the hub or from a quantized GGUF file, whose answers differ."""
 
     @property
     def context_window(self) -> int:
@@ -272,9 +275,9 @@ def load_model(
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     model.to(device).eval()
-    return LoadedModel(
-        model=model, tokenizer=tokenizer, name=source.name, dtype=str(torch_dtype).removeprefix("torch."), device=device
-    )
+    weights = f"{source.gguf_file}, dequantized" if source.gguf_file else ""
+    return LoadedModel(model=model, tokenizer=tokenizer, name=source.name,
+                       dtype=str(torch_dtype).removeprefix("torch."), device=device, weights=weights)
 
 
 def load_tokenizer(spec: str = "default", trust_remote_code: bool = False):

@@ -59,6 +59,9 @@ class LabConfig:
     """Answer length for generation tasks."""
     train_steps: int = 200
     """LoRA optimizer steps for the finetune experiment."""
+    ood: str | None = None
+    """A pool from another task or corpus whose inputs (not outputs) the labels experiment shows in its
+    `ood` condition: out-of-distribution inputs with the random condition's labels (Min et al. 2022)."""
     out: str | None = None
     """Result folder; a new one under runs/ when not given."""
     backend: str = "local"

@@ -77,6 +77,8 @@ def check_config(config: LabConfig, experiment: str, out: Path) -> None:
         raise LabError(f"--out: {problem}")
     if experiment in DEMONSTRATION_EXPERIMENTS and config.k < 1:
         raise LabError(f"the {experiment} experiment needs k >= 1 (--k), got k={config.k}")
+    if config.ood and experiment != "labels":
+        raise LabError(f"--ood is read by the labels experiment only; drop it for {experiment}")
     if experiment == "finetune" and config.adapter:
         raise LabError("the finetune experiment trains its adapter on the bare base model; "
                        "drop --adapter (it would only stack the new adapter on top of yours when scoring)")
@@ -86,7 +88,7 @@ def open_context(config: LabConfig, experiment: str, out: Path, progress: Progre
                  loaded=None) -> LabContext:
     """Load data (checked) and find the adapter, then load the model (unless `loaded` is given) and apply it."""
     check_config(config, experiment, out)
-    data = load_data(config.train, config.test, config.n_test, config.task)
+    data = load_data(config.train, config.test, config.n_test, config.task, ood=config.ood)
     check_fits(data, max_k(config, experiment))
     chooser = DemoChooser(data.train, config.embedder, config.diversity)
     if experiment in EMBEDDING_EXPERIMENTS:
@@ -118,6 +120,7 @@ class RemoteLoaded:
     name: str
     tokenizer: object
     dtype: str = "remote"
+    weights: str = ""
     model: None = None
     context_window: int | None = None
     """The tokenizer's limit where it states one; the server refuses longer prompts in any case."""

@@ -1,14 +1,19 @@
 """The train pool and the test items of a lab run, and the checks that they fit the experiment.
 
 Both files are pools (`retrieval.pool.load_pool`). The test sample is drawn once with a fixed
-seed, so every experiment and seed of a run is scored on the same items. The label set is the
-set of test outputs. This module reads data; it does not select demonstrations.
+seed, so every experiment and seed of a run is scored on the same items. Training rows whose input
+is a sampled test item's (compared ignoring case, spacing and punctuation) are left out of the
+train pool, so no demonstration and no fine-tuning step shows a test item with its answer; one file
+may serve as both, the sample then held out of it. The label set is the set of test outputs. This
+module reads data; it does not select demonstrations.
 """
 
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
+import re
+from collections import Counter
+from dataclasses import dataclass, replace
 
 from lab.errors import LabError
 from retrieval.pool import Example, Pool, PoolError, load_pool
@@ -27,9 +32,22 @@ class LabData:
     """Distinct test outputs, sorted."""
     task: str
     """`classify` or `generate`."""
+    held_out: int = 0
+    """Training rows left out because their input is a test item's."""
+    ood: Pool | None = None
+    """Out-of-distribution inputs for the labels experiment, when it is given them (test items held out too)."""
+
+    def label_counts(self) -> dict[str, int]:
+        """How often each answer occurs among the test items, commonest first."""
+        return dict(Counter(item.output for item in self.test).most_common())
+
+    def majority(self) -> float:
+        """The accuracy of always giving the commonest test answer: the bar a classifier must clear
+        (0.5 only when the sample is balanced between two labels)."""
+        return max(self.label_counts().values()) / len(self.test)
 
 
-def load_data(train: str, test: str, n_test: int, task: str = "auto") -> LabData:
+def load_data(train: str, test: str, n_test: int, task: str = "auto", ood: str | None = None) -> LabData:
     pool = _read(train, "--train")
     test_pool = _read(test, "--test")
     items = test_pool.examples
@@ -39,7 +57,26 @@ def load_data(train: str, test: str, n_test: int, task: str = "auto") -> LabData
     labels = sorted({example.output for example in test_pool.examples})
     if task == "auto":
         task = "classify" if len(labels) <= MAX_CLASSES else "generate"
-    return LabData(train=pool, test=items, labels=labels, task=task)
+    tested = {same_text(item.input) for item in items}
+    train_pool = without_inputs(pool, tested)
+    ood_pool = without_inputs(_read(ood, "--ood"), tested) if ood else None
+    return LabData(train=train_pool, test=items, labels=labels, task=task, held_out=len(pool) - len(train_pool),
+                   ood=ood_pool)
+
+
+def same_text(text: str) -> str:
+    """What two inputs are compared by: their words, lowercased."""
+    return " ".join(re.findall(r"\w+", text.casefold()))
+
+
+def without_inputs(pool: Pool, inputs: set[str]) -> Pool:
+    """`pool` less the examples whose input (by `same_text`) is in `inputs`, renumbered; `pool` itself if none is."""
+    kept = [example for example in pool.examples if same_text(example.input) not in inputs]
+    if len(kept) == len(pool):
+        return pool
+    examples = [replace(example, id=position) for position, example in enumerate(kept)]
+    return Pool(examples=examples, task=pool.task, source=pool.source, skipped=pool.skipped,
+                duplicates=pool.duplicates)
 
 
 def _read(path: str, flag: str) -> Pool:
@@ -52,7 +89,12 @@ def _read(path: str, flag: str) -> Pool:
 def check_fits(data: LabData, k: int) -> None:
     """Refuse a k the pool cannot serve, and test labels the demonstrations can never show."""
     if k > len(data.train):
-        raise LabError(f"k={k} is larger than the training pool ({len(data.train)} examples in {data.train.source})")
+        held = f", after leaving out the {data.held_out} that are test items" if data.held_out else ""
+        raise LabError(f"k={k} is larger than the training pool ({len(data.train)} examples in "
+                       f"{data.train.source}{held})")
+    if data.ood is not None and k > len(data.ood):
+        inputs = f"{len(data.ood)} {'input' if len(data.ood) == 1 else 'inputs'}"
+        raise LabError(f"k={k} is larger than the --ood pool ({inputs} in {data.ood.source})")
     if data.task != "classify":
         return
     if len(data.labels) < 2:

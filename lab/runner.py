@@ -23,7 +23,7 @@ from lab.errors import LabError
 EXPERIMENTS = {
     "shots": "accuracy for k in ks, random vs kNN selection, over seeds (ks, seeds, embedder)",
     "order": "accuracy of every order of k demonstrations per seed, plus GlobalE/LocalE (k, permutations, probe_size)",
-    "labels": "gold vs random demonstration labels vs none (k, seeds)",
+    "labels": "gold vs random demonstration labels vs none, and out-of-distribution inputs (k, seeds, ood)",
     "select": "kNN vs MMR vs random at the same k (k, seeds, embedder, diversity)",
     "finetune": "kNN prompting vs a LoRA adapter trained on the pool vs both (k, train_steps)",
 }
@@ -57,12 +57,16 @@ def run_experiment(name: str, config: LabConfig, progress: Progress = no_progres
             "created": datetime.now().isoformat(timespec="seconds"),
             "config": config.to_dict(),
             "model": ctx.loaded.name,
+            "weights": ctx.loaded.weights,
             "dtype": ctx.loaded.dtype,
             "task": ctx.data.task,
             "labels": ctx.data.labels,
             "n_test": len(ctx.data.test),
             "test": [{"input": item.input, "output": item.output} for item in ctx.data.test],  # what predictions index
+            "test_label_counts": ctx.data.label_counts(),
+            "majority": ctx.data.majority() if ctx.data.task == "classify" else None,
             "train_size": len(ctx.data.train),
+            "train_held_out": ctx.data.held_out,
             "train_duplicates": ctx.data.train.duplicates,
             "train_sha256": ctx.data.train.sha256,
             "seconds": time.perf_counter() - started,
@@ -125,14 +129,31 @@ def render_report(record: dict, table: str) -> str:
     train, test = shown_path(config["train"]), shown_path(config["test"])
     duplicates = record.get("train_duplicates", 0)  # runs from before 2026-11-27 do not record it
     dropped = f"; {duplicates} exact {'duplicate' if duplicates == 1 else 'duplicates'} dropped" if duplicates else ""
+    held_out = record.get("train_held_out", 0)
+    if held_out:
+        dropped += f"; {held_out} held out as test {'item' if held_out == 1 else 'items'}"
+    weights = f"; weights: {record['weights']}" if record.get("weights") else ""
     return (
         f"# {record['experiment']}: {data_name(config['train'])}\n\n"
         f"{EXPERIMENTS[record['experiment']]}\n\n"
-        f"- model: {record['model']} ({record['dtype']}), task: {record['task']}, labels: {', '.join(record['labels'][:20])}\n"
+        f"- model: {record['model']} ({record['dtype']}{weights}), task: {record['task']}, "
+        f"labels: {', '.join(record['labels'][:20])}\n"
         f"- train: {train} ({record['train_size']} examples{dropped}), test: {test} ({record['n_test']} items)\n"
+        f"{baseline_line(record)}"
         f"- {shots}{seeds}, style={config['style']}, calibrate={config['calibrate']}\n"
         f"- run time: {record['seconds']:.0f} s\n\n{table}{PLOT_LINK}"
     )
+
+
+def baseline_line(record: dict) -> str:
+    """The test items' answers and what always giving the commonest one scores: an accuracy is read
+    against that, not against 1/labels (runs from before 2026-11-27 do not record it)."""
+    counts, majority = record.get("test_label_counts"), record.get("majority")
+    if not counts or majority is None:
+        return ""
+    top = next(iter(counts))
+    shown = ", ".join(f"{label} {count}" for label, count in list(counts.items())[:8])
+    return f"- test answers: {shown}; always answering '{top}' scores {majority:.3f}\n"
 
 
 def data_name(path: str) -> str:

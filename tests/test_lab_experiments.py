@@ -74,6 +74,42 @@ def test_labels(tmp_path, tiny):
     assert conditions.count("gold") == conditions.count("random") == conditions.count("none") == 2
 
 
+OUT_OF_DOMAIN = ["rain is expected on tuesday", "the train leaves at nine", "set an alarm for six",
+                 "how tall is the tower", "remind me to call mum", "convert ten miles to km"]
+
+
+def test_labels_with_out_of_distribution_inputs(tmp_path, tiny):
+    """The ood condition is the random condition with only its inputs swapped for the ood pool's
+    (test items held out of it), scored as the naive one-prompt-per-label loop scores it."""
+    from lab.data import load_data
+    from lab.naive import naive_score
+    from lab.predict import Case, Predictor
+    from lab.prompt import Demo, PromptFormat
+
+    ood = write_pool(tmp_path / "ood.jsonl", [(text, "n/a") for text in OUT_OF_DOMAIN] + [(TEST[0][0], "n/a")])
+    result = run(tmp_path, tiny, "labels", ood=ood, seeds=[0, 1, 2])
+    data = load_data(result["config"]["train"], result["config"]["test"], result["n_test"])
+    naive = Predictor(tiny.model, tiny.tokenizer, PromptFormat("plain"), data.labels,
+                      scorer=lambda prompt, labels: naive_score(tiny.model, tiny.tokenizer, prompt, labels))
+    for seed in (0, 1, 2):
+        rows = {r["condition"]: r for r in result["results"] if r["seed"] == seed}
+        inputs = [d["input"] for d in rows["ood"]["shown"]]
+        assert len(set(inputs)) == 2 and set(inputs) <= set(OUT_OF_DOMAIN)  # never the test item in the ood file
+        assert [d["output"] for d in rows["ood"]["shown"]] == [d["output"] for d in rows["random"]["shown"]]
+        demos = tuple(Demo(**d) for d in rows["ood"]["shown"])
+        assert rows["ood"]["predictions"] == naive.predict([Case(demos, i.input, i.output) for i in data.test])
+    report = (tmp_path / "runs" / "labels" / "report.md").read_text()
+    assert "| ood |" in report and result["means"].keys() == {"gold", "random", "ood", "none"}
+
+
+def test_out_of_distribution_inputs_are_refused_where_they_cannot_be_used(tmp_path, tiny):
+    few = write_pool(tmp_path / "few.jsonl", [(OUT_OF_DOMAIN[0], "n/a")])
+    with pytest.raises(LabError, match=r"k=2 is larger than the --ood pool \(1 input in .*few.jsonl\)"):
+        run_experiment("labels", config(tmp_path, "x", ood=few), loaded=tiny)
+    with pytest.raises(LabError, match="--ood is read by the labels experiment only; drop it for order"):
+        run_experiment("order", config(tmp_path, "y", ood=few), loaded=tiny)
+
+
 def test_select(tmp_path, tiny):
     result = run(tmp_path, tiny, "select")
     assert {r["selection"] for r in result["results"]} == {"knn", "mmr", "random"}

@@ -113,6 +113,40 @@ def test_the_report_counts_the_duplicates_the_pool_dropped(tmp_path, tiny):
     assert f"dups.jsonl ({len(TRAIN)} examples; 3 exact duplicates dropped)" in report
 
 
+def test_test_items_are_held_out_of_the_train_pool(tmp_path, tiny):
+    """One file as train and test: no demonstration is a sampled test item shown with its answer,
+    a copy written with other case and punctuation included."""
+    from lab.data import same_text
+
+    both = write_pool(tmp_path / "both.jsonl", TRAIN + TEST + [("Quick, FOX!", "positive")])
+    result = run(tmp_path, tiny, "labels", train=str(both), test=str(both), n_test=6, seeds=[0, 1, 2, 3], k=4)
+    tested = {same_text(item["input"]) for item in result["test"]}
+    pool = TRAIN + TEST + [("Quick, FOX!", "positive")]
+    expected = [row for row in pool if same_text(row[0]) not in tested]  # brute force over the file's rows
+    assert result["train_size"] == len(expected) and result["train_held_out"] == len(pool) - len(expected) >= 6
+    shown = {same_text(demo["input"]) for row in result["results"] for demo in row["shown"]}
+    assert shown and not shown & tested
+    report = (tmp_path / "runs" / "labels" / "report.md").read_text()
+    assert f"({len(expected)} examples; {len(pool) - len(expected)} held out as test items)" in report
+
+
+def test_k_beyond_what_is_left_after_holding_out_says_why(tmp_path, no_model_load):
+    both = write_pool(tmp_path / "both.jsonl", TEST)
+    with pytest.raises(LabError, match=r"k=2 is larger than the training pool \(0 examples .*after leaving out "
+                                       r"the 4 that are test items\)"):
+        run_experiment("labels", config(tmp_path, "x", train=both, test=both))
+
+
+def test_the_report_gives_the_majority_baseline_of_the_test_sample(tmp_path, tiny):
+    test = write_pool(tmp_path / "skewed.jsonl", TEST + [("fine film", "positive"), ("good dog", "positive")])
+    result = run(tmp_path, tiny, "labels", test=test, seeds=[0])
+    answers = [item["output"] for item in result["test"]]
+    assert result["test_label_counts"] == {"positive": answers.count("positive"), "negative": answers.count("negative")}
+    assert result["majority"] == answers.count("positive") / len(answers) == 4 / 6
+    report = (tmp_path / "runs" / "labels" / "report.md").read_text()
+    assert "- test answers: positive 4, negative 2; always answering 'positive' scores 0.667" in report
+
+
 def test_order_report_names_ties_between_orders(tmp_path, tiny, monkeypatch):
     import lab.experiments.order
 

@@ -1,6 +1,7 @@
 """The lab on the real default model: order and labels on a slice of SST-2 agree with the naive scorer."""
 
 import json
+from pathlib import Path
 
 import pytest
 from conftest import SHARED_DATA
@@ -51,3 +52,16 @@ def test_labels_agree_with_naive(tmp_path, default_model, sst2_config):
     gold = [r for r in result["results"] if r["condition"] == "gold"][0]
     assert none["accuracy"] == naive_accuracy(default_model, data, ())
     assert gold["accuracy"] == naive_accuracy(default_model, data, random_set(data.train, 2, 0))
+
+
+def test_a_run_names_the_weights_behind_the_model_name(tmp_path, default_model, sst2_config):
+    """Offline the default model's hub id stands for the package's quantized GGUF: the run says so."""
+    from bot.models import resolve_model
+
+    folder = run_experiment("labels", LabConfig(**sst2_config, out=str(tmp_path / "w")), loaded=default_model)
+    result = json.loads((folder / "result.json").read_text())
+    source = resolve_model("default")
+    expected = f"{Path(source.gguf_file).name}, dequantized" if source.gguf_file else ""
+    assert result["weights"] == expected and result["model"] == source.name
+    if expected:
+        assert f"(float32; weights: {expected})" in (folder / "report.md").read_text()

@@ -9,6 +9,10 @@ from retrieval.rows import FORMATS
 from ui.text import t
 
 
+NO_OOD = "none"
+"""The out-of-distribution picker's first choice: the labels experiment without its `ood` condition."""
+
+
 def pool_files() -> dict[str, str]:
     """Built-in pools by name -> file path."""
     from retrieval.pool import builtin_pools
@@ -62,6 +66,7 @@ def lab_tab(service, model_spec: str) -> dict:
                      for name in EXPERIMENTS}
             train = gr.Dropdown(list(pools), value="sentiment", label=t("train_pool"))
             test = gr.Dropdown(list(pools), value="sentiment", label=t("test_pool"))
+            ood = gr.Dropdown([NO_OOD, *pools], value=NO_OOD, label=t("ood_pool"), visible=False, elem_id="lab-ood")
             with gr.Row():
                 train_file = gr.File(label=t("train_file"), file_types=list(FORMATS), type="filepath")
                 test_file = gr.File(label=t("test_file"), file_types=list(FORMATS), type="filepath")
@@ -78,7 +83,7 @@ def lab_tab(service, model_spec: str) -> dict:
     table = gr.Dataframe(runs_table(runs), headers=["created", "experiment", "model", "train", "test", "seconds", "path"],
                          label=t("earlier_runs"), interactive=False)
 
-    def start(experiment, train, test, train_file, test_file, k, n_test, seeds, permutations, adapter,
+    def start(experiment, train, test, train_file, test_file, k, n_test, seeds, permutations, adapter, ood=NO_OOD,
               progress=gr.Progress()):
         from lab.config import LabConfig
         from lab.runner import PLOT_LINK, run_experiment
@@ -88,6 +93,7 @@ def lab_tab(service, model_spec: str) -> dict:
                 train=train_file or pools[train], test=test_file or pools[test], model=model_spec,
                 k=int(k), n_test=int(n_test), seeds=parse_seeds(seeds),
                 permutations=int(permutations), embedder="default", out=None, **model_fields(service, adapter),
+                ood=pools[ood] if experiment == "labels" and ood in pools else None,
             )
             folder = run_experiment(experiment, config, progress=lambda fraction, what: progress(fraction, desc=what),
                                     runs=runs)
@@ -98,11 +104,13 @@ def lab_tab(service, model_spec: str) -> dict:
 
     def controls(name):
         """The experiment's description (one per experiment, so that each is translated), and only the
-        controls it reads: shots sweeps its own ks and only order scores permutations."""
+        controls it reads: shots sweeps its own ks, only order scores permutations, only labels takes
+        out-of-distribution inputs."""
         shown = [gr.update(visible=name == other) for other in about]
-        return *shown, gr.update(visible=name != "shots"), gr.update(visible=name == "order")
+        return (*shown, gr.update(visible=name != "shots"), gr.update(visible=name == "order"),
+                gr.update(visible=name == "labels"))
 
-    experiment.change(controls, experiment, [*about.values(), k, permutations], api_name=False)
-    run.click(start, [experiment, train, test, train_file, test_file, k, n_test, seeds, permutations, adapter],
+    experiment.change(controls, experiment, [*about.values(), k, permutations, ood], api_name=False)
+    run.click(start, [experiment, train, test, train_file, test_file, k, n_test, seeds, permutations, adapter, ood],
               [report, plot, table], api_name="lab", concurrency_limit=1)
     return {"adapter": adapter, "runs": table}

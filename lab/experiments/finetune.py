@@ -1,7 +1,9 @@
 """Few-shot prompting vs fine-tuning on the same pool (and both together).
 
-A LoRA adapter is trained on the whole train pool with `adapters.train` (user: input, assistant:
-output) into `<result folder>/adapter`, from the pool as the lab read it (`train_pool.jsonl`). Then the test items are run three ways:
+A LoRA adapter is trained on the train pool with `adapters.train` (user: input, assistant:
+output) into `<result folder>/adapter`, from the pool as the lab read it (`train_pool.jsonl`), for
+`train_steps` steps of `TRAIN_BATCH` rows: it sees `train_steps * TRAIN_BATCH` rows, fewer than a large
+pool holds (200 steps: 800 rows). Then the test items are run three ways:
 - `prompting`: the base model with k kNN-chosen demonstrations, in the configured prompt style;
 - `finetuned`: the adapter, zero-shot, in the chat style it was trained on;
 - `both`: the adapter with the same k kNN demonstrations, chat style.
@@ -67,7 +69,7 @@ def run(ctx: LabContext) -> dict:
     results.append(_measure(ctx, chat, "finetuned", [()] * len(ctx.data.test)))
     results.append(_measure(ctx, chat, "both", demos))
     return {"results": results, "adapter": str(adapter), "train_seconds": train_seconds,
-            "train_steps": config.train_steps}
+            "train_steps": config.train_steps, "train_rows_seen": config.train_steps * TRAIN_BATCH}
 
 
 def _measure(ctx: LabContext, predictor: Predictor, condition: str, demos: list) -> dict:
@@ -86,7 +88,9 @@ def table(result: dict) -> str:
     for row in result["results"]:
         lines.append(f"| {row['condition']} | {row['accuracy']:.3f} | {row['prompt_tokens']:.0f} | "
                      f"{row['seconds_per_query']:.3f} |")
-    lines.append(f"\nAdapter training: {result['train_steps']} steps, {result['train_seconds']:.0f} s (once). "
+    seen = result.get("train_rows_seen")  # runs from before 2026-11-27 do not record it
+    rows = f" of {TRAIN_BATCH} rows ({seen} rows seen, repeats included)" if seen else ""
+    lines.append(f"\nAdapter training: {result['train_steps']} steps{rows}, {result['train_seconds']:.0f} s (once). "
                  "Prompting uses the run's --style; both adapter conditions use the chat style they were trained in.")
     return "\n".join(lines)
 

@@ -3,6 +3,11 @@
 Per seed, one random set of k demonstrations is shown with its gold labels and with labels drawn
 uniformly at random from the label set; zero-shot ("none") is the floor. Zero-shot does not
 depend on the seed, so it runs once and is listed under every seed.
+
+Given `ood` (a pool from another task or corpus), a fourth condition tests the input distribution:
+the random condition's demonstrations with their inputs swapped for k inputs drawn from that pool,
+labels and positions unchanged, so `ood` against `random` differs in the inputs alone (Min et al.'s
+"OOD inputs" with random labels, drawn there from a news corpus).
 """
 
 from __future__ import annotations
@@ -15,8 +20,10 @@ from lab import plots
 from lab.context import LabContext
 from lab.demos import random_set
 from lab.prompt import Demo
+from retrieval.pool import Pool
 
-CONDITIONS = ("gold", "random", "none")
+CONDITIONS = ("gold", "random", "ood", "none")
+"""In table order; `ood` only where the run was given out-of-distribution inputs."""
 
 
 def run(ctx: LabContext) -> dict:
@@ -34,7 +41,10 @@ def run(ctx: LabContext) -> dict:
         rng = random.Random(seed)
         shuffled = tuple(Demo(d.input, rng.choice(choices)) for d in demos)
         flipped = sum(a.output != b.output for a, b in zip(demos, shuffled))
-        for condition, shown in (("gold", demos), ("random", shuffled)):
+        shows = [("gold", demos), ("random", shuffled)]
+        if ctx.data.ood is not None:
+            shows.append(("ood", _with_inputs(shuffled, ctx.data.ood, seed)))
+        for condition, shown in shows:
             outcome = ctx.evaluate(shown)
             results.append({"condition": condition, "seed": seed, "accuracy": outcome["accuracy"],
                             "seconds": outcome["seconds"], "wrong_labels": flipped if condition == "random" else 0,
@@ -45,16 +55,26 @@ def run(ctx: LabContext) -> dict:
     return {"results": results, "means": _means(results)}
 
 
+def _with_inputs(demos: tuple[Demo, ...], ood: Pool, seed: int) -> tuple[Demo, ...]:
+    """`demos` with their inputs replaced by distinct inputs drawn from `ood` (seeded), outputs kept."""
+    inputs = random.Random(seed).sample([example.input for example in ood.examples], len(demos))
+    return tuple(Demo(text, demo.output) for text, demo in zip(inputs, demos))
+
+
+def _conditions(results: list[dict]) -> list[str]:
+    return [c for c in CONDITIONS if any(r["condition"] == c for r in results)]
+
+
 def _means(results: list[dict]) -> dict:
     return {c: sum(r["accuracy"] for r in results if r["condition"] == c) / sum(r["condition"] == c for r in results)
-            for c in CONDITIONS}
+            for c in _conditions(results)}
 
 
 def table(result: dict) -> str:
     seeds = list(dict.fromkeys(r["seed"] for r in result["results"]))
     lines = ["| condition | " + " | ".join(f"seed {s}" for s in seeds) + " | mean |",
              "|---|" + "---|" * (len(seeds) + 1)]
-    for condition in CONDITIONS:
+    for condition in _conditions(result["results"]):
         values = [r["accuracy"] for r in result["results"] if r["condition"] == condition]
         lines.append(f"| {condition} | " + " | ".join(f"{v:.3f}" for v in values) + f" | {result['means'][condition]:.3f} |")
     # Random labels can match the gold ones by chance; with none wrong, that seed's two rows are one test.
@@ -64,5 +84,5 @@ def table(result: dict) -> str:
 
 
 def plot(result: dict, path: Path) -> None:
-    groups = {c: [r["accuracy"] for r in result["results"] if r["condition"] == c] for c in CONDITIONS}
+    groups = {c: [r["accuracy"] for r in result["results"] if r["condition"] == c] for c in _conditions(result["results"])}
     plots.bars(groups, path, "gold vs random demonstration labels vs none")
