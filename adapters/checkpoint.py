@@ -40,6 +40,11 @@ def latest(output: Path) -> Path | None:
     return folders[-1] if folders else None
 
 
+def step_of(folder: Path) -> int:
+    """The step a checkpoint folder (`step-000010`) was written after."""
+    return int(Path(folder).name.removeprefix("step-"))
+
+
 FORMAT = 2
 """Version of the checkpoint layout: 2 keys the optimizer state by parameter name."""
 
@@ -108,7 +113,8 @@ def load(folder: Path, model, optimizer, scheduler, run: dict | None = None) -> 
     # Tensors, numbers and tuples only: weights_only=True refuses anything that would run code.
     state = torch.load(Path(folder) / STATE_FILE, map_location="cpu", weights_only=True)
     saved = state.get("run") or {}  # empty in a checkpoint written before runs were recorded
-    changed = sorted(key for key in saved.keys() | run.keys() if saved.get(key) != run.get(key)) if saved and run else []
+    # Keys only the checkpoint has are options that no longer count (the data's path, now its hash alone).
+    changed = sorted(key for key in run if saved.get(key) != run[key]) if saved and run else []
     if changed:
         was = ", ".join(f"{key}={saved.get(key)!r}" for key in changed)
         now = ", ".join(f"{key}={run.get(key)!r}" for key in changed)

@@ -72,6 +72,9 @@ class TrainConfig:
     """Write a resumable checkpoint every this many steps (0 = never)."""
     resume: bool = False
     """Continue from the newest checkpoint of a previous run with the same output."""
+    restart: bool = False
+    """Discard an interrupted run's checkpoints and start from step 0 (without it, or --resume, a run that
+    finds them stops and says so)."""
     precision: str = "auto"
     """"auto" (bf16 autocast on a GPU that has it, and on a CPU with AMX or AVX-512 BF16; else fp32),
     "bf16" or "fp32". The adapter's own weights stay fp32; on a GPU, bf16 also loads the frozen base in bf16."""
@@ -109,6 +112,8 @@ class TrainConfig:
             raise ValueError(f"eval_fraction must be between 0 and 0.5, got {self.eval_fraction}")
         if not 0 <= self.warmup_ratio < 1:
             raise ValueError(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
+        if self.resume and self.restart:
+            raise ValueError("resume and restart exclude each other: continue the interrupted run or discard it")
         if self.save_every < 0:
             raise ValueError(f"save_every must be 0 (never) or positive, got {self.save_every}")
         if isinstance(self.target_modules, str) and self.target_modules != ALL_LINEAR:

@@ -107,6 +107,7 @@ def train(config: TrainConfig) -> Path:
     from adapters.publish import check_target
 
     check_target(config.output, CONFIG_FILE, ADAPTER)  # before the work, not after it
+    check_checkpoints(config)
     conversations = load_conversations(Path(config.data), config.fill)  # a bad file fails before the model loads
     if config.qlora:
         check_qlora()
@@ -239,8 +240,10 @@ def engine_name(state) -> str:
     return f"{name} x{state.num_processes}"
 
 
-RESUMABLE = ("resume", "progress", "save_every", "log_every", "chunked_loss", "compile")
-"""Options a resumed run may change: they do not change what is trained."""
+RESUMABLE = ("resume", "restart", "progress", "save_every", "log_every", "chunked_loss", "compile", "data", "output")
+"""Options a resumed run may change: they do not change what is trained. The data file counts by
+its hash, not its path (`./a.jsonl` and `a.jsonl` are one file), and the checkpoint's folder already
+says which output it belongs to (`--name x` or `--out adapters/x`)."""
 
 
 def run_identity(config: TrainConfig) -> dict:
@@ -252,12 +255,24 @@ def run_identity(config: TrainConfig) -> dict:
     return identity
 
 
+def check_checkpoints(config: TrainConfig) -> None:
+    """Refuse --resume without a checkpoint, and a fresh start over an interrupted run's checkpoint
+    unless --restart says to discard it: running the same command again must not delete hours of steps."""
+    output = Path(config.output)
+    found = checkpoint.latest(output)
+    if config.resume and found is None:
+        raise FileNotFoundError(f"--resume: no checkpoint of '{output.name}' in {checkpoint.run_dir(output)}")
+    if found is not None and not (config.resume or config.restart):
+        raise ValueError(f"an interrupted run of '{output.name}' left a checkpoint at step {checkpoint.step_of(found)} "
+                         f"in {checkpoint.run_dir(output)}; add --resume to continue it, or --restart to discard it "
+                         "and start over")
+
+
 def resume_or_start(run: Run, model, optimizer, scheduler) -> int:
-    """The step to start from: a checkpoint's with --resume, else 0 after clearing an old run's files."""
+    """The step to start from: a checkpoint's with --resume, else 0 after clearing an old run's files
+    (`check_checkpoints` has made sure that either is what the user asked for)."""
     output = Path(run.config.output)
     found = checkpoint.latest(output) if run.config.resume else None
-    if run.config.resume and found is None:
-        raise FileNotFoundError(f"--resume: no checkpoint of '{output.name}' in {checkpoint.run_dir(output)}")
     if found is None:
         if run.accelerator.is_main_process:
             checkpoint.remove_all(output)
@@ -418,7 +433,7 @@ def build_parser() -> argparse.ArgumentParser:
         field = flag.replace("-", "_")
         parser.add_argument(f"--{flag}", type=kind, default=field_default(TrainConfig, field),
                             help=docs[field])
-    for flag in ("packing", "resume", "qlora", "gradient-checkpointing"):
+    for flag in ("packing", "resume", "restart", "qlora", "gradient-checkpointing"):
         parser.add_argument(f"--{flag}", action="store_true", help=docs[flag.replace("-", "_")])
     for flag in ("chunked-loss", "compile"):
         parser.add_argument(f"--{flag}", action=argparse.BooleanOptionalAction, default=None,
@@ -445,14 +460,17 @@ def main(args: argparse.Namespace) -> int:
     from adapters.lora import IncompleteAdapter, QLoRAUnavailable
     from bot.cli import library_output_to_stderr
 
+    config = None
     try:
+        config = config_from_args(args)
         with library_output_to_stderr():
-            output = train(config_from_args(args))
+            output = train(config)
     except (ValueError, OSError, QLoRAUnavailable, IncompleteAdapter) as error:  # OSError: a full disk, say
         print(f"error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        saved = " (--resume continues from the last checkpoint)" if args.save_every else ""
+        found = checkpoint.latest(Path(config.output)) if config is not None else None
+        saved = f" (--resume continues from step {checkpoint.step_of(found)})" if found is not None else ""
         print(f"interrupted: no adapter written; an earlier adapter in that folder is unchanged{saved}", file=sys.stderr)
         return 130
     if _is_main_process():

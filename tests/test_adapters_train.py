@@ -131,6 +131,45 @@ def test_resume_after_a_kill_that_cut_a_log_line_short(setup, monkeypatch):
     assert [row["step"] for row in read_log(resumed / LOG_FILE)] == [1, 2, 3, 4, 5, 6]
 
 
+def test_starting_again_over_an_interrupted_run_keeps_its_checkpoint_until_told(setup, monkeypatch):
+    """The same command again (no --resume) used to delete the checkpoints; now it stops and says what to add."""
+    from adapters import checkpoint
+
+    base, data, root = setup
+    straight = train_tiny(base, data, root / "straight", max_steps=6, save_every=2)
+    crash_at_step(monkeypatch, 5, base, data, root / "run", max_steps=6, save_every=2)
+    with pytest.raises(ValueError, match=r"an interrupted run of 'run' left a checkpoint at step 4 in .*\.run\.run; "
+                                         r"add --resume to continue it, or --restart to discard it"):
+        train_tiny(base, data, root / "run", max_steps=6, save_every=2)
+    assert checkpoint.step_of(checkpoint.latest(root / "run")) == 4 and not (root / "run").exists()
+    # the same run, its data and output written another way: the checkpoint resumes it
+    resumed = train_tiny(base, Path(os.path.relpath(data)), Path(os.path.relpath(root / "run")), max_steps=6,
+                         save_every=2, resume=True)
+    assert_same_weights(straight, resumed)
+
+
+def test_restart_discards_the_checkpoint_and_trains_from_step_zero(setup, monkeypatch):
+    from adapters import checkpoint
+    from adapters.train import LOG_FILE, read_log
+
+    base, data, root = setup
+    straight = train_tiny(base, data, root / "straight", max_steps=6, save_every=2)
+    crash_at_step(monkeypatch, 5, base, data, root / "run", max_steps=6, save_every=2)
+    with pytest.raises(ValueError, match="resume and restart exclude each other"):
+        train_tiny(base, data, root / "run", max_steps=6, save_every=2, resume=True, restart=True)
+    again = train_tiny(base, data, root / "run", max_steps=6, save_every=2, restart=True)
+    assert [row["step"] for row in read_log(again / LOG_FILE)] == [1, 2, 3, 4, 5, 6]
+    assert checkpoint.latest(root / "run") is None
+    assert_same_weights(straight, again)
+
+
+def assert_same_weights(a: Path, b: Path) -> None:
+    from safetensors.torch import load_file
+
+    first, second = load_file(a / "adapter_model.safetensors"), load_file(b / "adapter_model.safetensors")
+    assert first.keys() == second.keys() and all(torch.allclose(first[k], second[k], atol=1e-6) for k in first)
+
+
 def test_resume_without_checkpoint_is_refused(setup):
     base, data, root = setup
     with pytest.raises(FileNotFoundError, match="no checkpoint of 'persona'"):
@@ -679,4 +718,5 @@ def test_ctrl_c_during_training_is_one_line_and_keeps_the_old_adapter(setup):
         child.kill()  # a no-op once it has exited; never leave a 100000-step run behind
     assert child.returncode == 130, stderr[-2000:]
     assert "Traceback" not in stderr and "interrupted: no adapter written" in stderr
+    assert "--resume" not in stderr  # no --save-every, so no checkpoint to resume from
     assert file_sha256(old / "adapter_model.safetensors") == before

@@ -22,6 +22,18 @@ def test_an_existing_adapter_is_not_replaced(adapters):
     assert [p.name for p in (adapters / "mine").iterdir()] == ["adapter_config.json"]
 
 
+def test_an_interrupted_runs_checkpoint_is_not_discarded(adapters):
+    """The page neither resumes nor restarts: a command-line run's checkpoint under that name stays."""
+    saved = adapters / ".long.run" / "step-000040"
+    saved.mkdir(parents=True)
+    (saved / "state.pt").write_bytes(b"hours of steps")
+    job = TrainingJob()
+    with pytest.raises(ValueError, match="an interrupted run named 'long' left a checkpoint; choose another name, "
+                                         "or resume it with `python -m adapters.train .* --resume`"):
+        job.start(str(DEMO_DATA / "captain_kelp.jsonl"), "long", "default", 2, 1e-3, 4)
+    assert job.process is None and (saved / "state.pt").read_bytes() == b"hours of steps"
+
+
 def test_a_failed_run_keeps_its_reason_and_names_the_file_not_where_uploads_live(adapters, tmp_path):
     bad = tmp_path / "uploads" / "a1b2c3" / "bad.jsonl"
     bad.parent.mkdir(parents=True)

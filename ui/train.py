@@ -43,6 +43,7 @@ class TrainingJob:
         self.lock = threading.Lock()
 
     def start(self, data: str, name: str, model: str, steps: int, learning_rate: float, rank: int) -> Path:
+        from adapters.checkpoint import latest
         from adapters.config import TrainConfig, check_adapter_name
         from bot.paths import adapters_dir
 
@@ -51,6 +52,9 @@ class TrainingJob:
         TrainConfig(data=data, output=str(output), max_steps=steps, learning_rate=learning_rate, rank=rank)
         if output.exists():  # another user's, perhaps: the command line may replace an adapter, this page may not
             raise ValueError(f"an adapter named '{name}' already exists; choose another name")
+        if latest(output) is not None:  # this page neither resumes nor discards an interrupted run
+            raise ValueError(f"an interrupted run named '{name}' left a checkpoint; choose another name, or resume "
+                             f"it with `python -m adapters.train ... --name {name} --resume`")
         with self.lock:
             if self.running:
                 raise ValueError("a training run is already going; wait for it to finish")
