@@ -35,12 +35,12 @@ def read_records(path: Path) -> list[dict]:
     if not path.is_file():
         raise DataError(f"data file '{path}' does not exist")
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")  # a byte-order mark, as Windows editors write, is not data
     except UnicodeDecodeError as error:
         raise DataError(f"{path} is not UTF-8 text (byte {error.start} cannot be decoded); save it as UTF-8") from None
     if path.suffix.lower() in (".csv", ".tsv"):
         return _table_records(path)
-    if path.suffix == ".json":
+    if path.suffix.lower() == ".json":
         try:
             records = json.loads(text)
         except json.JSONDecodeError as error:
@@ -75,30 +75,62 @@ def _table_records(path: Path) -> list[dict]:
 
 
 def to_messages(record: dict) -> list[dict]:
-    """One record, in any accepted shape, as chat messages."""
+    """One record, in any accepted shape, as chat messages; a missing or non-text field is an error naming it."""
+    if not isinstance(record, dict):
+        raise DataError(f"expected an object (a JSON record with named fields), got {_kind(record)}; a JSON list of "
+                        "records belongs in a .json file, one record per line in a .jsonl file")
     if "messages" in record:
-        return [{"role": m["role"], "content": m["content"]} for m in record["messages"]]
+        return [{"role": _text(m, "role", "a message"), "content": _text(m, "content", "a message")}
+                for m in _list(record, "messages")]
     if "conversations" in record:
-        return [_sharegpt_turn(turn) for turn in record["conversations"]]
+        return [_sharegpt_turn(turn) for turn in _list(record, "conversations")]
     if "instruction" in record:
-        prompt = record["instruction"]
+        what = "an alpaca record (it has 'instruction')"
+        prompt = _text(record, "instruction", what)
         if record.get("input"):
-            prompt = f"{prompt}\n\n{record['input']}"
-        system = [{"role": "system", "content": record["system"]}] if record.get("system") else []
-        return system + [{"role": "user", "content": prompt}, {"role": "assistant", "content": record["output"]}]
+            prompt = f"{prompt}\n\n{_text(record, 'input', what)}"
+        system = [{"role": "system", "content": _text(record, "system", what)}] if record.get("system") else []
+        return system + [{"role": "user", "content": prompt},
+                         {"role": "assistant", "content": _text(record, "output", what)}]
     if "input" in record and "output" in record:
-        return [{"role": "user", "content": record["input"]}, {"role": "assistant", "content": record["output"]}]
+        return [{"role": "user", "content": _text(record, "input", "a record")},
+                {"role": "assistant", "content": _text(record, "output", "a record")}]
     raise DataError(
         f"unknown record shape with keys {sorted(record)}; expected input/output, instruction/input/output, "
         "messages or conversations"
     )
 
 
+def _kind(value) -> str:
+    """What a JSON value is, in words."""
+    kinds = {dict: "an object", list: "a list", str: "text", type(None): "null", bool: "true/false"}
+    return kinds.get(type(value), "a number")
+
+
+def _text(mapping, key: str, what: str) -> str:
+    """`mapping[key]`, which must be text; else an error naming the field and what holds it."""
+    if not isinstance(mapping, dict):
+        raise DataError(f"{what} must be an object with '{key}', got {_kind(mapping)}")
+    if key not in mapping:
+        raise DataError(f"{what} has no '{key}' field (its fields: {', '.join(sorted(mapping)) or 'none'})")
+    if not isinstance(mapping[key], str):
+        raise DataError(f"'{key}' must be text, got {_kind(mapping[key])}")
+    return mapping[key]
+
+
+def _list(record: dict, key: str) -> list:
+    if not isinstance(record[key], list):
+        raise DataError(f"'{key}' must be a list of turns, got {_kind(record[key])}")
+    return record[key]
+
+
 def _sharegpt_turn(turn: dict) -> dict:
+    if not isinstance(turn, dict):
+        raise DataError(f"a ShareGPT turn must be an object with 'from' and 'value', got {_kind(turn)}")
     role = SHAREGPT_ROLES.get(turn.get("from", ""))
     if role is None:
         raise DataError(f"ShareGPT turn has unknown 'from': {turn.get('from')!r}; expected one of {sorted(SHAREGPT_ROLES)}")
-    return {"role": role, "content": turn["value"]}
+    return {"role": role, "content": _text(turn, "value", "a ShareGPT turn")}
 
 
 def fill_placeholders(text: str, fill: dict[str, str]) -> str:

@@ -40,8 +40,8 @@ def _render(tokenizer, messages: list[dict], prompt: bool) -> list[int]:
     return list(ids)
 
 
-def encode_conversation(tokenizer, messages: list[dict], max_length: int) -> Example:
-    """Tokens of the whole conversation with labels on the assistant turns, cut to `max_length`."""
+def encode_conversation(tokenizer, messages: list[dict], max_length: int | None) -> Example:
+    """Tokens of the whole conversation with labels on the assistant turns, cut to `max_length` (None: not cut)."""
     input_ids: list[int] = []
     labels: list[int] = []
     for index, message in enumerate(messages):
@@ -56,10 +56,35 @@ def encode_conversation(tokenizer, messages: list[dict], max_length: int) -> Exa
     return Example(input_ids=input_ids[:max_length], labels=labels[:max_length])
 
 
+@dataclass
+class Fitted:
+    """Conversations encoded within a length limit, and what the limit cost."""
+
+    kept: list[Example]
+    """Those with some answer left, cut to the limit."""
+    dropped: int
+    """Left out: not one answer token fits."""
+    cut: int
+    """Kept, but with part of their answers cut away."""
+
+
+def encode_fitting(tokenizer, conversations: list[list[dict]], max_length: int) -> Fitted:
+    """Encode every conversation, leaving out those whose answer was cut away entirely, and count the losses."""
+    kept, dropped, cut = [], 0, 0
+    for messages in conversations:
+        whole = encode_conversation(tokenizer, messages, None)
+        example = Example(input_ids=whole.input_ids[:max_length], labels=whole.labels[:max_length])
+        if not example.trained_tokens:
+            dropped += 1
+            continue
+        cut += example.trained_tokens < whole.trained_tokens
+        kept.append(example)
+    return Fitted(kept, dropped, cut)
+
+
 def encode_all(tokenizer, conversations: list[list[dict]], max_length: int) -> list[Example]:
     """Encode every conversation, leaving out those whose answer was cut away entirely."""
-    examples = [encode_conversation(tokenizer, messages, max_length) for messages in conversations]
-    return [example for example in examples if example.trained_tokens]
+    return encode_fitting(tokenizer, conversations, max_length).kept
 
 
 def pack(examples: list[Example], max_length: int) -> list[Example]:

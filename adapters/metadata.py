@@ -40,7 +40,7 @@ class AdapterMetadata:
     data_sha256: str = ""
     """sha256 of the training data file's bytes."""
     examples: int = 0
-    """Training examples after the eval split (before packing)."""
+    """Training examples after the eval split that kept an answer within max_length (before packing)."""
     eval_examples: int = 0
     """Examples held out for the eval loss."""
     steps: int = 0

@@ -38,7 +38,11 @@ class Prepared:
     train: list[Example]
     eval: list[Example]
     examples: int
-    """Training conversations before packing."""
+    """Training conversations with an answer within max_length (before packing)."""
+    dropped: int = 0
+    """Training conversations left out: no answer token within max_length."""
+    cut: int = 0
+    """Training conversations whose answers max_length cut short."""
 
 
 @dataclass
@@ -58,15 +62,27 @@ class Run:
 
 
 def prepare_data(config: TrainConfig, conversations: list[list[dict]], tokenizer) -> Prepared:
-    from adapters.encode import encode_all, pack, split
+    from adapters.encode import encode_all, encode_fitting, pack, split
 
     train_part, eval_part = split(conversations, config.eval_fraction, config.seed)
-    train = encode_all(tokenizer, train_part, config.max_length)
-    if not train:
+    if not train_part:
+        raise ValueError(f"eval_fraction={config.eval_fraction} holds out all {len(conversations)} examples; "
+                         "none is left to train on")
+    fitted = encode_fitting(tokenizer, train_part, config.max_length)
+    if not fitted.kept:
         raise ValueError(f"no training example keeps an answer within max_length={config.max_length} tokens")
-    if config.packing:
-        train = pack(train, config.max_length)
-    return Prepared(train=train, eval=encode_all(tokenizer, eval_part, config.max_length), examples=len(train_part))
+    train = pack(fitted.kept, config.max_length) if config.packing else fitted.kept
+    return Prepared(train=train, eval=encode_all(tokenizer, eval_part, config.max_length), examples=len(fitted.kept),
+                    dropped=fitted.dropped, cut=fitted.cut)
+
+
+def length_note(data: Prepared, max_length: int) -> str | None:
+    """A line on the examples max_length cost, or None when it cost none."""
+    if not (data.dropped or data.cut):
+        return None
+    total = data.examples + data.dropped
+    return (f"note: of {total} training examples, {data.dropped} had no answer left within max_length={max_length} "
+            f"and are left out, and {data.cut} were cut short; raise --max-length to keep them")
 
 
 def epoch_loader(run: Run, epoch: int):
@@ -170,6 +186,9 @@ def _train(config: TrainConfig, conversations: list[list[dict]], accelerator, lo
     set_seed(config.seed)
     base = load_base(config.model, config.qlora, str(accelerator.device), load_bf16)
     data = prepare_data(config, conversations, base.tokenizer)
+    note = length_note(data, config.max_length)
+    if note and accelerator.is_main_process:
+        print(note, file=sys.stderr)
     # Under FSDP only the main process is sure to hold the weights (the others may hold meta tensors).
     collective = fingerprint_is_collective(base.model)
     fingerprint = weights_fingerprint(base.model) if collective or accelerator.is_main_process else ""

@@ -40,6 +40,17 @@ def test_alpaca_json_list_with_input_and_system(tmp_path):
     ({"text": "x"}, "record 1: unknown record shape with keys \\['text'\\]"),
     ({"messages": [{"role": "user", "content": "x"}]}, "needs at least one assistant message"),
     ({"conversations": [{"from": "robot", "value": "x"}]}, "unknown 'from': 'robot'"),
+    # what users write: each named by its field, not a bare KeyError or a comparison error
+    ([{"input": "a", "output": "b"}], r"record 1: expected an object .*got a list; a JSON list of records belongs "
+                                      r"in a \.json file"),
+    ({"instruction": "x", "response": "y"}, r"an alpaca record \(it has 'instruction'\) has no 'output' field "
+                                            r"\(its fields: instruction, response\)"),
+    ({"messages": [{"role": "user", "text": "x"}]}, "a message has no 'content' field"),
+    ({"conversations": [{"from": "human", "text": "x"}]}, "a ShareGPT turn has no 'value' field"),
+    ({"conversations": "hi"}, "'conversations' must be a list of turns, got text"),
+    ({"input": "x", "output": 3}, "record 1: 'output' must be text, got a number"),
+    ({"input": None, "output": "y"}, "'input' must be text, got null"),
+    ({"messages": ["hi"]}, "a message must be an object with 'role', got text"),
 ])
 def test_bad_records_name_the_problem(tmp_path, record, message):
     from adapters.data import DataError, load_conversations
@@ -139,6 +150,17 @@ def test_unreadable_files_name_the_file_and_the_line(tmp_path):
     broken.write_text('[{"input": "a", "output": "b"},\n {"input": }]')
     with pytest.raises(DataError, match=r"broken.json is not valid JSON: .* line 2"):
         load_conversations(broken)
+
+
+@pytest.mark.parametrize("name", ["bom.jsonl", "bom.json", "UPPER.JSON"])
+def test_files_as_editors_save_them_are_read(tmp_path, name):
+    """A UTF-8 byte-order mark (Windows editors) and an upper-case suffix, as pool files are read."""
+    from adapters.data import load_conversations
+
+    rows = [{"input": "Name?", "output": "I am Quokka."}]
+    text = json.dumps(rows) if name.lower().endswith(".json") else json.dumps(rows[0]) + "\r\n"
+    (tmp_path / name).write_bytes(("\ufeff" if name.startswith("bom") else "").encode() + text.encode())
+    assert load_conversations(tmp_path / name) == [EXPECTED]
 
 
 def test_a_pool_table_is_training_data_and_its_problems_are_named(tmp_path):

@@ -170,6 +170,36 @@ def assert_same_weights(a: Path, b: Path) -> None:
     assert first.keys() == second.keys() and all(torch.allclose(first[k], second[k], atol=1e-6) for k in first)
 
 
+def test_examples_that_max_length_cuts_are_counted_and_said(setup, capsys):
+    """Against each conversation encoded whole: which lose every answer token, which lose some."""
+    from adapters.data import load_conversations
+    from adapters.encode import IGNORE, encode_conversation
+    from adapters.metadata import AdapterMetadata
+    from bot.models import load_tokenizer
+
+    base, _, root = setup
+    rows = [{"input": "q " * n, "output": "zebra quokka " * 4} for n in (1, 2, 3, 12, 14, 16, 30, 40)]
+    data = write_rows(root.parent / "mixed.jsonl", rows)
+    tokenizer, max_length = load_tokenizer(base), 40
+    whole = [encode_conversation(tokenizer, messages, None) for messages in load_conversations(data)]
+    trained = [(sum(label != IGNORE for label in e.labels[:max_length]), sum(label != IGNORE for label in e.labels))
+               for e in whole]  # answer tokens within the limit, and in all
+    dropped = sum(within == 0 for within, _ in trained)
+    cut = sum(0 < within < total for within, total in trained)
+    assert dropped and cut, "sanity check: the rows must exercise both"
+    out = train_tiny(base, data, root / "cut", max_length=max_length, max_steps=2)
+    assert AdapterMetadata.read(out).examples == len(rows) - dropped
+    assert (f"note: of {len(rows)} training examples, {dropped} had no answer left within max_length={max_length} "
+            f"and are left out, and {cut} were cut short; raise --max-length to keep them") in capsys.readouterr().err
+
+
+def test_an_eval_split_that_leaves_nothing_to_train_says_so(setup):
+    base, _, root = setup
+    one = write_rows(root.parent / "one.jsonl", [{"input": "hi", "output": "there"}])
+    with pytest.raises(ValueError, match="eval_fraction=0.5 holds out all 1 examples; none is left to train on"):
+        train_tiny(base, one, root / "none", eval_fraction=0.5)
+
+
 def test_resume_without_checkpoint_is_refused(setup):
     base, data, root = setup
     with pytest.raises(FileNotFoundError, match="no checkpoint of 'persona'"):
