@@ -16,6 +16,7 @@ a half-loaded adapter. Vetting the files is `registry.py`'s job.
 from __future__ import annotations
 
 import threading
+import time
 from pathlib import Path
 
 from adapters.checks import AdapterError
@@ -49,11 +50,28 @@ class AdapterHost:
 
     def current(self, name: str) -> str:
         """`name` for a request: an attached registry adapter whose folder was replaced since it was
-        loaded (trained again under its name) is loaded anew first. One listing of its folder per call."""
+        loaded (trained again under its name) is loaded anew first, and one whose folder was deleted
+        is detached (and no longer offered). One listing of its folder per call."""
         path = self._paths.get(name)
-        if path is not None and path == self.registry.root / name and _version(name, path) != self._versions.get(name):
+        if path is None or path != self.registry.root / name:
+            return name
+        try:
+            version = files_version(path)
+        except OSError:
+            time.sleep(REPLACE_GRACE_S)  # a publish swaps folders with two renames: it may be between them
+            if not path.is_dir():
+                with self.lock:
+                    if name in self._paths:
+                        self._remove(name)
+                raise AdapterError(f"adapter '{name}' was deleted from the adapters folder; it is no longer "
+                                   "served") from None
             return self.attach(name)
-        return name
+        return self.attach(name) if version != self._versions.get(name) else name
+
+    def deleted(self) -> set[str]:
+        """Attached registry adapters whose folder is gone: lists leave them out (the next request for
+        one detaches it)."""
+        return {name for name, path in self._paths.items() if path == self.registry.root / name and not path.is_dir()}
 
     def attach_info(self, info: AdapterInfo) -> str:
         """Vet and load one adapter. Attaching a name again from the same folder does nothing while its
@@ -109,6 +127,10 @@ class AdapterHost:
     def detach_all(self) -> None:
         for name in self.attached:
             self.detach(name)
+
+
+REPLACE_GRACE_S = 0.2
+"""How long a request waits to see whether an adapter folder that is missing is being replaced."""
 
 
 def _version(name: str, folder: Path) -> tuple:

@@ -177,9 +177,18 @@ def test_an_adapter_retrained_under_its_name_is_served_anew(lab, served, tmp_pat
     assert chat(QUESTIONS[1]) == new and host.attached == ["zebra"]
     torch.testing.assert_close(logits(generator.loaded.model, PROBE, adapter="zebra"),
                                logits(fresh_peft(lab, "paris"), PROBE), rtol=0, atol=1e-5)
+    # caught between the two renames of a publish: the request waits for the new folder
+    (tmp_path / "adapters" / "zebra").rename(tmp_path / "adapters" / ".zebra-retired")
+    threading.Timer(0.05, lambda: (tmp_path / "adapters" / ".zebra-retired").rename(tmp_path / "adapters" / "zebra")).start()
+    assert chat(QUESTIONS[1]) == new and host.attached == ["zebra"]
+    # deleted for good: detached, no longer offered, and each request says so
     shutil.rmtree(tmp_path / "adapters" / "zebra")
-    with pytest.raises(ValueError, match="adapter 'zebra' was removed or is being replaced"):
+    assert "zebra" not in service.adapter_choices()
+    with pytest.raises(ValueError, match="adapter 'zebra' was deleted from the adapters folder; it is no longer"):
         chat(QUESTIONS[1])
+    with pytest.raises(ValueError, match="unknown adapter 'zebra'; available: digits, paris"):
+        chat(QUESTIONS[1])
+    assert host.attached == [] and "zebra" not in service.adapter_choices()
 
 
 def test_attach_for_cli_takes_a_folder_path(lab):
