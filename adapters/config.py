@@ -32,7 +32,8 @@ def check_adapter_name(name: str, what: str = "adapter name") -> None:
 @dataclass
 class TrainConfig:
     data: str
-    """Training data: .jsonl or .json with input/output, alpaca, `messages` or ShareGPT records."""
+    """Training data: .jsonl or .json with input/output, alpaca, `messages` or ShareGPT records, or a .csv/.tsv
+    table with input and output columns."""
     output: str
     """Adapter folder to write; its name is the adapter's name. Replaced only once the new one is complete."""
     model: str = "default"

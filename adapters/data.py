@@ -32,6 +32,8 @@ class DataError(ValueError):
 
 def read_records(path: Path) -> list[dict]:
     path = Path(path)
+    if path.is_dir():
+        raise DataError(f"data file '{path}' is a folder; give the file inside it")
     if not path.is_file():
         raise DataError(f"data file '{path}' does not exist")
     try:

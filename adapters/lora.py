@@ -148,8 +148,10 @@ def wrap(model, config: TrainConfig, base_name: str):
         model.activation_checkpointing_enable(activation_checkpointing_kwargs=checkpointing)
     elif config.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=checkpointing)
+    # PEFT records the folder the weights came from (for the default model, a local dequantized copy) in
+    # adapter_config.json and the model card; the registry and the hub match on the canonical id.
+    model.config._name_or_path = model.name_or_path = base_name
     peft_model = get_peft_model(model, lora_config(config))
-    # PEFT records the folder the weights came from; the registry matches on the canonical id.
     peft_model.peft_config["default"].base_model_name_or_path = base_name
     peft_model.config.use_cache = False
     return peft_model

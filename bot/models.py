@@ -116,6 +116,8 @@ def resolve_model(spec: str) -> ModelSource:
             f"model '{spec}' is not in the local Hugging Face cache and the hub cannot be reached; "
             "pass a local folder, a .gguf file, or 'default'"
         )
+    if spec.startswith((".", "/", "~")) or spec.count("/") > 1 or path.suffix == ".gguf":
+        raise ModelError(f"model '{spec}': no such folder or .gguf file")
     raise ModelError(f"unknown model '{spec}': expected 'default', a local folder, a .gguf file or a hub id")
 
 

@@ -199,6 +199,7 @@ def _record_start_lines(text: str, count: int) -> list[int]:
 
 
 def _table_rows(path: Path, text: str, delimiter: str, input_field: str, output_field: str):
+    csv.field_size_limit(max(csv.field_size_limit(), len(text)))  # a long cell is data, as in a JSONL pool
     reader = csv.DictReader(io.StringIO(text, newline=""), delimiter=delimiter)
     try:
         return _table_records(path, reader, input_field, output_field)

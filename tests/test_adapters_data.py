@@ -185,6 +185,7 @@ def test_a_pool_table_is_training_data_and_its_problems_are_named(tmp_path):
 
 
 @pytest.mark.parametrize("content, message", [(None, "data file '.*none.jsonl' does not exist"),
+                                              ("folder", "data file '.*none.jsonl' is a folder; give the file inside it"),
                                               ("", "data file '.*none.jsonl' holds no records")])
 def test_bad_data_is_refused_before_the_model_loads(tmp_path, monkeypatch, content, message):
     import adapters.lora
@@ -193,7 +194,9 @@ def test_bad_data_is_refused_before_the_model_loads(tmp_path, monkeypatch, conte
 
     monkeypatch.setattr(adapters.lora, "load_base", lambda *args, **kwargs: pytest.fail("loaded the model first"))
     data = tmp_path / "none.jsonl"
-    if content is not None:
+    if content == "folder":
+        data.mkdir()
+    elif content is not None:
         data.write_text(content)
     with pytest.raises(ValueError, match=message):
         train(TrainConfig(data=str(data), output=str(tmp_path / "out"), max_steps=1))

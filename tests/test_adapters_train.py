@@ -200,6 +200,20 @@ def test_an_eval_split_that_leaves_nothing_to_train_says_so(setup):
         train_tiny(base, one, root / "none", eval_fraction=0.5)
 
 
+def test_the_model_card_names_the_base_by_its_id_not_the_folder_it_loaded_from(setup, tmp_path):
+    """The default model loads from a dequantized copy whose folder records its hub id (source_name.txt)."""
+    import shutil
+
+    base, data, root = setup
+    copy = tmp_path / "models" / "tiny.Q4_1-0123456789ab"
+    shutil.copytree(base, copy)
+    (copy / "source_name.txt").write_text("someone/tiny-chat\n")
+    out = train_tiny(str(copy), data, root / "card", max_steps=1)
+    card = (out / "README.md").read_text()
+    assert "base_model: someone/tiny-chat" in card and str(copy) not in card
+    assert json.loads((out / "adapter_config.json").read_text())["base_model_name_or_path"] == "someone/tiny-chat"
+
+
 def test_resume_without_checkpoint_is_refused(setup):
     base, data, root = setup
     with pytest.raises(FileNotFoundError, match="no checkpoint of 'persona'"):

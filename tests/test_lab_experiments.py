@@ -221,7 +221,7 @@ def test_cli_unknown_model_is_an_error_line_not_a_traceback(tmp_path):
     assert done.returncode == 2
     assert "Traceback" not in done.stderr
     assert done.stderr.splitlines()[-1] == (
-        "error: unknown model '/nonexistent': expected 'default', a local folder, a .gguf file or a hub id")
+        "error: model '/nonexistent': no such folder or .gguf file")
 
 
 def test_cli_help_describes_every_option_with_its_default():

@@ -257,10 +257,13 @@ def test_pool_file_over_the_size_limit_is_refused_unread(tmp_path, monkeypatch):
         load_pool(path)
 
 
-def test_csv_cell_beyond_the_csv_module_limit_is_one_error(tmp_path):
-    path = write_pool(tmp_path / "p.csv", "x" * 200_000)
-    with pytest.raises(PoolError, match=r"p.csv: line 3: not readable as a table \(field larger than field limit"):
-        load_pool(path, skip_bad=True)
+@pytest.mark.parametrize("suffix, line", [(".csv", 3), (".jsonl", 2)])
+def test_a_cell_beyond_the_csv_modules_limit_is_one_bad_row_as_in_jsonl(tmp_path, suffix, line):
+    """csv refuses cells over 131,072 characters by default, with its own error; the pool's row limit names it."""
+    path = write_pool(tmp_path / f"p{suffix}", "x" * 200_000)
+    with pytest.raises(PoolError, match=rf"p{suffix}: 1 bad row: line {line}: input and output are 200,001 characters"):
+        load_pool(path)
+    assert [e.input for e in load_pool(path, skip_bad=True).examples] == ["short", "also short"]
 
 
 def test_jsonl_with_bom_crlf_and_unicode_line_separators(tmp_path):
