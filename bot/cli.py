@@ -85,7 +85,8 @@ def build_parser() -> argparse.ArgumentParser:
     shots = help_texts(FewShot)
     fewshot.add_argument("--pool", help="demonstration pool: a built-in name, an index folder or a pool file")
     fewshot.add_argument("--mode", choices=["zero", "one", "few"], default="few", help=shots["mode"])
-    fewshot.add_argument("--k", type=int, default=4, help=shots["k"] + " 0 gives the zero-shot prompt.")
+    fewshot.add_argument("--k", type=int, default=None,
+                         help=shots["k"] + " 0 gives the zero-shot prompt. (default: 4)")
     fewshot.add_argument("--select", choices=["knn", "random", "mmr", "fixed"], default="knn", help=shots["select"])
     fewshot.add_argument("--order", choices=["nearest-last", "nearest-first", "random", "permutation"],
                          default="nearest-last", help=shots["order"])
@@ -158,9 +159,13 @@ def ask_request(args: argparse.Namespace) -> dict:
         max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p, seed=args.seed
     )
     fewshot = None
+    if args.k is not None and args.mode != "few":
+        raise ValueError(f"--k sets the demonstrations of --mode few; --mode {args.mode} shows "
+                         f"{'one' if args.mode == 'one' else 'none'} (drop --k, or use --mode few)")
     if args.pool:
         fewshot = FewShot(
-            pool=args.pool, mode=args.mode, k=args.k, select=args.select, order=args.order, seed=args.demo_seed,
+            pool=args.pool, mode=args.mode, k=4 if args.k is None else args.k, select=args.select, order=args.order,
+            seed=args.demo_seed,
             diversity=args.diversity, style=args.style,
             fixed_ids=tuple(args.fixed_ids) if args.fixed_ids else None,
             permutation=tuple(args.permutation) if args.permutation else None,

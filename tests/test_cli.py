@@ -75,6 +75,8 @@ def test_ask_decodes_natively_by_default_with_generates_answer(tiny_folder):
         (["ask", "hi", "--pool", "nowhere", "--model", "nobody/nothing"], "error: unknown pool 'nowhere'; available: "),
         (["ask", "hi", "--pool", "my/pool.csv", "--model", "nobody/nothing"],
          "error: pool file 'my/pool.csv' does not exist"),
+        (["ask", "hi", "--pool", "sentiment", "--mode", "one", "--k", "4", "--model", "nobody/nothing"],
+         "error: --k sets the demonstrations of --mode few; --mode one shows one (drop --k, or use --mode few)"),
         (["ask", "hi", "--pool", "sentiment", "--diversity", "2", "--model", "nobody/nothing"],
          "error: diversity must be between 0 and 1, got 2.0"),
         (["ask", "--order", "permutation", "--permutation", "1", "0", "good film"],  # the list took the question
