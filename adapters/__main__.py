@@ -33,7 +33,10 @@ def main(args: argparse.Namespace) -> int:
     if args.dir is not None and not Path(args.dir).is_dir():
         print(f"error: adapters directory '{args.dir}' does not exist", file=sys.stderr)
         return 2
-    rows = [info.summary() for info in AdapterRegistry(args.dir).list()]
+    registry = AdapterRegistry(args.dir)
+    rows = [info.summary() for info in registry.list()]
+    for line in registry.passed_over():  # on stderr: --json's stdout stays one JSON array
+        print(f"not listed: {line}", file=sys.stderr)
     if args.json:
         print(json.dumps(rows, ensure_ascii=False, indent=2))
         return 0

@@ -59,6 +59,25 @@ class AdapterRegistry:
         folders = [p for p in sorted(self.root.iterdir()) if NAME_PATTERN.match(p.name) and (p / CONFIG_FILE).is_file()]
         return [self._describe(folder) for folder in folders]
 
+    def passed_over(self) -> list[str]:
+        """What `list` skips that a user may be looking for, one line each: adapter folders whose name
+        cannot name an adapter, and the checkpoints of interrupted training runs."""
+        from adapters.checkpoint import latest, step_of
+
+        if not self.root.is_dir():
+            return []
+        lines = []
+        for folder in sorted(self.root.iterdir()):
+            if folder.name.startswith(".") and folder.name.endswith(".run"):
+                found = latest(folder.parent / folder.name[1:-4])
+                if found is not None:
+                    lines.append(f"{folder.name}: an interrupted training run, checkpoint at step {step_of(found)} "
+                                 "(--resume continues it, --restart discards it)")
+            elif (folder / CONFIG_FILE).is_file() and not NAME_PATTERN.match(folder.name):
+                lines.append(f"{folder.name}: holds an adapter, but its name cannot name one (letters, digits, '-' "
+                             "and '_'); rename the folder")
+        return lines
+
     def names(self) -> list[str]:
         """The adapters that can be offered: listed, and with no problem the folder itself shows."""
         return [info.name for info in self.list() if info.problem is None]

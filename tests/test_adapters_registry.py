@@ -231,4 +231,22 @@ def test_list_cli_prints_json(root):
     assert [row["name"] for row in json.loads(done.stdout)] == ["persona"]
     table = subprocess.run([sys.executable, "-m", "adapters", "list", "--dir", str(root)], cwd=ROOT,
                            capture_output=True, text=True, timeout=120)
-    assert table.stdout.startswith("persona") and "steps=2" in table.stdout
+    assert table.stdout.startswith("persona") and "steps=2" in table.stdout and table.stderr == ""
+
+
+def test_list_says_what_it_passes_over(root):
+    """A folder with an adapter under a name that cannot name one, and an interrupted run's checkpoint,
+    are said on stderr; a hidden folder of another kind and a run folder without a checkpoint are not."""
+    shutil.copytree(root / "persona", root / "kelp.v2")
+    (root / ".long.run" / "step-000040").mkdir(parents=True)
+    (root / ".done.run").mkdir()
+    (root / ".partial-x").mkdir()
+    done = subprocess.run([sys.executable, "-m", "adapters", "list", "--json", "--dir", str(root)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)
+    assert [row["name"] for row in json.loads(done.stdout)] == ["persona"]
+    assert done.stderr.splitlines() == [
+        "not listed: .long.run: an interrupted training run, checkpoint at step 40 (--resume continues it, --restart "
+        "discards it)",
+        "not listed: kelp.v2: holds an adapter, but its name cannot name one (letters, digits, '-' and '_'); rename "
+        "the folder",
+    ]
