@@ -120,10 +120,10 @@ def load(folder: Path, model, optimizer, scheduler, run: dict | None = None) -> 
         was = ", ".join(f"{key}={saved.get(key)!r}" for key in changed)
         now = ", ".join(f"{key}={run.get(key)!r}" for key in changed)
         raise ValueError(f"--resume: the checkpoint was made with {was}, but this run has {now}; "
-                         "resume with the same options and data, or start over without --resume")
+                         "resume with the same options and data, or start over with --restart in place of --resume")
     if state.get("format") != FORMAT:
         raise ValueError(f"--resume: checkpoint {folder} was written by an older version of the trainer; "
-                         "start over without --resume")
+                         "start over with --restart in place of --resume")
     from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict, set_optimizer_state_dict
 
     trainable = trainable_names(model)

@@ -57,6 +57,9 @@ def read_records(path: Path) -> list[dict]:
         try:
             records.append(json.loads(line))
         except json.JSONDecodeError as error:
+            if not records and text.lstrip().startswith("["):
+                raise DataError(f"{path} holds a JSON list, written over several lines; name the file .json, or "
+                                "write one record per line") from None
             raise DataError(f"{path}: line {number} is not JSON: {error.msg} (column {error.colno})") from None
     return records
 
@@ -110,14 +113,18 @@ def _kind(value) -> str:
 
 
 def _text(mapping, key: str, what: str) -> str:
-    """`mapping[key]`, which must be text; else an error naming the field and what holds it."""
+    """`mapping[key]` as text (a number reads as it is written, as pools read it); else an error
+    naming the field and what holds it."""
     if not isinstance(mapping, dict):
         raise DataError(f"{what} must be an object with '{key}', got {_kind(mapping)}")
     if key not in mapping:
         raise DataError(f"{what} has no '{key}' field (its fields: {', '.join(sorted(mapping)) or 'none'})")
-    if not isinstance(mapping[key], str):
-        raise DataError(f"'{key}' must be text, got {_kind(mapping[key])}")
-    return mapping[key]
+    value = mapping[key]
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return str(value)
+    if not isinstance(value, str):
+        raise DataError(f"'{key}' must be text, got {_kind(value)}")
+    return value
 
 
 def _list(record: dict, key: str) -> list:

@@ -69,9 +69,21 @@ class AdapterHost:
         return self.attach(name) if version != self._versions.get(name) else name
 
     def deleted(self) -> set[str]:
-        """Attached registry adapters whose folder is gone: lists leave them out (the next request for
-        one detaches it)."""
-        return {name for name, path in self._paths.items() if path == self.registry.root / name and not path.is_dir()}
+        """Attached registry adapters whose folder is gone."""
+        return {name for name, path in list(self._paths.items())
+                if path == self.registry.root / name and not path.is_dir()}
+
+    def prune_deleted(self) -> set[str]:
+        """Detach the adapters whose folder was deleted, unless a generation holds the model now (then
+        the next call does), and return their names: lists leave them out either way."""
+        gone = self.deleted()
+        if gone and self.lock.acquire(blocking=False):
+            try:
+                for name in gone & set(self._paths):
+                    self._remove(name)
+            finally:
+                self.lock.release()
+        return gone
 
     def attach_info(self, info: AdapterInfo) -> str:
         """Vet and load one adapter. Attaching a name again from the same folder does nothing while its

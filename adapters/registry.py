@@ -73,7 +73,7 @@ class AdapterRegistry:
                 if found is not None:
                     lines.append(f"{folder.name}: an interrupted training run, checkpoint at step {step_of(found)} "
                                  "(--resume continues it, --restart discards it)")
-            elif (folder / CONFIG_FILE).is_file() and not NAME_PATTERN.match(folder.name):
+            elif not folder.name.startswith(".") and (folder / CONFIG_FILE).is_file() and not NAME_PATTERN.match(folder.name):
                 lines.append(f"{folder.name}: holds an adapter, but its name cannot name one (letters, digits, '-' "
                              "and '_'); rename the folder")
         return lines

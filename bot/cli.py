@@ -61,7 +61,7 @@ def list_item(text: str) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from bot.docstrings import help_texts
+    from bot.docstrings import field_default, help_texts
     from bot.service import FewShot
     from bot.settings import GenerationSettings
 
@@ -86,7 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
     fewshot.add_argument("--pool", help="demonstration pool: a built-in name, an index folder or a pool file")
     fewshot.add_argument("--mode", choices=["zero", "one", "few"], default="few", help=shots["mode"])
     fewshot.add_argument("--k", type=int, default=None,
-                         help=shots["k"] + " 0 gives the zero-shot prompt. (default: 4)")
+                         help=f"{shots['k']} 0 gives the zero-shot prompt. (default: {field_default(FewShot, 'k')})")
     fewshot.add_argument("--select", choices=["knn", "random", "mmr", "fixed"], default="knn", help=shots["select"])
     fewshot.add_argument("--order", choices=["nearest-last", "nearest-first", "random", "permutation"],
                          default="nearest-last", help=shots["order"])
@@ -164,7 +164,7 @@ def ask_request(args: argparse.Namespace) -> dict:
                          f"{'one' if args.mode == 'one' else 'none'} (drop --k, or use --mode few)")
     if args.pool:
         fewshot = FewShot(
-            pool=args.pool, mode=args.mode, k=4 if args.k is None else args.k, select=args.select, order=args.order,
+            pool=args.pool, mode=args.mode, k=FewShot.k if args.k is None else args.k, select=args.select, order=args.order,
             seed=args.demo_seed,
             diversity=args.diversity, style=args.style,
             fixed_ids=tuple(args.fixed_ids) if args.fixed_ids else None,

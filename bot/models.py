@@ -109,7 +109,7 @@ def resolve_model(spec: str) -> ModelSource:
         if ggufs:
             return ModelSource(name=str(path), path=str(path), gguf_file=ggufs[0].name)
         raise ModelError(f"model folder '{spec}' holds neither config.json nor a .gguf file")
-    if spec.count("/") == 1 and not spec.startswith((".", "/")):
+    if spec.count("/") == 1 and not spec.startswith((".", "/", "~")):
         if _in_hub_cache(spec) or hub_reachable():
             return ModelSource(name=spec, path=spec)
         raise ModelError(

@@ -105,7 +105,7 @@ class ChatService:
         """`base`, then every adapter that is resident or can be loaded from the adapters folder."""
         names = set(self.generator.resident_adapters())
         if self.adapters is not None:
-            names = (names - self.adapters.deleted()) | set(self.adapters.registry.names())
+            names = (names - self.adapters.prune_deleted()) | set(self.adapters.registry.names())
         return [BASE, *sorted(names)]
 
     def use_adapter(self, name: str) -> str:

@@ -79,6 +79,9 @@ def check_config(config: LabConfig, experiment: str, out: Path) -> None:
         raise LabError(f"the {experiment} experiment needs k >= 1 (--k), got k={config.k}")
     if config.ood and experiment != "labels":
         raise LabError(f"--ood is read by the labels experiment only; drop it for {experiment}")
+    if config.ood and Path(config.ood).resolve() in (Path(config.train).resolve(), Path(config.test).resolve()):
+        raise LabError("--ood names the --train or --test file; give a pool from another task or corpus, whose "
+                       "inputs are out of this task's distribution")
     if experiment == "finetune" and config.adapter:
         raise LabError("the finetune experiment trains its adapter on the bare base model; "
                        "drop --adapter (it would only stack the new adapter on top of yours when scoring)")

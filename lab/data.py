@@ -64,9 +64,15 @@ def load_data(train: str, test: str, n_test: int, task: str = "auto", ood: str |
                    ood=ood_pool)
 
 
+SENTENCE_PUNCTUATION = frozenset(".,!?;:'\"()[]“”‘’…。，！？；：、（）")
+"""Marks that `same_text` ignores; other symbols (`+`, `#`, `-`, emoji) tell texts apart."""
+
+
 def same_text(text: str) -> str:
-    """What two inputs are compared by: their words, lowercased."""
-    return " ".join(re.findall(r"\w+", text.casefold()))
+    """What two inputs are compared by: words and symbols, lowercased, without sentence punctuation
+    ('Quick, FOX!' is 'quick fox'; 'C++' and 'C#' stay apart)."""
+    tokens = re.findall(r"\w+|[^\w\s]", text.casefold())
+    return " ".join(token for token in tokens if token not in SENTENCE_PUNCTUATION)
 
 
 def without_inputs(pool: Pool, inputs: set[str]) -> Pool:
@@ -103,7 +109,8 @@ def check_fits(data: LabData, k: int) -> None:
     train_labels = {example.output for example in data.train.examples}
     missing = [label for label in data.labels if label not in train_labels]
     if missing:
+        held = f" once the {data.held_out} rows that are test items are left out" if data.held_out else ""
         raise LabError(
-            f"test label '{missing[0]}' does not occur in the training pool {data.train.source}; "
+            f"test label '{missing[0]}' does not occur in the training pool {data.train.source}{held}; "
             f"its labels: {', '.join(sorted(train_labels)[:20])}"
         )

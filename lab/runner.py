@@ -67,6 +67,7 @@ def run_experiment(name: str, config: LabConfig, progress: Progress = no_progres
             "majority": ctx.data.majority() if ctx.data.task == "classify" else None,
             "train_size": len(ctx.data.train),
             "train_held_out": ctx.data.held_out,
+            "ood_size": len(ctx.data.ood) if ctx.data.ood is not None else None,
             "train_duplicates": ctx.data.train.duplicates,
             "train_sha256": ctx.data.train.sha256,
             "seconds": time.perf_counter() - started,
@@ -139,7 +140,7 @@ def render_report(record: dict, table: str) -> str:
         f"- model: {record['model']} ({record['dtype']}{weights}), task: {record['task']}, "
         f"labels: {', '.join(record['labels'][:20])}\n"
         f"- train: {train} ({record['train_size']} examples{dropped}), test: {test} ({record['n_test']} items)\n"
-        f"{baseline_line(record)}"
+        f"{baseline_line(record)}{ood_line(record)}"
         f"- {shots}{seeds}, style={config['style']}, calibrate={config['calibrate']}\n"
         f"- run time: {record['seconds']:.0f} s\n\n{table}{PLOT_LINK}"
     )
@@ -154,6 +155,12 @@ def baseline_line(record: dict) -> str:
     top = next(iter(counts))
     shown = ", ".join(f"{label} {count}" for label, count in list(counts.items())[:8])
     return f"- test answers: {shown}; always answering '{top}' scores {majority:.3f}\n"
+
+
+def ood_line(record: dict) -> str:
+    """Where the labels experiment's out-of-distribution inputs came from, when it had some."""
+    ood = record["config"].get("ood")
+    return f"- out-of-distribution inputs: {shown_path(ood)} ({record['ood_size']} inputs)\n" if ood else ""
 
 
 def data_name(path: str) -> str:

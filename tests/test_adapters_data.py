@@ -48,7 +48,7 @@ def test_alpaca_json_list_with_input_and_system(tmp_path):
     ({"messages": [{"role": "user", "text": "x"}]}, "a message has no 'content' field"),
     ({"conversations": [{"from": "human", "text": "x"}]}, "a ShareGPT turn has no 'value' field"),
     ({"conversations": "hi"}, "'conversations' must be a list of turns, got text"),
-    ({"input": "x", "output": 3}, "record 1: 'output' must be text, got a number"),
+    ({"input": "x", "output": ["a"]}, "record 1: 'output' must be text, got a list"),
     ({"input": None, "output": "y"}, "'input' must be text, got null"),
     ({"messages": ["hi"]}, "a message must be an object with 'role', got text"),
 ])
@@ -161,6 +161,20 @@ def test_files_as_editors_save_them_are_read(tmp_path, name):
     text = json.dumps(rows) if name.lower().endswith(".json") else json.dumps(rows[0]) + "\r\n"
     (tmp_path / name).write_bytes(("\ufeff" if name.startswith("bom") else "").encode() + text.encode())
     assert load_conversations(tmp_path / name) == [EXPECTED]
+
+
+def test_numbers_read_as_text_as_in_a_pool_and_a_spread_out_list_is_named(tmp_path):
+    from adapters.data import DataError, load_conversations
+    from retrieval.pool import load_pool
+
+    rows = write_rows(tmp_path / "numbers.jsonl", [{"input": 12, "output": 0.5}, {"input": "x", "output": 1}])
+    pool = load_pool(rows)
+    assert [[m["content"] for m in c] for c in load_conversations(rows)] == [[e.input, e.output] for e in pool.examples]
+    spread = tmp_path / "spread.jsonl"
+    spread.write_text(json.dumps([{"input": "a", "output": "b"}], indent=2))
+    with pytest.raises(DataError, match=r"spread.jsonl holds a JSON list, written over several lines; name the file "
+                                        r"\.json"):
+        load_conversations(spread)
 
 
 def test_a_pool_table_is_training_data_and_its_problems_are_named(tmp_path):

@@ -151,7 +151,7 @@ def test_attach_twice_is_a_no_op_and_a_clash_is_refused(lab, served, tmp_path):
         host.attach_path(tmp_path / "zebra")
 
 
-def test_an_adapter_retrained_under_its_name_is_served_anew(lab, served, tmp_path):
+def test_an_adapter_retrained_under_its_name_is_served_anew(lab, served, tmp_path, monkeypatch):
     """Attaching the name again after its folder was replaced (a new training run) loads the new weights."""
     from adapters.metadata import CONFIG_FILE
     from adapters.publish import publish
@@ -177,18 +177,27 @@ def test_an_adapter_retrained_under_its_name_is_served_anew(lab, served, tmp_pat
     assert chat(QUESTIONS[1]) == new and host.attached == ["zebra"]
     torch.testing.assert_close(logits(generator.loaded.model, PROBE, adapter="zebra"),
                                logits(fresh_peft(lab, "paris"), PROBE), rtol=0, atol=1e-5)
-    # caught between the two renames of a publish: the request waits for the new folder
+    # caught between the two renames of a publish: the request waits, and the new folder is there by then
+    import adapters.host
+
     (tmp_path / "adapters" / "zebra").rename(tmp_path / "adapters" / ".zebra-retired")
-    threading.Timer(0.05, lambda: (tmp_path / "adapters" / ".zebra-retired").rename(tmp_path / "adapters" / "zebra")).start()
-    assert chat(QUESTIONS[1]) == new and host.attached == ["zebra"]
-    # deleted for good: detached, no longer offered, and each request says so
+    waits = []
+    monkeypatch.setattr(adapters.host.time, "sleep", lambda seconds: waits.append(seconds) or (
+        tmp_path / "adapters" / ".zebra-retired").rename(tmp_path / "adapters" / "zebra"))
+    assert chat(QUESTIONS[1]) == new and host.attached == ["zebra"] and waits == [adapters.host.REPLACE_GRACE_S]
+    monkeypatch.undo()
+    # deleted for good: the next request (from a page that still offers it) says so and detaches it
     shutil.rmtree(tmp_path / "adapters" / "zebra")
-    assert "zebra" not in service.adapter_choices()
     with pytest.raises(ValueError, match="adapter 'zebra' was deleted from the adapters folder; it is no longer"):
         chat(QUESTIONS[1])
+    assert host.attached == [] and "zebra" not in service.adapter_choices()
     with pytest.raises(ValueError, match="unknown adapter 'zebra'; available: digits, paris"):
         chat(QUESTIONS[1])
-    assert host.attached == [] and "zebra" not in service.adapter_choices()
+    # or the next listing (a page refresh, GET /v1/models) detaches it
+    shutil.copytree(lab[1] / "zebra", tmp_path / "adapters" / "zebra")
+    assert chat(QUESTIONS[1]) == old and host.attached == ["zebra"]
+    shutil.rmtree(tmp_path / "adapters" / "zebra")
+    assert "zebra" not in service.adapter_choices() and host.attached == []
 
 
 def test_attach_for_cli_takes_a_folder_path(lab):

@@ -241,6 +241,7 @@ def test_list_says_what_it_passes_over(root):
     (root / ".long.run" / "step-000040").mkdir(parents=True)
     (root / ".done.run").mkdir()
     (root / ".partial-x").mkdir()
+    shutil.copytree(root / "persona", root / ".partial-y")  # a publish in progress: not the user's to rename
     done = subprocess.run([sys.executable, "-m", "adapters", "list", "--json", "--dir", str(root)], cwd=ROOT,
                           capture_output=True, text=True, timeout=120)
     assert [row["name"] for row in json.loads(done.stdout)] == ["persona"]

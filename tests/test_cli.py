@@ -66,6 +66,7 @@ def test_ask_decodes_natively_by_default_with_generates_answer(tiny_folder):
         (["ask", "hi", "--temperature", "-1"], "temperature must be between 0 and 2"),
         (["ask", "hi", "--model", "/no/such/folder"], "model '/no/such/folder': no such folder or .gguf file"),
         (["ask", "hi", "--model", "./nope"], "model './nope': no such folder or .gguf file"),
+        (["ask", "hi", "--model", "~/nope"], "model '~/nope': no such folder or .gguf file"),
         (["ask", "hi", "--model", "plainword"], "unknown model 'plainword': expected 'default', a local folder"),
         (["ask", "hi", "--model", "nobody/nothing"], "not in the local Hugging Face cache and the hub cannot be reached"),
         (["ask", "hi", "--device", "bogus"], "unknown device 'bogus'; choose auto, cpu, cuda, cuda:N or mps"),

@@ -3,6 +3,7 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -100,6 +101,7 @@ def test_labels_with_out_of_distribution_inputs(tmp_path, tiny):
         assert rows["ood"]["predictions"] == naive.predict([Case(demos, i.input, i.output) for i in data.test])
     report = (tmp_path / "runs" / "labels" / "report.md").read_text()
     assert "| ood |" in report and result["means"].keys() == {"gold", "random", "ood", "none"}
+    assert "- out-of-distribution inputs: ood.jsonl (6 inputs)" in report
 
 
 def test_out_of_distribution_inputs_are_refused_where_they_cannot_be_used(tmp_path, tiny):
@@ -108,6 +110,9 @@ def test_out_of_distribution_inputs_are_refused_where_they_cannot_be_used(tmp_pa
         run_experiment("labels", config(tmp_path, "x", ood=few), loaded=tiny)
     with pytest.raises(LabError, match="--ood is read by the labels experiment only; drop it for order"):
         run_experiment("order", config(tmp_path, "y", ood=few), loaded=tiny)
+    train, _ = tiny_files(tmp_path)
+    with pytest.raises(LabError, match="--ood names the --train or --test file; give a pool from another task"):
+        run_experiment("labels", config(tmp_path, "z", ood=str(Path(train).parent / "." / Path(train).name)), loaded=tiny)
 
 
 def test_select(tmp_path, tiny):

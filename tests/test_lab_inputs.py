@@ -114,20 +114,39 @@ def test_the_report_counts_the_duplicates_the_pool_dropped(tmp_path, tiny):
 
 
 def test_test_items_are_held_out_of_the_train_pool(tmp_path, tiny):
-    """One file as train and test: no demonstration is a sampled test item shown with its answer,
-    a copy written with other case and punctuation included."""
+    """Copies of test items in the train file, written with other case, spacing and punctuation, are
+    never shown as demonstrations; texts that only look alike stay."""
+    copies = [("Quick, FOX!", "positive"), ("TERRIBLE   dog.", "negative")]  # TEST[0] and TEST[1]
+    alike = [("quick foxes", "positive"), ("terrible dog food", "negative")]
+    train = write_pool(tmp_path / "with-copies.jsonl", TRAIN + copies + alike)
+    result = run(tmp_path, tiny, "labels", train=train, seeds=[0, 1, 2, 3, 4, 5], k=4)
+    assert result["train_held_out"] == 2 and result["train_size"] == len(TRAIN) + 2
+    shown = {demo["input"] for row in result["results"] for demo in row["shown"]}
+    assert shown <= {text for text, _ in TRAIN + alike} and shown & {text for text, _ in alike}
+    report = (tmp_path / "runs" / "labels" / "report.md").read_text()
+    assert f"({len(TRAIN) + 2} examples; 2 held out as test items)" in report
+
+
+def test_one_file_as_train_and_test_holds_its_sample_out():
+    from lab.data import load_data
+
+    pool = "retrieval/pools/sentiment.jsonl"
+    data = load_data(pool, pool, 40)
+    tested = {item.input for item in data.test}
+    assert len(data.test) == 40 and data.held_out == 40 and len(data.train) == 64 - 40
+    assert not tested & {example.input for example in data.train.examples}
+
+
+@pytest.mark.parametrize("a, b, same", [
+    ("Quick, FOX!", "quick fox", True), ("  Great   movie. ", "great movie", True), ("好电影！", "好电影", True),
+    ("\"Why?\" (she asked)", "why she asked", True),
+    ("What is C++?", "What is C#?", False), ("12+7", "12-7", False), ("🙂", "🙁", False),
+    ("quick fox", "quick foxes", False),
+])
+def test_same_text_ignores_case_spacing_and_sentence_punctuation_only(a, b, same):
     from lab.data import same_text
 
-    both = write_pool(tmp_path / "both.jsonl", TRAIN + TEST + [("Quick, FOX!", "positive")])
-    result = run(tmp_path, tiny, "labels", train=str(both), test=str(both), n_test=6, seeds=[0, 1, 2, 3], k=4)
-    tested = {same_text(item["input"]) for item in result["test"]}
-    pool = TRAIN + TEST + [("Quick, FOX!", "positive")]
-    expected = [row for row in pool if same_text(row[0]) not in tested]  # brute force over the file's rows
-    assert result["train_size"] == len(expected) and result["train_held_out"] == len(pool) - len(expected) >= 6
-    shown = {same_text(demo["input"]) for row in result["results"] for demo in row["shown"]}
-    assert shown and not shown & tested
-    report = (tmp_path / "runs" / "labels" / "report.md").read_text()
-    assert f"({len(expected)} examples; {len(pool) - len(expected)} held out as test items)" in report
+    assert (same_text(a) == same_text(b)) is same
 
 
 def test_k_beyond_what_is_left_after_holding_out_says_why(tmp_path, no_model_load):
