@@ -32,11 +32,23 @@ def build_messages(message: str, history: list[dict] | None = None, system: str 
     """System prompt, then earlier turns (`{"role", "content"}` dicts, Gradio's messages format), then the message."""
     messages = [{"role": "system", "content": system}] if system and system.strip() else []
     for turn in history or []:
-        content = turn.get("content")
-        if turn.get("role") in ("user", "assistant") and isinstance(content, str):
+        content = turn_text(turn.get("content"))
+        if turn.get("role") in ("user", "assistant") and content is not None:
             messages.append({"role": turn["role"], "content": content})
     messages.append({"role": "user", "content": message})
     return messages
+
+
+def turn_text(content) -> str | None:
+    """The text of a history message's content: a string (an API client's), or a list of parts such
+    as `{"type": "text", "text": ...}` (what Gradio 6's chatbot sends from the browser); None where
+    it holds no text (a file, a component)."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        texts = [part["text"] for part in content if isinstance(part, dict) and isinstance(part.get("text"), str)]
+        return "\n".join(texts) if texts else None
+    return None
 
 
 WORD_JOINER = "\u2060"

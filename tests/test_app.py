@@ -112,6 +112,8 @@ def test_failed_exchanges_never_reach_the_model_again():
                turn("assistant", f"{FAILED}the message is too long"), turn("user", "and now?"), turn("assistant", "fine")]
     assert without_failures(history) == [history[0], history[1], history[4], history[5]]
     assert without_failures(history[:4]) == history[:2]
+    as_parts = [{"role": m["role"], "content": [{"type": "text", "text": m["content"]}]} for m in history]  # the page's
+    assert without_failures(as_parts) == [as_parts[0], as_parts[1], as_parts[4], as_parts[5]]
 
 
 def test_no_choice_is_taken_for_an_interface_text_key(tiny):

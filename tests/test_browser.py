@@ -214,6 +214,36 @@ def test_the_lab_shows_only_the_controls_and_the_description_of_the_picked_exper
         expect(chinese.locator("#lab-about-order")).to_contain_text("示例顺序：")
 
 
+def test_the_second_turn_is_sent_with_the_first(tiny):
+    """The page sends its history as Gradio 6's content parts; the model must read every earlier turn."""
+    from bot.conversation import build_messages
+    from ui.chat import DEFAULT_SYSTEM
+
+    class Recording(Generator):
+        """Answers in plain words (the tiny model's bytes would not survive the page unchanged) and
+        keeps the messages of each turn."""
+
+        def __init__(self, loaded):
+            super().__init__(loaded)
+            self.turns = []
+
+        def stream(self, messages, *args, **kwargs):
+            self.turns.append(messages)
+            yield from ["Nice to meet ", "you, *Zork*."]
+
+    generator = Recording(tiny)
+    with launched(ChatService(generator)) as url, browser() as chromium:
+        page = chromium.new_page()
+        page.goto(url)
+        send_chat(page, "My name is Zork.")
+        watch_reply(page, timeout=60)
+        send_chat(page, "What is my name?")
+        expect(page.locator("[data-testid='bot']")).to_have_count(2)
+        watch_reply(page, timeout=60)
+    first = [{"role": "user", "content": "My name is Zork."}, {"role": "assistant", "content": "Nice to meet you, *Zork*."}]
+    assert generator.turns[1] == build_messages("What is my name?", first, DEFAULT_SYSTEM)
+
+
 def test_stop_button_ends_a_streaming_answer(tiny):
     import time
 

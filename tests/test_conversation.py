@@ -21,6 +21,16 @@ def test_build_messages_skips_blank_system_and_non_text_turns():
     assert build_messages("hi", turns, system="  ") == [{"role": "assistant", "content": "ok"}, {"role": "user", "content": "hi"}]
 
 
+def test_build_messages_reads_gradio_content_parts_as_text():
+    """What Gradio 6's chatbot sends from the browser: each content a list of typed parts."""
+    parts = [{"role": "user", "content": [{"type": "text", "text": "My name is Zork."}]},
+             {"role": "assistant", "content": [{"type": "text", "text": "Hi"}, {"type": "text", "text": "Zork."}]},
+             {"role": "user", "content": [{"type": "file", "file": {"path": "a.png"}}]}]
+    assert build_messages("Who am I?", parts) == [
+        {"role": "user", "content": "My name is Zork."}, {"role": "assistant", "content": "Hi\nZork."},
+        {"role": "user", "content": "Who am I?"}]
+
+
 def test_everything_fits_nothing_dropped(tiny):
     messages = build_messages("now", history(2), system="sys")
     fitted = fit_to_window(tiny.tokenizer, messages, budget=10_000)

@@ -8,6 +8,7 @@ from collections import OrderedDict
 
 import gradio as gr
 
+from bot.conversation import turn_text
 from bot.settings import MAX_TEMPERATURE
 from ui.escape import EscapingChatbot
 from ui.text import t
@@ -67,8 +68,8 @@ def without_failures(history: list[dict]) -> list[dict]:
     """The chat history minus each failed exchange (a user message answered by an error)."""
     kept: list[dict] = []
     for message in history:
-        content = message.get("content")
-        if message.get("role") == "assistant" and isinstance(content, str) and content.startswith(FAILED):
+        content = turn_text(message.get("content"))
+        if message.get("role") == "assistant" and content is not None and content.startswith(FAILED):
             if kept and kept[-1].get("role") == "user":
                 kept.pop()
             continue
