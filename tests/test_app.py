@@ -60,19 +60,22 @@ def test_real_app_answers_through_gradio_client():
 
 def test_lab_tab_runs_an_experiment_and_lists_it(tmp_path):
     from bot.models import load_model
+    from lab.runner import list_runs
     from retrieval.library import PoolLibrary
     from tiny import save_tiny
+    from ui.lab import runs_folder
 
     folder = save_tiny(tmp_path / "tiny")
     service = ChatService(Generator(load_model(folder, dtype="float32")), PoolLibrary())
     with launched(service, model_spec=folder) as url:
-        report, plot, runs = gradio_client(url).predict(
+        report = gradio_client(url).predict(
             "labels", "sentiment", "sentiment", None, None, 2, 6, "0", 2, "base", api_name="/lab")
     assert "gold" in report and "random" in report and "none" in report
     assert report.startswith("# labels: sentiment\n")  # the pool's name, not its folder's ("pools")
     assert "retrieval/pools/sentiment.jsonl" in report and str(Path.cwd()) not in report  # no server paths
     assert "![plot]" not in report  # the image beside it shows the plot; the link had no target in the page
-    assert plot and runs["data"][0][1] == "labels"
+    runs = list_runs(runs_folder())  # the plot and the runs list are the page's, checked in test_browser.py
+    assert [run["experiment"] for run in runs] == ["labels"] and (Path(runs[0]["path"]) / "plot.png").is_file()
 
 
 def test_every_command_line_option_is_described(capsys, monkeypatch):

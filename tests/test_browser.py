@@ -10,6 +10,7 @@ from bot.generation import Generator
 from bot.service import ChatService
 from browser import CHROMIUM, browser, send_chat, watch_reply
 from servers import launched, running_app
+from tiny import tiny_loaded
 
 expect.set_options(timeout=15_000)  # each check waits until it holds: a queued round trip on a busy machine
 
@@ -155,6 +156,35 @@ def test_a_fresh_page_offers_adapters_and_pools_added_after_the_start(tmp_path):
         page.get_by_role("tab", name="Chat").click()
         page.get_by_label("Demonstration pool").first.click()
         page.get_by_role("option", name="reviews").wait_for(timeout=15000)
+
+
+def test_a_failed_pool_build_leaves_the_pickers_usable_and_shows_its_error_as_text(tmp_path):
+    """Gradio marks a failed event's outputs "Error": the pickers of the other tabs were outputs of the
+    build, and stayed marked and blocked. A toast also rendered HTML that a name or a file carried."""
+    from retrieval.embedder import HashEmbedder
+    from retrieval.library import PoolLibrary
+    from test_adapters_support import write_rows
+
+    service = ChatService(Generator(tiny_loaded()), PoolLibrary(tmp_path / "indexes", HashEmbedder()))
+    pool = write_rows(tmp_path / "reviews.jsonl", [{"input": f"film {i}", "output": "good"} for i in range(4)])
+    with launched(service) as url, browser() as chromium:
+        page = chromium.new_page()
+        page.goto(url)
+        page.get_by_role("tab", name="Pools").click()
+        page.locator("#pool-upload input[type=file]").set_input_files(str(pool))
+        page.locator("#pool-name textarea, #pool-name input").first.fill("x<b>bold</b>")
+        page.locator("#pool-build").click()
+        expect(page.get_by_text("invalid index name 'x<b>bold</b>'").first).to_be_visible()  # as typed
+        page.get_by_role("tab", name="Chat").click()
+        page.get_by_label("Demonstration pool").first.click()
+        page.get_by_role("option", name="sentiment", exact=True).click()  # usable, not under an error badge
+        page.get_by_role("tab", name="Pools").click()
+        page.locator("#pool-name textarea, #pool-name input").first.fill("reviews")
+        page.locator("#pool-build").click()
+        expect(page.get_by_text("Built reviews: 4 examples").first).to_be_visible()
+        page.get_by_role("tab", name="Chat").click()
+        page.get_by_label("Demonstration pool").first.click()
+        page.get_by_role("option", name="reviews", exact=True).wait_for(timeout=15000)
 
 
 def test_a_picked_adapter_that_is_deleted_falls_back_to_base_on_refresh(tmp_path):

@@ -10,7 +10,7 @@ import gradio as gr
 
 from bot.conversation import turn_text
 from bot.settings import MAX_TEMPERATURE
-from ui.escape import EscapingChatbot
+from ui.escape import EscapingChatbot, shown_error
 from ui.text import t
 
 NO_POOL = "(none)"
@@ -132,7 +132,7 @@ def chat_tab(service) -> dict:
                 yield result.text, demo_rows(result.demos), result.prompt
         except ValueError as error:
             if request is not None and request.headers.get("x-gradio-user") == "api":
-                raise gr.Error(str(error)) from error
+                raise shown_error(error) from error
             yield f"{FAILED}{error}", [], ""
 
     with gr.Row(equal_height=True):

@@ -7,6 +7,7 @@ import gradio as gr
 
 from bot.settings import MAX_TEMPERATURE
 from ui.chat import DEFAULT_SYSTEM, demo_rows, fewshot_controls, fewshot_from, settings_from
+from ui.escape import shown_error
 from ui.text import t
 
 SLOTS = 5
@@ -39,7 +40,7 @@ def compare_tab(service) -> dict:
     def compare(message, models, with_demos, pool, mode, k, select, order, max_new_tokens, temperature, seed,
                 system=DEFAULT_SYSTEM):
         if len(models or []) > SLOTS:
-            raise gr.Error(f"compare at most {SLOTS} models at once; {len(models)} are chosen")
+            raise shown_error(f"compare at most {SLOTS} models at once; {len(models)} are chosen")
         try:
             fewshot = fewshot_from(pool, mode, k, select, order) if with_demos else None
             if with_demos and fewshot is None:
@@ -49,7 +50,7 @@ def compare_tab(service) -> dict:
                 fewshot=fewshot,
             )
         except ValueError as error:
-            raise gr.Error(str(error)) from error
+            raise shown_error(error) from error
         boxes = [gr.update(value=r.text, label=name, visible=True) for name, r in zip(models, results)]
         boxes += [gr.update(value="", visible=False)] * (SLOTS - len(boxes))
         return *boxes, demo_rows(results[0].demos), results[0].prompt

@@ -18,6 +18,12 @@ ESCAPES = {"&": "&amp;", "<": "&lt;", ">": "&gt;"}
 UNESCAPES = {value: key for key, value in ESCAPES.items()}
 
 
+def shown_error(error) -> gr.Error:
+    """A gr.Error whose message shows as written: Gradio's toast renders HTML, and messages quote what
+    users typed (an index or adapter name) and what files hold (a column name)."""
+    return gr.Error(re.sub(r"[&<>]", lambda m: ESCAPES[m.group()], str(error)))
+
+
 def escape_outside_code(text: str) -> str:
     parts = CODE.split(text)
     return "".join(part if i % 2 else re.sub(r"[&<>]", lambda m: ESCAPES[m.group()], part)

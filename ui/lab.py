@@ -3,9 +3,12 @@ table and plot; earlier runs are listed. One experiment runs at a time, with a p
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import gradio as gr
 
 from retrieval.rows import FORMATS
+from ui.escape import shown_error
 from ui.text import t
 
 
@@ -79,6 +82,8 @@ def lab_tab(service, model_spec: str) -> dict:
             adapter = gr.Dropdown(service.adapter_choices(), value="base", label=t("adapter"))
             run = gr.Button(t("run_experiment"), variant="primary", elem_id="lab-run")
     report = gr.Markdown(elem_id="lab-report")
+    finished = gr.State()
+    """The folder of the run that just finished, for the plot and the runs list."""
     plot = gr.Image(show_label=False, type="filepath", interactive=False)  # an I18n label shows as [object Object]
     table = gr.Dataframe(runs_table(runs), headers=["created", "experiment", "model", "train", "test", "seconds", "path"],
                          label=t("earlier_runs"), interactive=False)
@@ -97,10 +102,16 @@ def lab_tab(service, model_spec: str) -> dict:
             )
             folder = run_experiment(experiment, config, progress=lambda fraction, what: progress(fraction, desc=what),
                                     runs=runs)
-        except ValueError as error:
-            raise gr.Error(str(error)) from error
+        except ValueError as error:  # an upload is named by its file name, not where the server keeps it
+            message = str(error)
+            for upload in (train_file, test_file):
+                message = message.replace(upload, Path(upload).name) if upload else message
+            raise shown_error(message) from error
         report = (folder / "report.md").read_text().removesuffix(PLOT_LINK)  # the plot shows beside it
-        return report, str(folder / "plot.png"), runs_table(runs)
+        return report, str(folder)
+
+    def show_run(folder):
+        return str(Path(folder) / "plot.png"), runs_table(runs)
 
     def controls(name):
         """The experiment's description (one per experiment, so that each is translated), and only the
@@ -111,6 +122,9 @@ def lab_tab(service, model_spec: str) -> dict:
                 gr.update(visible=name == "labels"))
 
     experiment.change(controls, experiment, [*about.values(), k, permutations, ood], api_name=False)
+    # The report is the run's output, where its progress and any error show; the plot and the runs list
+    # follow once it succeeded (Gradio marks a failed event's every output "Error", the list included).
     run.click(start, [experiment, train, test, train_file, test_file, k, n_test, seeds, permutations, adapter, ood],
-              [report, plot, table], api_name="lab", concurrency_limit=1)
+              [report, finished], api_name="lab", concurrency_limit=1,
+              ).success(show_run, finished, [plot, table], api_name=False)
     return {"adapter": adapter, "runs": table}

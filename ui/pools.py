@@ -7,6 +7,7 @@ import gradio as gr
 from retrieval.pool import BadRowsError, MissingColumnError
 from retrieval.rows import FORMATS
 from ui.chat import pool_choices
+from ui.escape import shown_error
 from ui.text import EN, t
 
 
@@ -16,22 +17,30 @@ def pools_tab(service, pool_pickers: list[gr.Dropdown]) -> None:
 
     with gr.Row():
         with gr.Column():
-            upload = gr.File(label=t("upload_pool"), file_types=list(FORMATS), type="filepath")
-            name = gr.Textbox(label=t("index_name"), placeholder="my-pool")
+            upload = gr.File(label=t("upload_pool"), file_types=list(FORMATS), type="filepath", elem_id="pool-upload")
+            name = gr.Textbox(label=t("index_name"), placeholder="my-pool", elem_id="pool-name")
             with gr.Row():
                 input_field = gr.Textbox("input", label=t("input_field"))
                 output_field = gr.Textbox("output", label=t("output_field"))
             task = gr.Textbox(label=t("task_description"), lines=2)
             skip_bad = gr.Checkbox(False, label=t("skip_bad"))
-            build = gr.Button(t("build_index"), variant="primary")
+            build = gr.Button(t("build_index"), variant="primary", elem_id="pool-build")
             status = gr.Markdown()
         table = gr.Dataframe(listing(), headers=["name", "kind"], label=t("pools_available"), interactive=False)
 
     def build_index(path, name, input_field, output_field, task, skip_bad, progress=gr.Progress()):
+        """Build the index; its note, or an error shown as text (a toast renders HTML, and a file's
+        column names or a typed name reach these messages)."""
+        try:
+            return build_note(path, name, input_field, output_field, task, skip_bad, progress)
+        except ValueError as error:
+            raise shown_error(error) from error
+
+    def build_note(path, name, input_field, output_field, task, skip_bad, progress):
         if not path:
-            raise gr.Error("choose a pool file to upload")
+            raise ValueError("choose a pool file to upload")
         if not name.strip():
-            raise gr.Error(f"type a name for the index in '{EN['index_name']}'")
+            raise ValueError(f"type a name for the index in '{EN['index_name']}'")
 
         def report(done: int, total: int):
             progress(done / max(total, 1), desc=f"embedding {done}/{total}")
@@ -42,20 +51,20 @@ def pools_tab(service, pool_pickers: list[gr.Dropdown]) -> None:
                 skip_bad=bool(skip_bad), task=task.strip() or None, progress=report,
             )
         except BadRowsError as error:  # errors stay in English (ui/text.py)
-            raise gr.Error(f"{error}; tick '{EN['skip_bad']}' to leave them out") from error
+            raise ValueError(f"{error}; tick '{EN['skip_bad']}' to leave them out") from error
         except MissingColumnError as error:
             box = EN["input_field" if error.field == "input" else "output_field"]
-            raise gr.Error(f"{error}; type the column's name in '{box}'") from error
-        except ValueError as error:
-            raise gr.Error(str(error)) from error
-        choices = pool_choices(service)
+            raise ValueError(f"{error}; type the column's name in '{box}'") from error
         notes = index.pool.notes()  # counts and numbers only, nothing from the file that Markdown could render
         extra = f" ({'; '.join(notes)})" if notes else ""
-        note = f"Built **{name.strip()}**: {len(index)} examples{extra}."  # a valid name is letters, digits, - and _
-        return note, listing(), *[gr.update(choices=choices)] * len(pool_pickers)
+        return f"Built **{name.strip()}**: {len(index)} examples{extra}."  # a valid name: letters, digits, - and _
 
-    # the last build's note goes first, so that it never stands beside this build's error
+    def lists():
+        return listing(), *[gr.update(choices=pool_choices(service))] * len(pool_pickers)
+
+    # The last build's note goes first, so that it never stands beside this build's error. Only the
+    # note is the build's output: Gradio marks a failed event's every output "Error", which left the
+    # pool pickers of the other tabs marked and blocked; the lists update once the build succeeded.
     build.click(lambda: "", None, status, queue=False, api_name=False).then(
-        build_index, [upload, name, input_field, output_field, task, skip_bad], [status, table, *pool_pickers],
-        api_name="build_index",
-    )
+        build_index, [upload, name, input_field, output_field, task, skip_bad], status, api_name="build_index",
+    ).success(lists, None, [table, *pool_pickers], api_name=False)

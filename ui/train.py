@@ -20,6 +20,7 @@ import gradio as gr
 
 from adapters.data import FORMATS as DATA_FORMATS
 from bot.paths import REPO_ROOT  # where `python -m adapters.train` runs from, whatever the app's folder
+from ui.escape import shown_error
 from ui.text import t
 
 DEMO_DATA = REPO_ROOT / "adapters" / "data"
@@ -143,7 +144,7 @@ def train_tab(model_spec: str) -> None:
         try:
             job.start(upload or demos[data], name.strip(), model_spec, int(steps), float(learning_rate), int(rank))
         except (ValueError, KeyError) as error:
-            raise gr.Error(str(error)) from error
+            raise shown_error(error) from error
         return job.status()
 
     def poll():
