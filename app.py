@@ -42,27 +42,29 @@ def build_app(service, model_spec: str = "default") -> gr.Blocks:
             chat = chat_tab(service)
         with gr.Tab(t("tab_compare")):
             compare = compare_tab(service)
-        lab = None
+        lab = pools = None
         if service.library is not None:
             with gr.Tab(t("tab_pools")):
-                pools_tab(service, [chat["pool"], compare["pool"]])
+                pools = pools_tab(service, [chat["pool"], compare["pool"]])
             with gr.Tab(t("tab_lab")):
                 lab = lab_tab(service, model_spec)
         if service.adapters is not None:
             with gr.Tab(t("tab_train")):
                 train_tab(model_spec)
-        keep_pickers_current(demo, service, chat, compare, lab)
+        keep_pickers_current(demo, service, chat, compare, lab, pools)
     return demo
 
 
-def keep_pickers_current(demo: gr.Blocks, service, chat: dict, compare: dict, lab: dict | None) -> None:
-    """Every adapter and pool picker, and the Lab's runs, as they are now: when a page opens (the
+def keep_pickers_current(demo: gr.Blocks, service, chat: dict, compare: dict, lab: dict | None,
+                         pools_table: gr.Dataframe | None = None) -> None:
+    """Every adapter and pool picker, the Lab's runs and the Pools tab's table, as they are now: when a page opens (the
     lists were built when the app started) and when the Chat tab's refresh is pressed. A picked
     adapter or pool that is gone falls back to the base model or no pool (Gradio refuses a value
     that is not among the choices, and the chat would stay stuck on it)."""
     from bot.generation import BASE
     from ui.chat import NO_POOL, pool_choices
     from ui.lab import runs_folder, runs_table
+    from ui.pools import pool_rows
 
     adapter_pickers = [chat["adapter"], compare["models"]] + ([lab["adapter"]] if lab else [])
     pool_pickers = [chat["pool"], compare["pool"]]
@@ -77,10 +79,10 @@ def keep_pickers_current(demo: gr.Blocks, service, chat: dict, compare: dict, la
         ]
         updates += [gr.update(choices=pools, value=value if value in pools else NO_POOL)
                     for value in picked[len(adapter_pickers):]]
-        return updates + ([runs_table(runs_folder())] if lab else [])
+        return updates + ([runs_table(runs_folder())] if lab else []) + ([pool_rows(service)] if pools_table is not None else [])
 
     pickers = adapter_pickers + pool_pickers
-    outputs = pickers + ([lab["runs"]] if lab else [])
+    outputs = pickers + ([lab["runs"]] if lab else []) + ([pools_table] if pools_table is not None else [])
     demo.load(current, inputs=pickers, outputs=outputs, api_name=False)
     chat["refresh"].click(current, inputs=pickers, outputs=outputs, api_name=False)
 

@@ -78,6 +78,28 @@ def test_lab_tab_runs_an_experiment_and_lists_it(tmp_path):
     assert [run["experiment"] for run in runs] == ["labels"] and (Path(runs[0]["path"]) / "plot.png").is_file()
 
 
+def test_the_compare_tabs_seed_draws_its_random_demonstrations(tiny, tmp_path):
+    """Seed 0 and seed 7 show the random sets that retrieval draws with those seeds (it was always seed 0)."""
+    from retrieval.embedder import HashEmbedder
+    from retrieval.library import PoolLibrary
+    from retrieval.pool import builtin_pools, load_pool
+    from retrieval.select import select_demos
+
+    service = ChatService(Generator(tiny), PoolLibrary(tmp_path / "indexes", HashEmbedder()))
+    pool = load_pool(builtin_pools()["sentiment"])
+    shown = {}
+    with launched(service) as url:
+        client = gradio_client(url)
+        for seed in (0, 7):
+            *_, demos, _ = client.predict("a fine film", ["base"], True, "sentiment", "few", 3, "random", "nearest-last",
+                                          4, 0, seed, "", api_name="/compare")
+            shown[seed] = [row[1] for row in demos["data"]]
+    for seed in (0, 7):
+        expected = select_demos(pool, "a fine film", 3, strategy="random", seed=seed)
+        assert sorted(shown[seed]) == sorted(demo.example.input for demo in expected)
+    assert shown[0] != shown[7] and len(demos["data"]) == 3
+
+
 def test_every_command_line_option_is_described(capsys, monkeypatch):
     import app
     from test_cli import help_entries

@@ -156,6 +156,8 @@ def test_a_fresh_page_offers_adapters_and_pools_added_after_the_start(tmp_path):
         page.get_by_role("tab", name="Chat").click()
         page.get_by_label("Demonstration pool").first.click()
         page.get_by_role("option", name="reviews").wait_for(timeout=15000)
+        page.get_by_role("tab", name="Pools").click()
+        expect(page.locator("#pools-table")).to_contain_text("reviews")  # its table was filled at the start
 
 
 def test_a_failed_pool_build_leaves_the_pickers_usable_and_shows_its_error_as_text(tmp_path):

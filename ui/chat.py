@@ -34,13 +34,13 @@ def settings_from(max_new_tokens, temperature, top_p, seed=None):
     )
 
 
-def fewshot_from(pool, mode, k, select, order):
-    """The few-shot request, or None for plain chat (no pool chosen)."""
+def fewshot_from(pool, mode, k, select, order, seed=0):
+    """The few-shot request, or None for plain chat (no pool chosen); `seed` draws random selections and orders."""
     from bot.service import FewShot
 
     if not pool or pool == NO_POOL:
         return None
-    return FewShot(pool=pool, mode=mode, k=int(k), select=select, order=order)
+    return FewShot(pool=pool, mode=mode, k=int(k), select=select, order=order, seed=int(seed or 0))
 
 
 class LastNotices:

@@ -42,7 +42,7 @@ def compare_tab(service) -> dict:
         if len(models or []) > SLOTS:
             raise shown_error(f"compare at most {SLOTS} models at once; {len(models)} are chosen")
         try:
-            fewshot = fewshot_from(pool, mode, k, select, order) if with_demos else None
+            fewshot = fewshot_from(pool, mode, k, select, order, seed) if with_demos else None
             if with_demos and fewshot is None:
                 raise ValueError("choose a demonstration pool to add few-shot demonstrations")
             results = service.compare(

@@ -11,9 +11,15 @@ from ui.escape import shown_error
 from ui.text import EN, t
 
 
-def pools_tab(service, pool_pickers: list[gr.Dropdown]) -> None:
+def pool_rows(service) -> list[list[str]]:
+    """The Pools tab's table: each pool's name and kind."""
+    return [[name, kind] for name, kind in service.library.names().items()]
+
+
+def pools_tab(service, pool_pickers: list[gr.Dropdown]) -> gr.Dataframe:
+    """Build the tab; return its table of pools, so that the app can keep it up to date."""
     def listing():
-        return [[name, kind] for name, kind in service.library.names().items()]
+        return pool_rows(service)
 
     with gr.Row():
         with gr.Column():
@@ -26,7 +32,8 @@ def pools_tab(service, pool_pickers: list[gr.Dropdown]) -> None:
             skip_bad = gr.Checkbox(False, label=t("skip_bad"))
             build = gr.Button(t("build_index"), variant="primary", elem_id="pool-build")
             status = gr.Markdown()
-        table = gr.Dataframe(listing(), headers=["name", "kind"], label=t("pools_available"), interactive=False)
+        table = gr.Dataframe(listing(), headers=["name", "kind"], label=t("pools_available"), interactive=False,
+                             elem_id="pools-table")
 
     def build_index(path, name, input_field, output_field, task, skip_bad, progress=gr.Progress()):
         """Build the index; its note, or an error shown as text (a toast renders HTML, and a file's
@@ -57,7 +64,8 @@ def pools_tab(service, pool_pickers: list[gr.Dropdown]) -> None:
             raise ValueError(f"{error}; type the column's name in '{box}'") from error
         notes = index.pool.notes()  # counts and numbers only, nothing from the file that Markdown could render
         extra = f" ({'; '.join(notes)})" if notes else ""
-        return f"Built **{name.strip()}**: {len(index)} examples{extra}."  # a valid name: letters, digits, - and _
+        examples = "example" if len(index) == 1 else "examples"
+        return f"Built **{name.strip()}**: {len(index)} {examples}{extra}."  # a valid name: letters, digits, - and _
 
     def lists():
         return listing(), *[gr.update(choices=pool_choices(service))] * len(pool_pickers)
@@ -68,3 +76,4 @@ def pools_tab(service, pool_pickers: list[gr.Dropdown]) -> None:
     build.click(lambda: "", None, status, queue=False, api_name=False).then(
         build_index, [upload, name, input_field, output_field, task, skip_bad], status, api_name="build_index",
     ).success(lists, None, [table, *pool_pickers], api_name=False)
+    return table
