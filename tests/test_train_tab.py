@@ -54,7 +54,8 @@ def test_a_run_shows_its_progress_and_stops_without_writing_an_adapter(adapters,
     job = TrainingJob()
     handler = signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
-        job.start(str(DEMO_DATA / "captain_kelp.jsonl"), "long", save_tiny(tmp_path / "tiny"), 2000, 1e-3, 4)
+        job.start(str(DEMO_DATA / "captain_kelp.jsonl"), "long", save_tiny(tmp_path / "tiny"), 2000, 1e-3, 4,
+                  owner="page-a")
     finally:
         signal.signal(signal.SIGINT, handler)
     try:
@@ -63,7 +64,10 @@ def test_a_run_shows_its_progress_and_stops_without_writing_an_adapter(adapters,
             time.sleep(0.2)
         progress = job.status()
         assert progress.startswith("training **long**: step ") and " of 2000, about " in progress, progress
-        job.stop()
+        with pytest.raises(ValueError, match="only the page that started this training run can stop it"):
+            job.stop(by="page-b")  # another visitor's page
+        assert job.running
+        job.stop(by="page-a")
         job.process.wait(timeout=120)
     finally:
         job.process.kill()  # a failed check must not leave a 2000-step run loading the machine

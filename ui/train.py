@@ -42,8 +42,12 @@ class TrainingJob:
         self.failure: str | None = None
         """The failed run's last line, read once."""
         self.lock = threading.Lock()
+        self.owner: str | None = None
+        """The session of the page that started the run."""
 
-    def start(self, data: str, name: str, model: str, steps: int, learning_rate: float, rank: int) -> Path:
+    def start(self, data: str, name: str, model: str, steps: int, learning_rate: float, rank: int,
+              owner: str | None = None) -> Path:
+        """Start a run; `owner` (the page's session) is the only one that may stop it."""
         from adapters.checkpoint import latest
         from adapters.config import TrainConfig, check_adapter_name
         from bot.paths import adapters_dir
@@ -66,15 +70,19 @@ class TrainingJob:
                 self.log.close()
             self.log = tempfile.TemporaryFile("w+", encoding="utf-8")
             self.process = subprocess.Popen(command, stdout=self.log, stderr=subprocess.STDOUT, text=True, cwd=REPO_ROOT)
-            self.output, self.data, self.failure = output, data, None
+            self.output, self.data, self.failure, self.owner = output, data, None, owner
             self.steps, self.started = steps, time.monotonic()
         return output
 
-    def stop(self) -> None:
-        """Interrupt the run as Ctrl-C would: `adapters.train` then writes no adapter."""
+    def stop(self, by: str | None = None) -> None:
+        """Interrupt the run as Ctrl-C would: `adapters.train` then writes no adapter. Only the page that
+        started it may (`by`, its session), so that one visitor cannot end another's run."""
         with self.lock:
-            if self.running:
-                self.process.send_signal(signal.SIGINT)
+            if not self.running:
+                return
+            if self.owner is not None and by != self.owner:
+                raise ValueError("only the page that started this training run can stop it")
+            self.process.send_signal(signal.SIGINT)
 
     @property
     def running(self) -> bool:
@@ -140,12 +148,19 @@ def train_tab(model_spec: str) -> None:
             status = gr.Markdown()
             loss = gr.LinePlot(x="step", y="loss", label=t("loss"))
 
-    def begin(data, upload, name, steps, learning_rate, rank):
+    def begin(data, upload, name, steps, learning_rate, rank, request: gr.Request):
         try:
-            job.start(upload or demos[data], name.strip(), model_spec, int(steps), float(learning_rate), int(rank))
+            job.start(upload or demos[data], name.strip(), model_spec, int(steps), float(learning_rate), int(rank),
+                      owner=request.session_hash)
         except (ValueError, KeyError) as error:
             raise shown_error(error) from error
         return job.status()
+
+    def halt(request: gr.Request):
+        try:
+            job.stop(by=request.session_hash)
+        except ValueError as error:
+            raise shown_error(error) from error
 
     def poll():
         import pandas as pd
@@ -155,5 +170,5 @@ def train_tab(model_spec: str) -> None:
         return job.status(rows), pd.DataFrame(losses or {"step": [], "loss": []})
 
     start.click(begin, [data, upload, name, steps, learning_rate, rank], status, api_name=False)
-    stop.click(lambda: job.stop(), None, None, api_name=False)  # the next poll says it stopped
+    stop.click(halt, None, None, api_name=False)  # the next poll says it stopped
     gr.Timer(2).tick(poll, outputs=[status, loss], api_name=False)
