@@ -13,7 +13,9 @@ import re
 
 import gradio as gr
 
-CODE = re.compile(r"(```.*?(?:```|$)|`[^`\n]*`)", re.DOTALL)
+CODE = re.compile(r"```.*?(?:```|$)|~~~.*?(?:~~~|$)|(?<!`)(`+)(?!`)[^\n]*?(?<!`)\1(?!`)", re.DOTALL)
+"""Code, which Markdown shows verbatim: ``` and ~~~ fences (to the end when unclosed) and spans in
+one or more backticks (``a ` b``)."""
 ESCAPES = {"&": "&amp;", "<": "&lt;", ">": "&gt;"}
 UNESCAPES = {value: key for key, value in ESCAPES.items()}
 
@@ -25,15 +27,20 @@ def shown_error(error) -> gr.Error:
 
 
 def escape_outside_code(text: str) -> str:
-    parts = CODE.split(text)
-    return "".join(part if i % 2 else re.sub(r"[&<>]", lambda m: ESCAPES[m.group()], part)
-                   for i, part in enumerate(parts))
+    return _outside_code(text, lambda part: re.sub(r"[&<>]", lambda m: ESCAPES[m.group()], part))
 
 
 def unescape_outside_code(text: str) -> str:
-    parts = CODE.split(text)
-    return "".join(part if i % 2 else re.sub(r"&(?:amp|lt|gt);", lambda m: UNESCAPES[m.group()], part)
-                   for i, part in enumerate(parts))
+    return _outside_code(text, lambda part: re.sub(r"&(?:amp|lt|gt);", lambda m: UNESCAPES[m.group()], part))
+
+
+def _outside_code(text: str, change) -> str:
+    """`text` with `change` applied to every stretch that is not code."""
+    parts, at = [], 0
+    for code in CODE.finditer(text):
+        parts += [change(text[at:code.start()]), code.group()]
+        at = code.end()
+    return "".join(parts) + change(text[at:])
 
 
 class EscapingChatbot(gr.Chatbot):
