@@ -41,6 +41,12 @@ class LabData:
         """How often each answer occurs among the test items, commonest first."""
         return dict(Counter(item.output for item in self.test).most_common())
 
+    def train_only_labels(self) -> list[str]:
+        """Answers in the train pool that no test item has: demonstrations may show them, but a
+        classification run never scores them."""
+        tested = set(self.labels)
+        return sorted({example.output for example in self.train.examples} - tested) if self.task == "classify" else []
+
     def majority(self) -> float:
         """The accuracy of always giving the commonest test answer: the bar a classifier must clear
         (0.5 only when the sample is balanced between two labels)."""

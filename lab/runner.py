@@ -65,6 +65,7 @@ def run_experiment(name: str, config: LabConfig, progress: Progress = no_progres
             "test": [{"input": item.input, "output": item.output} for item in ctx.data.test],  # what predictions index
             "test_label_counts": ctx.data.label_counts(),
             "majority": ctx.data.majority() if ctx.data.task == "classify" else None,
+            "train_only_labels": ctx.data.train_only_labels(),
             "train_size": len(ctx.data.train),
             "train_held_out": ctx.data.held_out,
             "ood_size": len(ctx.data.ood) if ctx.data.ood is not None else None,
@@ -154,7 +155,12 @@ def baseline_line(record: dict) -> str:
         return ""
     top = next(iter(counts))
     shown = ", ".join(f"{label} {count}" for label, count in list(counts.items())[:8])
-    return f"- test answers: {shown}; always answering '{top}' scores {majority:.3f}\n"
+    line = f"- test answers: {shown}; always answering '{top}' scores {majority:.3f}\n"
+    extra = record.get("train_only_labels") or []
+    if extra:
+        line += (f"- train answers no test item has (demonstrations may show them; they are never scored): "
+                 f"{', '.join(extra[:8])}\n")
+    return line
 
 
 def ood_line(record: dict) -> str:

@@ -164,6 +164,15 @@ def test_the_report_gives_the_majority_baseline_of_the_test_sample(tmp_path, tin
     assert result["majority"] == answers.count("positive") / len(answers) == 4 / 6
     report = (tmp_path / "runs" / "labels" / "report.md").read_text()
     assert "- test answers: positive 4, negative 2; always answering 'positive' scores 0.667" in report
+    assert "train answers no test item has" not in report and result["train_only_labels"] == []
+
+
+def test_the_report_names_train_answers_that_are_never_scored(tmp_path, tiny):
+    train = write_pool(tmp_path / "extra.jsonl", TRAIN + [("so-so film", "neutral"), ("meh", "neutral")])
+    result = run(tmp_path, tiny, "labels", train=train, seeds=[0])
+    assert result["labels"] == ["negative", "positive"] and result["train_only_labels"] == ["neutral"]
+    report = (tmp_path / "runs" / "labels" / "report.md").read_text()
+    assert "- train answers no test item has (demonstrations may show them; they are never scored): neutral" in report
 
 
 def test_order_report_names_ties_between_orders(tmp_path, tiny, monkeypatch):
