@@ -52,6 +52,20 @@ def test_html_in_messages_is_shown_as_text_and_never_runs(tiny_url):
     assert dialogs == []
 
 
+def test_a_markdown_image_in_a_message_loads_nothing(tiny_url):
+    """A reply (or a prompt injected into one) could send data to any server in an image's URL."""
+    with browser() as chromium:
+        page = chromium.new_page()
+        fetched = []
+        page.on("request", lambda request: fetched.append(request.url) if "9/leak.png" in request.url else None)
+        page.goto(tiny_url)
+        send_chat(page, "look ![pic](http://127.0.0.1:9/leak.png) here")
+        watch_reply(page, timeout=60)
+        shown = page.locator("[data-testid='user']").last
+        assert shown.locator("img").count() == 0 and shown.get_by_role("link", name="pic").count() == 1
+        assert "!" in shown.inner_text() and fetched == []
+
+
 def test_a_refused_message_leaves_the_chat_usable(tiny_url):
     with browser() as chromium:
         page = chromium.new_page()

@@ -17,6 +17,9 @@ from ui.escape import escape_outside_code, unescape_outside_code
         ("``a ` <b>`` <i>", "``a ` <b>`` &lt;i&gt;"),
         ("`<a>\n<b>`", "`&lt;a&gt;\n&lt;b&gt;`"),  # a span does not cross a line
         ("`` <x> `", "`` &lt;x&gt; `"),  # two backticks are not closed by one
+        ("see ![i](http://x/y.png)!", "see &#33;[i](http://x/y.png)!"),
+        ("typed &#33;[", "typed &amp;#33;["),
+        ("`![i](u)`", "`![i](u)`"),
     ],
 )
 def test_escape_outside_code(text, shown):

@@ -1,4 +1,5 @@
-"""Show HTML in chat messages as text: `<b>` appears as the five characters `<b>`, never as markup.
+"""Show HTML in chat messages as text: `<b>` appears as the five characters `<b>`, never as markup,
+and a Markdown image as a link that loads nothing until clicked.
 
 Gradio's chatbot sanitizes HTML (scripts and handlers are stripped) but still renders safe tags.
 A chat about prompts should show what was typed, so `EscapingChatbot` escapes `&`, `<` and `>`
@@ -17,7 +18,11 @@ CODE = re.compile(r"```.*?(?:```|$)|~~~.*?(?:~~~|$)|(?<!`)(`+)(?!`)[^\n]*?(?<!`)
 """Code, which Markdown shows verbatim: ``` and ~~~ fences (to the end when unclosed) and spans in
 one or more backticks (``a ` b``)."""
 ESCAPES = {"&": "&amp;", "<": "&lt;", ">": "&gt;"}
-UNESCAPES = {value: key for key, value in ESCAPES.items()}
+UNESCAPES = {value: key for key, value in ESCAPES.items()} | {"&#33;": "!"}
+IMAGE = "!["
+"""Markdown's image syntax: the browser would fetch the URL as the message is drawn, so a reply (or a
+prompt injected into one) could send data to any server. Its `!` goes as an entity: the text reads
+the same, and the image becomes a link, fetched only if clicked."""
 
 
 def shown_error(error) -> gr.Error:
@@ -27,11 +32,12 @@ def shown_error(error) -> gr.Error:
 
 
 def escape_outside_code(text: str) -> str:
-    return _outside_code(text, lambda part: re.sub(r"[&<>]", lambda m: ESCAPES[m.group()], part))
+    return _outside_code(
+        text, lambda part: re.sub(r"[&<>]", lambda m: ESCAPES[m.group()], part).replace(IMAGE, "&#33;["))
 
 
 def unescape_outside_code(text: str) -> str:
-    return _outside_code(text, lambda part: re.sub(r"&(?:amp|lt|gt);", lambda m: UNESCAPES[m.group()], part))
+    return _outside_code(text, lambda part: re.sub(r"&(?:amp|lt|gt|#33);", lambda m: UNESCAPES[m.group()], part))
 
 
 def _outside_code(text: str, change) -> str:
