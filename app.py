@@ -57,8 +57,8 @@ def build_app(service, model_spec: str = "default") -> gr.Blocks:
 
 def keep_pickers_current(demo: gr.Blocks, service, chat: dict, compare: dict, lab: dict | None,
                          pools_table: gr.Dataframe | None = None) -> None:
-    """Every adapter and pool picker, the Lab's runs and the Pools tab's table, as they are now: when a page opens (the
-    lists were built when the app started) and when the Chat tab's refresh is pressed. A picked
+    """Every adapter and pool picker, the Lab's runs and the Pools tab's table, as they are now: when
+    a page opens (the lists were built when the app started) and when the Chat tab's refresh is pressed. A picked
     adapter or pool that is gone falls back to the base model or no pool (Gradio refuses a value
     that is not among the choices, and the chat would stay stuck on it)."""
     from bot.generation import BASE
@@ -79,7 +79,8 @@ def keep_pickers_current(demo: gr.Blocks, service, chat: dict, compare: dict, la
         ]
         updates += [gr.update(choices=pools, value=value if value in pools else NO_POOL)
                     for value in picked[len(adapter_pickers):]]
-        return updates + ([runs_table(runs_folder())] if lab else []) + ([pool_rows(service)] if pools_table is not None else [])
+        lists = [runs_table(runs_folder())] if lab else []
+        return updates + lists + ([pool_rows(service)] if pools_table is not None else [])
 
     pickers = adapter_pickers + pool_pickers
     outputs = pickers + ([lab["runs"]] if lab else []) + ([pools_table] if pools_table is not None else [])

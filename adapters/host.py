@@ -61,8 +61,7 @@ class AdapterHost:
             time.sleep(REPLACE_GRACE_S)  # a publish swaps folders with two renames: it may be between them
             if not path.is_dir():
                 with self.lock:
-                    if name in self._paths:
-                        self._remove(name)
+                    self._remove_if_attached({name})
                 raise AdapterError(f"adapter '{name}' was deleted from the adapters folder; it is no longer "
                                    "served") from None
             return self.attach(name)
@@ -79,11 +78,15 @@ class AdapterHost:
         gone = self.deleted()
         if gone and self.lock.acquire(blocking=False):
             try:
-                for name in gone & set(self._paths):
-                    self._remove(name)
+                self._remove_if_attached(gone)
             finally:
                 self.lock.release()
         return gone
+
+    def _remove_if_attached(self, names: set[str]) -> None:
+        """`_remove` each of `names` still attached (another request may have removed it), under the lock."""
+        for name in names & set(self._paths):
+            self._remove(name)
 
     def attach_info(self, info: AdapterInfo) -> str:
         """Vet and load one adapter. Attaching a name again from the same folder does nothing while its

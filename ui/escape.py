@@ -28,12 +28,15 @@ the same, and the image becomes a link, fetched only if clicked."""
 def shown_error(error) -> gr.Error:
     """A gr.Error whose message shows as written: Gradio's toast renders HTML, and messages quote what
     users typed (an index or adapter name) and what files hold (a column name)."""
-    return gr.Error(re.sub(r"[&<>]", lambda m: ESCAPES[m.group()], str(error)))
+    return gr.Error(_escape(str(error)))
+
+
+def _escape(text: str) -> str:
+    return re.sub(r"[&<>]", lambda m: ESCAPES[m.group()], text)
 
 
 def escape_outside_code(text: str) -> str:
-    return _outside_code(
-        text, lambda part: re.sub(r"[&<>]", lambda m: ESCAPES[m.group()], part).replace(IMAGE, "&#33;["))
+    return _outside_code(text, lambda part: _escape(part).replace(IMAGE, "&#33;["))
 
 
 def unescape_outside_code(text: str) -> str:

@@ -18,8 +18,6 @@ def pool_rows(service) -> list[list[str]]:
 
 def pools_tab(service, pool_pickers: list[gr.Dropdown]) -> gr.Dataframe:
     """Build the tab; return its table of pools, so that the app can keep it up to date."""
-    def listing():
-        return pool_rows(service)
 
     with gr.Row():
         with gr.Column():
@@ -32,7 +30,8 @@ def pools_tab(service, pool_pickers: list[gr.Dropdown]) -> gr.Dataframe:
             skip_bad = gr.Checkbox(False, label=t("skip_bad"))
             build = gr.Button(t("build_index"), variant="primary", elem_id="pool-build")
             status = gr.Markdown()
-        table = gr.Dataframe(listing(), headers=["name", "kind"], label=t("pools_available"), interactive=False,
+        table = gr.Dataframe(pool_rows(service), headers=["name", "kind"], label=t("pools_available"),
+                             interactive=False,
                              elem_id="pools-table")
 
     def build_index(path, name, input_field, output_field, task, skip_bad, progress=gr.Progress()):
@@ -68,7 +67,7 @@ def pools_tab(service, pool_pickers: list[gr.Dropdown]) -> gr.Dataframe:
         return f"Built **{name.strip()}**: {len(index)} {examples}{extra}."  # a valid name: letters, digits, - and _
 
     def lists():
-        return listing(), *[gr.update(choices=pool_choices(service))] * len(pool_pickers)
+        return pool_rows(service), *[gr.update(choices=pool_choices(service))] * len(pool_pickers)
 
     # The last build's note goes first, so that it never stands beside this build's error. Only the
     # note is the build's output: Gradio marks a failed event's every output "Error", which left the
