@@ -494,7 +494,20 @@ def main(args: argparse.Namespace) -> int:
         return 130
     if _is_main_process():
         print(f"adapter written: {output}")
+    _leave_process_group()
     return 0
+
+
+def _leave_process_group() -> None:
+    """Under `accelerate launch`, shut the process group down before the interpreter does: gloo's
+    worker threads, left to exit with it, now and then abort the process (SIGABRT, "terminate called
+    without an active exception") after the adapter is written. Only after a run that finished on
+    every rank: after a failure another rank may still wait in a collective, and NCCL's shutdown
+    would wait with it."""
+    import torch.distributed
+
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
 
 
 def _is_main_process() -> bool:

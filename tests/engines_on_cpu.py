@@ -15,7 +15,8 @@ differ, and so does speed.
 
 (FSDP wants ACCELERATE_USE_CPU set, DeepSpeed wants it unset.) With STOP_AFTER_STEP=N in the
 environment, every process is interrupted after logging step N, as Ctrl-C would: the resume tests
-use it. QLORA_ON_CPU=1 lets --qlora run on bitsandbytes' CPU kernels. It is a test tool, not a way to train: on CPUs, DDP (`multi_gpu.yaml`) is the engine to use.
+use it. A process whose process group is still up when the interpreter exits says so on stderr.
+QLORA_ON_CPU=1 lets --qlora run on bitsandbytes' CPU kernels. It is a test tool, not a way to train: on CPUs, DDP (`multi_gpu.yaml`) is the engine to use.
 """
 
 from __future__ import annotations
@@ -91,6 +92,23 @@ def qlora_on_cpu() -> None:
     adapters.lora.check_qlora = lambda: None
 
 
+LEFT_UP = "process group left up at exit"
+"""What a process prints when its process group outlives `main`: gloo's threads then exit with the
+interpreter, which now and then aborts the process after a finished run."""
+
+
+def report_process_group_at_exit() -> None:
+    import atexit
+
+    import torch.distributed
+
+    def check() -> None:
+        if torch.distributed.is_initialized():
+            print(LEFT_UP, file=sys.stderr, flush=True)
+
+    atexit.register(check)
+
+
 def stop_after_step(step: int) -> None:
     import adapters.train
 
@@ -113,6 +131,7 @@ if __name__ == "__main__":
         deepspeed_on_cpu()
     if os.environ.get("QLORA_ON_CPU"):
         qlora_on_cpu()
+    report_process_group_at_exit()
     if os.environ.get("STOP_AFTER_STEP"):
         stop_after_step(int(os.environ["STOP_AFTER_STEP"]))
     from adapters.train import build_parser, main
