@@ -19,6 +19,7 @@ from pathlib import Path
 from lab.config import LabConfig
 from lab.context import Progress, no_progress, open_context
 from lab.errors import LabError
+from lab.uncertainty import section
 
 EXPERIMENTS = {
     "shots": "accuracy for k in ks, random vs kNN selection, over seeds (ks, seeds, embedder)",
@@ -52,6 +53,7 @@ def run_experiment(name: str, config: LabConfig, progress: Progress = no_progres
         ctx = open_context(config, name, out, progress, loaded)
         make_folder(out, exist_ok=True)
         result = module.run(ctx)
+        result["uncertainty"] = module.uncertainty(result, [item.output for item in ctx.data.test])
         record = {
             "experiment": name,
             "created": datetime.now().isoformat(timespec="seconds"),
@@ -76,7 +78,8 @@ def run_experiment(name: str, config: LabConfig, progress: Progress = no_progres
         }
         try:
             (out / "result.json").write_text(json.dumps(record, indent=1, ensure_ascii=False) + "\n")
-            (out / "report.md").write_text(render_report(record, module.table(result)))
+            (out / "report.md").write_text(render_report(record, module.table(result) + "\n\n"
+                                                         + section(result["uncertainty"])))
             module.plot(result, out / "plot.png")
         except OSError as error:  # a full disk, say: one line, as for any other refusal
             raise LabError(f"cannot write the run's results into {out}: {error.strerror or error}") from error

@@ -42,7 +42,13 @@ def run(tmp_path, tiny, name, **overrides):
     for artefact in ("result.json", "report.md", "plot.png"):
         assert (folder / artefact).stat().st_size > 0
     assert seen[-1] == 1.0
+    assert "## How sure" in (folder / "report.md").read_text()
     return json.loads((folder / "result.json").read_text())
+
+
+def interval_means(result: dict) -> dict:
+    """What the report's uncertainty section gives as each condition's accuracy."""
+    return {row["name"]: row["mean"] for row in result["uncertainty"]["intervals"]}
 
 
 def test_order(tmp_path, tiny):
@@ -54,6 +60,10 @@ def test_order(tmp_path, tiny):
     lu = result["sets"][0]["lu"]
     assert lu["globale"]["order"] in [p["order"] for p in result["sets"][0]["permutations"]]
     assert len(lu["globale_scores"]) == 6
+    means = interval_means(result)  # the intervals sit on the same numbers as the table
+    assert means["set 0, all orders"] == pytest.approx(result["sets"][0]["mean"])
+    assert means["set 0, GlobalE pick"] == pytest.approx(lu["globale"]["accuracy"])
+    assert means["set 1, LocalE pick"] == pytest.approx(result["sets"][1]["lu"]["locale"]["accuracy"])
 
 
 def test_order_samples_when_k_is_large(tmp_path, tiny):
@@ -66,7 +76,15 @@ def test_shots(tmp_path, tiny):
     rows = {(r["k"], r["selection"], r["seed"]) for r in result["results"]}
     assert (0, "random", None) in rows and (2, "random", 1) in rows and (2, "knn", None) in rows
     report = (tmp_path / "runs" / "shots" / "report.md").read_text()
-    assert "- ks=[0, 1, 2], seeds=[0, 1]" in report and "k=2" not in report  # shots sweeps ks; k does not apply
+    assert "- ks=[0, 1, 2], seeds=[0, 1]" in report and "- k=2" not in report  # shots sweeps ks; k does not apply
+    accuracy = {(r["k"], r["selection"], r["seed"]): r["accuracy"] for r in result["results"]}
+    means = interval_means(result)
+    assert means["kNN, k=2"] == pytest.approx(accuracy[2, "knn", None])
+    assert means["random, k=2"] == pytest.approx((accuracy[2, "random", 0] + accuracy[2, "random", 1]) / 2)
+    assert means["k=0"] == pytest.approx(accuracy[0, "random", None])
+    differences = {row["name"]: row["difference"] for row in result["uncertainty"]["comparisons"]}
+    assert differences["kNN - random, k=1"] == pytest.approx(means["kNN, k=1"] - means["random, k=1"])
+    assert differences["kNN, k=2 - zero-shot"] == pytest.approx(means["kNN, k=2"] - means["k=0"])
 
 
 def test_labels(tmp_path, tiny):
@@ -101,6 +119,10 @@ def test_labels_with_out_of_distribution_inputs(tmp_path, tiny):
         assert rows["ood"]["predictions"] == naive.predict([Case(demos, i.input, i.output) for i in data.test])
     report = (tmp_path / "runs" / "labels" / "report.md").read_text()
     assert "| ood |" in report and result["means"].keys() == {"gold", "random", "ood", "none"}
+    assert interval_means(result) == pytest.approx(result["means"])
+    differences = {row["first"] + " - " + row["second"]: row["difference"] for row in result["uncertainty"]["comparisons"]}
+    assert differences["random - ood"] == pytest.approx(result["means"]["random"] - result["means"]["ood"])
+    assert differences["gold - none"] == pytest.approx(result["means"]["gold"] - result["means"]["none"])
     assert "- out-of-distribution inputs: ood.jsonl (6 inputs)" in report
 
 
@@ -118,6 +140,8 @@ def test_out_of_distribution_inputs_are_refused_where_they_cannot_be_used(tmp_pa
 def test_select(tmp_path, tiny):
     result = run(tmp_path, tiny, "select")
     assert {r["selection"] for r in result["results"]} == {"knn", "mmr", "random"}
+    assert interval_means(result) == pytest.approx({"kNN": result["means"]["knn"], "MMR": result["means"]["mmr"],
+                                                    "random": result["means"]["random"]})
 
 
 def test_calibrated_run(tmp_path, tiny):
@@ -196,6 +220,7 @@ def test_finetune(tmp_path, tiny):
     rows = {r["condition"]: r for r in result["results"]}
     assert set(rows) == {"prompting", "finetuned", "both"}
     assert rows["both"]["prompt_tokens"] > rows["finetuned"]["prompt_tokens"]
+    assert interval_means(result) == pytest.approx({name: row["accuracy"] for name, row in rows.items()})
     assert (folder / "adapter" / "adapter_config.json").is_file()
     # Attaching the adapter leaves the caller's model alone (it may be the one the bot serves).
     tuned = with_adapter(tiny, folder / "adapter")

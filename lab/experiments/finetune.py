@@ -23,6 +23,7 @@ from lab.errors import LabError
 from lab.predict import Case, Predictor
 from lab.prompt import PromptFormat, encode_ids
 from lab.stats import accuracy
+from lab.uncertainty import hits, summarise
 
 CONDITIONS = ("prompting", "finetuned", "both")
 LORA_RANK = 8
@@ -81,6 +82,18 @@ def _measure(ctx: LabContext, predictor: Predictor, condition: str, demos: list)
     return {"condition": condition, "accuracy": accuracy(predictions, [c.gold for c in cases]),
             "prompt_tokens": sum(tokens) / len(tokens), "seconds_per_query": seconds / len(cases),
             "predictions": predictions}
+
+
+COMPARISONS = (
+    ("finetuned - prompting", "finetuned", "prompting", False),
+    ("both - prompting", "both", "prompting", False),
+    ("both - finetuned", "both", "finetuned", False),
+)
+
+
+def uncertainty(result: dict, golds: list[str]) -> dict:
+    return summarise({row["condition"]: hits(row["predictions"], golds)[None] for row in result["results"]},
+                     COMPARISONS)
 
 
 def table(result: dict) -> str:

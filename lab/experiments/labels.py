@@ -16,10 +16,13 @@ import random
 from dataclasses import asdict
 from pathlib import Path
 
+import numpy as np
+
 from lab import plots
 from lab.context import LabContext
 from lab.demos import random_set
 from lab.prompt import Demo
+from lab.uncertainty import hits, summarise
 from retrieval.pool import Pool
 
 CONDITIONS = ("gold", "random", "ood", "none")
@@ -68,6 +71,21 @@ def _conditions(results: list[dict]) -> list[str]:
 def _means(results: list[dict]) -> dict:
     return {c: sum(r["accuracy"] for r in results if r["condition"] == c) / sum(r["condition"] == c for r in results)
             for c in _conditions(results)}
+
+
+COMPARISONS = (
+    ("gold - random labels: does label correctness matter?", "gold", "random", True),
+    ("gold - none: do demonstrations help at all?", "gold", "none", False),
+    ("random - none: do wrong-label demonstrations still help?", "random", "none", False),
+    ("random - ood: does the inputs' distribution matter?", "random", "ood", True),
+)
+
+
+def uncertainty(result: dict, golds: list[str]) -> dict:
+    rows = {c: np.stack([hits(r["predictions"], golds) for r in result["results"] if r["condition"] == c])
+            for c in _conditions(result["results"])}
+    rows["none"] = rows["none"][:1]  # zero-shot ran once; its row is listed under every seed
+    return summarise(rows, [pair for pair in COMPARISONS if pair[1] in rows and pair[2] in rows])
 
 
 def table(result: dict) -> str:

@@ -10,12 +10,15 @@ from __future__ import annotations
 from dataclasses import asdict
 from pathlib import Path
 
+import numpy as np
+
 from lab import plots
 from lab.context import LabContext
 from lab.demos import random_set
 from lab.entropy import probe_inputs, rank_orders
 from lab.permutations import choose_orders
 from lab.stats import summary
+from lab.uncertainty import hits, summarise
 
 
 def run(ctx: LabContext) -> dict:
@@ -57,6 +60,22 @@ def _lu_remedy(ctx: LabContext, demos, orders, permutations: list[dict], seed: i
                    "tied": ranking["locale_tied"]},
         "permutation_mean": mean,
     }
+
+
+def uncertainty(result: dict, golds: list[str]) -> dict:
+    """Per set, the accuracy of an order drawn from those scored, and the GlobalE and LocalE picks
+    against it: does the pick beat a random order by more than the test sample's noise?"""
+    rows, pairs = {}, []
+    for entry in result["sets"]:
+        orders = {tuple(p["order"]): hits(p["predictions"], golds) for p in entry["permutations"]}
+        name = f"set {entry['seed']}, all orders"
+        rows[name] = np.stack(list(orders.values()))
+        for criterion, shown in (("globale", "GlobalE"), ("locale", "LocalE")):
+            if "lu" in entry:
+                pick = f"set {entry['seed']}, {shown} pick"
+                rows[pick] = orders[tuple(entry["lu"][criterion]["order"])][None]
+                pairs.append((f"set {entry['seed']}: {shown} pick - all orders", pick, name, False))
+    return summarise(rows, pairs)
 
 
 def table(result: dict) -> str:

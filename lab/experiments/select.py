@@ -8,8 +8,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
+
 from lab import plots
 from lab.context import LabContext
+from lab.uncertainty import hits, summarise
 
 SELECTIONS = ("knn", "mmr", "random")
 
@@ -32,6 +35,20 @@ def run(ctx: LabContext) -> dict:
 def _means(results: list[dict]) -> dict:
     return {s: sum(r["accuracy"] for r in results if r["selection"] == s) / sum(r["selection"] == s for r in results)
             for s in SELECTIONS}
+
+
+SHOWN = {"knn": "kNN", "mmr": "MMR", "random": "random"}
+COMPARISONS = (
+    ("kNN - random", "kNN", "random", False),
+    ("MMR - random", "MMR", "random", False),
+    ("kNN - MMR", "kNN", "MMR", False),
+)
+
+
+def uncertainty(result: dict, golds: list[str]) -> dict:
+    rows = {SHOWN[s]: np.stack([hits(r["predictions"], golds) for r in result["results"] if r["selection"] == s])
+            for s in SELECTIONS}
+    return summarise(rows, COMPARISONS)
 
 
 def table(result: dict) -> str:

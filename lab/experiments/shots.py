@@ -9,10 +9,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
+
 from lab import plots
 from lab.context import LabContext
+from lab.uncertainty import hits, summarise
 
 SELECTIONS = ("random", "knn")
+SHOWN = {"random": "random", "knn": "kNN"}
 
 
 def run(ctx: LabContext) -> dict:
@@ -42,6 +46,23 @@ def _series(result: dict) -> dict[str, dict[int, list[float]]]:
     for row in result["results"]:
         series[row["selection"]].setdefault(row["k"], []).append(row["accuracy"])
     return series
+
+
+def uncertainty(result: dict, golds: list[str]) -> dict:
+    """Every (k, selection) with its interval; kNN against random at each k, and each selection's
+    largest k against zero-shot where the run had k=0 (listed once: both selections share it)."""
+    rows: dict[str, np.ndarray] = {}
+    for row in result["results"]:
+        name = "k=0" if row["k"] == 0 else f"{SHOWN[row['selection']]}, k={row['k']}"
+        if row["k"] == 0 and row["selection"] != SELECTIONS[0]:
+            continue
+        rows[name] = np.vstack([rows[name], hits(row["predictions"], golds)]) if name in rows \
+            else hits(row["predictions"], golds)[None]
+    ks = sorted({row["k"] for row in result["results"] if row["k"] > 0})
+    pairs = [(f"kNN - random, k={k}", f"kNN, k={k}", f"random, k={k}", False) for k in ks]
+    if ks and "k=0" in rows:
+        pairs += [(f"{SHOWN[s]}, k={ks[-1]} - zero-shot", f"{SHOWN[s]}, k={ks[-1]}", "k=0", False) for s in SELECTIONS]
+    return summarise(rows, pairs)
 
 
 def table(result: dict) -> str:
