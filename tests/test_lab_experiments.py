@@ -77,6 +77,10 @@ def test_shots(tmp_path, tiny):
     assert (0, "random", None) in rows and (2, "random", 1) in rows and (2, "knn", None) in rows
     report = (tmp_path / "runs" / "shots" / "report.md").read_text()
     assert "- ks=[0, 1, 2], seeds=[0, 1]" in report and "- k=2" not in report  # shots sweeps ks; k does not apply
+    shown = {(r["k"], r["seed"]): r["shown"] for r in result["results"] if r["selection"] == "random" and r["k"]}
+    for seed in (0, 1):  # nested sets: k=1 shows the first demonstration of the seed's k=2 set
+        assert shown[1, seed] == shown[2, seed][:1] and len(shown[2, seed]) == 2
+    assert shown[2, 0] != shown[2, 1]  # sanity: the seeds draw different sets
     accuracy = {(r["k"], r["selection"], r["seed"]): r["accuracy"] for r in result["results"]}
     means = interval_means(result)
     assert means["kNN, k=2"] == pytest.approx(accuracy[2, "knn", None])

@@ -1,12 +1,15 @@
 """Accuracy against the number of demonstrations, random vs kNN selection.
 
 k = 0 (zero-shot) is the same prompt for both selections, so it runs once and is listed under
-each. Random selection runs once per seed (one set shared by all test items); kNN does not
-depend on the seed and runs once per k (seed null).
+each. Random selection runs once per seed (one set shared by all test items); the sets are nested:
+each seed draws one set for the largest k, and a smaller k shows its first k demonstrations, so
+along a curve demonstrations are added rather than drawn anew. kNN does not depend on the seed and
+runs once per k (seed null).
 """
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +24,7 @@ SHOWN = {"random": "random", "knn": "kNN"}
 
 def run(ctx: LabContext) -> dict:
     config = ctx.config
+    largest = {seed: ctx.chooser.for_query("", max(config.ks), "random", seed) for seed in config.seeds}
     results = []
     for index, k in enumerate(config.ks):
         if k == 0:
@@ -28,8 +32,8 @@ def run(ctx: LabContext) -> dict:
             results += [_row(0, s, None, outcome) for s in SELECTIONS]
             continue
         for seed in config.seeds:
-            demos = ctx.chooser.for_query("", k, "random", seed)
-            results.append(_row(k, "random", seed, ctx.evaluate(demos)))
+            demos = largest[seed][:k]
+            results.append({**_row(k, "random", seed, ctx.evaluate(demos)), "shown": [asdict(d) for d in demos]})
         per_item = [ctx.chooser.for_query(item.input, k, "knn", 0) for item in ctx.data.test]
         results.append(_row(k, "knn", None, ctx.evaluate(per_item)))
         ctx.progress((index + 1) / len(config.ks), f"k={k} done")
