@@ -48,6 +48,8 @@ class FewShot:
             raise ValueError(f"unknown mode '{self.mode}'; choose one of: {', '.join(MODES)}")
         if isinstance(self.k, bool) or not isinstance(self.k, int) or self.k < 0:
             raise ValueError(f"k must be a whole number >= 0, got {self.k!r}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
+            raise ValueError(f"the demonstrations' seed must be a whole number >= 0, got {self.seed!r}")
         from retrieval.select import check_diversity
 
         check_diversity(self.diversity)

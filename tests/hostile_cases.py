@@ -67,6 +67,7 @@ def cases(folder: Path, service, library) -> dict:
         "index name through a symlink out of the data folder": lambda: error_of(symlinked_index(folder, library)),
         "k larger than the pool": lambda: error_of(chat("hi", fewshot=FewShot("sentiment", k=500))),
         "negative k": lambda: error_of(lambda: FewShot("sentiment", k=-1)),
+        "negative demonstration seed": lambda: error_of(lambda: FewShot("sentiment", select="random", seed=-1)),
         "unknown selection": lambda: error_of(chat("hi", fewshot=FewShot("sentiment", select="telepathy"))),
         "permutation that is not one": lambda: error_of(
             chat("hi", fewshot=FewShot("sentiment", k=3, order="permutation", permutation=(0, 0, 1)))),

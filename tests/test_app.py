@@ -100,6 +100,31 @@ def test_the_compare_tabs_seed_draws_its_random_demonstrations(tiny, tmp_path):
     assert shown[0] != shown[7] and len(demos["data"]) == 3
 
 
+def test_the_chat_tabs_demo_seed_draws_its_random_demonstrations(tiny, tmp_path):
+    """The chat's demo seed (the last argument of /chat) draws the random set that retrieval draws
+    with it; without it, seed 0. A negative seed is refused with its name."""
+    from retrieval.embedder import HashEmbedder
+    from retrieval.library import PoolLibrary
+    from retrieval.pool import builtin_pools, load_pool
+    from retrieval.select import select_demos
+
+    service = ChatService(Generator(tiny), PoolLibrary(tmp_path / "indexes", HashEmbedder()))
+    pool = load_pool(builtin_pools()["sentiment"])
+    few = ("sentiment", "few", 3, "random", "nearest-last")
+    with launched(service) as url:
+        client = gradio_client(url)
+        shown = {seed: [row[1] for row in client.predict("a fine film", "sys", 4, 0, 1, "base", *few, seed,
+                                                         api_name="/chat")[1]] for seed in (0, 7)}
+        default = [row[1] for row in gradio_client(url).predict("a fine film", "sys", 4, 0, 1, "base", *few,
+                                                                api_name="/chat")[1]]
+        with pytest.raises(Exception, match="less than minimum value 0"):  # Gradio checks the box's minimum
+            client.predict("a fine film", "sys", 4, 0, 1, "base", *few, -1, api_name="/chat")
+    for seed in (0, 7):
+        expected = select_demos(pool, "a fine film", 3, strategy="random", seed=seed)
+        assert sorted(shown[seed]) == sorted(demo.example.input for demo in expected)
+    assert shown[0] != shown[7] and default == shown[0]
+
+
 def test_every_command_line_option_is_described(capsys, monkeypatch):
     import app
     from test_cli import help_entries

@@ -34,6 +34,7 @@ CATALOGUE = {
                                                            "{dir}/indexes; refusing to read it",
     "k larger than the pool": "k=500 is larger than the pool (64 examples)",
     "negative k": "k must be a whole number >= 0, got -1",
+    "negative demonstration seed": "the demonstrations' seed must be a whole number >= 0, got -1",
     "unknown selection": "unknown strategy 'telepathy'; choose one of: knn, random, mmr, fixed",
     "permutation that is not one": "permutation must reorder positions 0..2, each once; got [0, 0, 1]",
     "empty message": "the message is empty",

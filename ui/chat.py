@@ -110,18 +110,19 @@ def chat_tab(service) -> dict:
     top_p = gr.Slider(0.05, 1, value=1, step=0.05, label=t("top_p"), render=False)
     adapter = gr.Dropdown(service.adapter_choices(), value="base", label=t("adapter"), render=False)
     few = fewshot_controls(service)
+    demo_seed = gr.Number(0, precision=0, minimum=0, label=t("demo_seed"), render=False)
 
     notices = LastNotices()
 
     def respond(message, history, system, max_new_tokens, temperature, top_p, adapter, pool, mode, k, select, order,
-                request: gr.Request = None):
+                demo_seed=0, request: gr.Request = None):
         # In the page an error is the answer, marked, rather than a raised gr.Error, after which Gradio's
         # chat would keep the input box disabled; the marked exchange never reaches the model again.
         # A gradio_client call (it sends `x-gradio-user: api`) gets the error as an error.
         try:
             turns = service.chat(
                 message, without_failures(history), system, settings_from(max_new_tokens, temperature, top_p),
-                adapter=adapter, fewshot=fewshot_from(pool, mode, k, select, order),
+                adapter=adapter, fewshot=fewshot_from(pool, mode, k, select, order, demo_seed),
             )
             warned = False
             for result in turns:
@@ -140,13 +141,14 @@ def chat_tab(service) -> dict:
         refresh = gr.Button(t("refresh_adapters"), size="sm", scale=0, min_width=120)
         for control in few.values():
             control.render()
+        demo_seed.render()
     gr.ChatInterface(
         respond,
         chatbot=EscapingChatbot(label=t("chat_box"), height=420, elem_id="chatbot"),
         textbox=gr.Textbox(placeholder=t("type_message"), elem_id="chat-input", show_label=False, scale=7,
                            submit_btn=True, stop_btn=True),
         validator=check_message,
-        additional_inputs=[system, max_new_tokens, temperature, top_p, adapter, *few.values()],
+        additional_inputs=[system, max_new_tokens, temperature, top_p, adapter, *few.values(), demo_seed],
         additional_inputs_accordion=gr.Accordion(t("settings"), open=False, render=False),
         additional_outputs=[demos_table, prompt_box],
         api_name="chat",
