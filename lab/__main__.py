@@ -53,6 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch-size", type=int, default=default("batch_size"), help=docs["batch_size"])
     parser.add_argument("--max-new-tokens", type=int, default=default("max_new_tokens"), help=docs["max_new_tokens"])
     parser.add_argument("--train-steps", type=int, default=default("train_steps"), help=docs["train_steps"])
+    parser.add_argument("--train-sizes", type=int, nargs="+", default=default("train_sizes"), help=docs["train_sizes"])
     parser.add_argument("--ood", default=default("ood"), help=docs["ood"])
     parser.add_argument("--out", default=None, help="result folder (default: runs/EXPERIMENT-TIME)")
     add_backend_flags(parser)

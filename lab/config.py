@@ -58,7 +58,11 @@ class LabConfig:
     max_new_tokens: int = 16
     """Answer length for generation tasks."""
     train_steps: int = 200
-    """LoRA optimizer steps for the finetune experiment."""
+    """LoRA optimizer steps for the finetune experiment (per adapter, whatever its training set's size)."""
+    train_sizes: list[int] = field(default_factory=list)
+    """Training-set sizes the finetune experiment sweeps: for each N, an adapter is trained on N rows of
+    the pool and prompting picks its demonstrations from the same N rows (nested random samples, drawn
+    with the first seed). Empty: the whole pool, once."""
     ood: str | None = None
     """A pool from another task or corpus whose inputs (not outputs) the labels experiment shows in its
     `ood` condition: out-of-distribution inputs with the random condition's labels (Min et al. 2022)."""
@@ -75,6 +79,7 @@ class LabConfig:
     def __post_init__(self):
         self.ks = sorted(set(self.ks))
         self.seeds = list(dict.fromkeys(self.seeds))  # a seed listed twice would count its run twice
+        self.train_sizes = sorted(set(self.train_sizes))
         _at_least("k", self.k, 0)
         _at_least("n_test", self.n_test, 1)
         _at_least("permutations", self.permutations, 1)
@@ -88,6 +93,8 @@ class LabConfig:
             raise LabError("seeds must name at least one seed", option="seeds")
         for seed in self.seeds:
             _at_least("seeds", seed, 0)
+        for size in self.train_sizes:
+            _at_least("train_sizes", size, 1)
         _one_of("style", self.style, STYLES)
         _one_of("task", self.task, TASKS)
         _one_of("dtype", self.dtype, DTYPES)

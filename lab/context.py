@@ -82,6 +82,11 @@ def check_config(config: LabConfig, experiment: str, out: Path) -> None:
     if config.ood and Path(config.ood).resolve() in (Path(config.train).resolve(), Path(config.test).resolve()):
         raise LabError("--ood names the --train or --test file; give a pool from another task or corpus, whose "
                        "inputs are out of this task's distribution")
+    if config.train_sizes and experiment != "finetune":
+        raise LabError(f"--train-sizes is read by the finetune experiment only; drop it for {experiment}")
+    if config.train_sizes and config.train_sizes[0] < config.k:
+        raise LabError(f"train size {config.train_sizes[0]} is smaller than k={config.k}: prompting could not "
+                       "pick k demonstrations from it")
     if experiment == "finetune" and config.adapter:
         raise LabError("the finetune experiment trains its adapter on the bare base model; "
                        "drop --adapter (it would only stack the new adapter on top of yours when scoring)")
@@ -93,6 +98,9 @@ def open_context(config: LabConfig, experiment: str, out: Path, progress: Progre
     check_config(config, experiment, out)
     data = load_data(config.train, config.test, config.n_test, config.task, ood=config.ood)
     check_fits(data, max_k(config, experiment))
+    if config.train_sizes and config.train_sizes[-1] > len(data.train):
+        raise LabError(f"train size {config.train_sizes[-1]} is larger than the training pool ({len(data.train)} "
+                       f"examples in {data.train.source})")
     chooser = DemoChooser(data.train, config.embedder, config.diversity)
     if experiment in EMBEDDING_EXPERIMENTS:
         chooser.embedder()  # a bad --embedder fails here, not after the model and the first conditions

@@ -84,11 +84,23 @@ def same_text(text: str) -> str:
 def without_inputs(pool: Pool, inputs: set[str]) -> Pool:
     """`pool` less the examples whose input (by `same_text`) is in `inputs`, renumbered; `pool` itself if none is."""
     kept = [example for example in pool.examples if same_text(example.input) not in inputs]
-    if len(kept) == len(pool):
-        return pool
+    return pool if len(kept) == len(pool) else with_examples(pool, kept)
+
+
+def with_examples(pool: Pool, kept: list) -> Pool:
+    """A pool of `kept` (examples of `pool`), renumbered, with `pool`'s task and origin."""
     examples = [replace(example, id=position) for position, example in enumerate(kept)]
     return Pool(examples=examples, task=pool.task, source=pool.source, skipped=pool.skipped,
                 duplicates=pool.duplicates)
+
+
+def nested_samples(pool: Pool, sizes: list[int], seed: int) -> dict[int, Pool]:
+    """For each size N, N examples of `pool` drawn with `seed`, each sample holding every smaller one
+    (the first N of one seeded shuffle), so a larger training set only adds rows."""
+    if sizes and sizes[-1] > len(pool):
+        raise ValueError(f"a sample of {sizes[-1]} from a pool of {len(pool)}")
+    order = random.Random(seed).sample(pool.examples, len(pool))
+    return {size: with_examples(pool, order[:size]) for size in sizes}
 
 
 def _read(path: str, flag: str) -> Pool:

@@ -38,6 +38,12 @@ class DemoChooser:
         self._embedder = None
         self._index = None
 
+    def over(self, pool: Pool) -> DemoChooser:
+        """A chooser of demonstrations from `pool` that shares this one's (loaded) embedder."""
+        chooser = DemoChooser(pool, self.embedder_spec, self.diversity)
+        chooser._embedder = self._embedder
+        return chooser
+
     def embedder(self):
         """The embedder, loaded once; a spec that names none is a LabError (checked before the model loads)."""
         if self._embedder is None:

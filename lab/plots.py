@@ -48,9 +48,11 @@ def box(groups: dict[str, list[float]], path: Path, title: str, ylabel: str = "a
 
 
 def curves(series: dict[str, dict[int, list[float]]], path: Path, title: str, xlabel: str,
-           ylabel: str = "accuracy") -> None:
+           ylabel: str = "accuracy", log_x: bool = False) -> None:
     """series: name -> {x: values over seeds}; plots the mean with a min-max band."""
     plt, fig, ax = _figure()
+    if log_x:
+        ax.set_xscale("log")
     for name, points in series.items():
         xs = sorted(points)
         means = [sum(points[x]) / len(points[x]) for x in xs]

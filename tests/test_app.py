@@ -78,6 +78,23 @@ def test_lab_tab_runs_an_experiment_and_lists_it(tmp_path):
     assert [run["experiment"] for run in runs] == ["labels"] and (Path(runs[0]["path"]) / "plot.png").is_file()
 
 
+def test_lab_tab_sweeps_finetuning_over_training_sizes(tmp_path):
+    from bot.models import load_model
+    from retrieval.library import PoolLibrary
+    from tiny import save_tiny
+
+    folder = save_tiny(tmp_path / "tiny")
+    service = ChatService(Generator(load_model(folder, dtype="float32")), PoolLibrary())
+    with launched(service, model_spec=folder) as url:
+        client = gradio_client(url)
+        lab = ("finetune", "sentiment", "sentiment", None, None, 2, 6, "0", 2, "base", "none")
+        with pytest.raises(Exception, match="training sizes must be whole numbers separated by spaces or commas, "
+                                            "got '8 lots'"):
+            client.predict(*lab, "8 lots", api_name="/lab")
+        report = client.predict(*lab, "4, 8", 2, api_name="/lab")
+    assert "Adapter training: 2 steps" in report and "| 4 | finetuned |" in report and "| 8 | both |" in report and "finetuned - prompting, 8 rows" in report
+
+
 def test_the_compare_tabs_seed_draws_its_random_demonstrations(tiny, tmp_path):
     """Seed 0 and seed 7 show the random sets that retrieval draws with those seeds (it was always seed 0)."""
     from retrieval.embedder import HashEmbedder

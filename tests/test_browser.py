@@ -243,10 +243,13 @@ def test_the_lab_shows_only_the_controls_and_the_description_of_the_picked_exper
         page.goto(url)
         page.get_by_role("tab", name="Lab").click()
         controls = {"k": page.locator("#lab-k"), "permutations": page.locator("#lab-permutations"),
-                    "ood": page.locator("#lab-ood")}
+                    "ood": page.locator("#lab-ood"), "train_sizes": page.locator("#lab-train-sizes"),
+                    "train_steps": page.locator("#lab-train-steps")}
         descriptions = {name: page.locator(f"#lab-about-{name}") for name in EXPERIMENTS}
         for experiment, shown, title in [("shots", set(), "Shots"), ("labels", {"k", "ood"}, "Labels"),
-                                         ("select", {"k"}, "Selection"), ("order", {"k", "permutations"}, "Order")]:
+                                         ("select", {"k"}, "Selection"), ("finetune", {"k", "train_sizes", "train_steps"},
+                                                                               "Fine-tuning"),
+                                         ("order", {"k", "permutations"}, "Order")]:
             page.locator("#lab-experiment input").click()
             page.get_by_role("option", name=experiment, exact=True).click()
             for name, control in controls.items():

@@ -232,6 +232,55 @@ def test_finetune(tmp_path, tiny):
     assert not any("lora" in name for name, _ in tiny.model.named_modules())
 
 
+def test_finetune_over_training_sizes(tmp_path, tiny):
+    """Each size trains its own adapter on nested samples of the pool, and prompting picks its kNN
+    demonstrations from the same rows: its predictions equal a fresh kNN run over that file alone."""
+    from tiny import save_tiny
+
+    from lab.data import load_data
+    from lab.demos import DemoChooser
+    from lab.predict import Case, Predictor
+    from lab.prompt import PromptFormat
+    from retrieval.pool import load_pool
+
+    model = save_tiny(tmp_path / "model")
+    folder = run_experiment("finetune", config(tmp_path, "sweep", model=model, train_steps=1, train_sizes=[6, 3]))
+    result = json.loads((folder / "result.json").read_text())
+    assert [(r["train_size"], r["condition"]) for r in result["results"]] == [
+        (size, condition) for size in (3, 6) for condition in ("prompting", "finetuned", "both")]
+    assert [t["train_size"] for t in result["trainings"]] == [3, 6]
+    assert all((folder / f"adapter-{size}" / "adapter_config.json").is_file() for size in (3, 6))
+    small, large = (load_pool(str(folder / f"train_pool-{size}.jsonl")) for size in (3, 6))
+    assert [e.input for e in small.examples] == [e.input for e in large.examples][:3]  # nested samples
+
+    data = load_data(result["config"]["train"], result["config"]["test"], result["n_test"])
+    predictor = Predictor(tiny.model, tiny.tokenizer, PromptFormat("plain"), data.labels)
+    full, few = DemoChooser(data.train, "hash"), DemoChooser(small, "hash")
+    demos = [few.for_query(item.input, 2, "knn", 0) for item in data.test]
+    assert demos != [full.for_query(item.input, 2, "knn", 0) for item in data.test]  # sanity: the rows matter
+    expected = predictor.predict([Case(d, item.input, item.output) for d, item in zip(demos, data.test)])
+    assert result["results"][0]["predictions"] == expected
+
+    names = [row["name"] for row in result["uncertainty"]["comparisons"]]
+    assert "finetuned - prompting, 3 rows" in names and "both - finetuned, 6 rows" in names
+    report = (folder / "report.md").read_text()
+    assert "| 3 | finetuned |" in report and "1 steps of 4 rows (4 rows seen, repeats included) per adapter" in report
+    assert "Passes over each training set (4 rows seen / its size): 3 rows: 1.3, 6 rows: 0.7. Below 1" in report
+
+
+@pytest.mark.parametrize("sizes, message", [
+    ([100], r"train size 100 is larger than the training pool \(8 examples in .*train.jsonl\)"),
+    ([1, 4], "train size 1 is smaller than k=2: prompting could not pick k demonstrations from it"),
+])
+def test_finetune_refuses_training_sizes_it_cannot_sample(tmp_path, tiny, sizes, message):
+    with pytest.raises(LabError, match=message):
+        run_experiment("finetune", config(tmp_path, "x", train_sizes=sizes), loaded=tiny)
+    with pytest.raises(LabError, match=r"train_sizes must be a whole number >= 1, got 0"):
+        config(tmp_path, "y", train_sizes=[0, 4])
+    with pytest.raises(LabError, match="--train-sizes is read by the finetune experiment only; drop it for labels"):
+        run_experiment("labels", config(tmp_path, "z", train_sizes=[4]), loaded=tiny)
+
+
 def test_adapter_folder_must_hold_an_adapter(tmp_path, tiny):
     with pytest.raises(LabError, match=r"is missing adapter_config.json"):
         run_experiment("labels", config(tmp_path, "x", adapter=str(tmp_path)), loaded=tiny)

@@ -49,15 +49,22 @@ def runs_folder():
 
 def parse_seeds(text: str) -> list[int]:
     """ "0 1, 2" -> [0, 1, 2], or a ValueError that says what a seed must be."""
+    return parse_numbers(text, "seeds", empty=False)
+
+
+def parse_numbers(text: str, what: str, empty: bool = True) -> list[int]:
+    """Whole numbers separated by spaces or commas ("" is [] where `empty`), or a ValueError naming `what`."""
     parts = text.replace(",", " ").split()
     bad = [part for part in parts if not part.isdigit()]
-    if not parts or bad:
-        raise ValueError(f"seeds must be whole numbers separated by spaces or commas, got '{text.strip()}'")
+    if (not parts and not empty) or bad:
+        raise ValueError(f"{what} must be whole numbers separated by spaces or commas, got '{text.strip()}'")
     return [int(part) for part in parts]
 
 
 def lab_tab(service, model_spec: str) -> dict:
     """Build the tab; return its adapter picker and runs table so that the app can keep them up to date."""
+    from bot.docstrings import field_default
+    from lab.config import LabConfig
     from lab.runner import EXPERIMENTS
 
     runs = runs_folder()
@@ -77,6 +84,9 @@ def lab_tab(service, model_spec: str) -> dict:
             k = gr.Slider(0, 8, value=4, step=1, label=t("k"), elem_id="lab-k")
             n_test = gr.Slider(4, 500, value=40, step=1, label=t("n_test"))
             seeds = gr.Textbox("0 1", label=t("seeds"))
+            train_sizes = gr.Textbox("", label=t("train_sizes"), visible=False, elem_id="lab-train-sizes")
+            train_steps = gr.Slider(1, 2000, value=field_default(LabConfig, "train_steps"), step=1,
+                                    label=t("lab_train_steps"), visible=False, elem_id="lab-train-steps")
             permutations = gr.Slider(1, 120, value=24, step=1, label=t("permutations"),  # order is the first shown
                                      elem_id="lab-permutations")
             adapter = gr.Dropdown(service.adapter_choices(), value="base", label=t("adapter"))
@@ -89,8 +99,7 @@ def lab_tab(service, model_spec: str) -> dict:
                          label=t("earlier_runs"), interactive=False)
 
     def start(experiment, train, test, train_file, test_file, k, n_test, seeds, permutations, adapter, ood=NO_OOD,
-              progress=gr.Progress()):
-        from lab.config import LabConfig
+              train_sizes="", train_steps=None, progress=gr.Progress()):
         from lab.runner import PLOT_LINK, run_experiment
 
         try:
@@ -99,6 +108,8 @@ def lab_tab(service, model_spec: str) -> dict:
                 k=int(k), n_test=int(n_test), seeds=parse_seeds(seeds),
                 permutations=int(permutations), embedder="default", out=None, **model_fields(service, adapter),
                 ood=pools[ood] if experiment == "labels" and ood in pools else None,
+                train_sizes=parse_numbers(train_sizes or "", "training sizes") if experiment == "finetune" else [],
+                train_steps=int(train_steps or field_default(LabConfig, "train_steps")),
             )
             folder = run_experiment(experiment, config, progress=lambda fraction, what: progress(fraction, desc=what),
                                     runs=runs)
@@ -116,15 +127,17 @@ def lab_tab(service, model_spec: str) -> dict:
     def controls(name):
         """The experiment's description (one per experiment, so that each is translated), and only the
         controls it reads: shots sweeps its own ks, only order scores permutations, only labels takes
-        out-of-distribution inputs."""
+        out-of-distribution inputs, only finetune trains (its steps, its sweep over training sizes)."""
         shown = [gr.update(visible=name == other) for other in about]
         return (*shown, gr.update(visible=name != "shots"), gr.update(visible=name == "order"),
-                gr.update(visible=name == "labels"))
+                gr.update(visible=name == "labels"), *[gr.update(visible=name == "finetune")] * 2)
 
-    experiment.change(controls, experiment, [*about.values(), k, permutations, ood], api_name=False)
+    experiment.change(controls, experiment, [*about.values(), k, permutations, ood, train_sizes, train_steps],
+                      api_name=False)
     # The report is the run's output, where its progress and any error show; the plot and the runs list
     # follow once it succeeded (Gradio marks a failed event's every output "Error", the list included).
-    run.click(start, [experiment, train, test, train_file, test_file, k, n_test, seeds, permutations, adapter, ood],
+    run.click(start, [experiment, train, test, train_file, test_file, k, n_test, seeds, permutations, adapter, ood,
+                      train_sizes, train_steps],
               [report, finished], api_name="lab", concurrency_limit=1,
               ).success(show_run, finished, [plot, table], api_name=False)
     return {"adapter": adapter, "runs": table}
