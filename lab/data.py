@@ -97,8 +97,8 @@ def with_examples(pool: Pool, kept: list) -> Pool:
 def nested_samples(pool: Pool, sizes: list[int], seed: int) -> dict[int, Pool]:
     """For each size N, N examples of `pool` drawn with `seed`, each sample holding every smaller one
     (the first N of one seeded shuffle), so a larger training set only adds rows."""
-    if sizes and sizes[-1] > len(pool):
-        raise ValueError(f"a sample of {sizes[-1]} from a pool of {len(pool)}")
+    if sizes and max(sizes) > len(pool):
+        raise ValueError(f"a sample of {max(sizes)} from a pool of {len(pool)}")
     order = random.Random(seed).sample(pool.examples, len(pool))
     return {size: with_examples(pool, order[:size]) for size in sizes}
 

@@ -130,7 +130,11 @@ SPLIT_NAMES = {"train", "test", "dev", "validation", "pool", "data"}
 def render_report(record: dict, table: str) -> str:
     config = record["config"]
     shots = f"ks={config['ks']}" if record["experiment"] == "shots" else f"k={config['k']}"  # shots sweeps ks
-    seeds = "" if record["experiment"] == "finetune" else f", seeds={config['seeds']}"  # finetune draws no sets
+    seeds = f", seeds={config['seeds']}"
+    if record["experiment"] == "finetune":  # it draws no demonstration sets; a sweep draws its samples
+        sizes = config.get("train_sizes")
+        seeds = f", train_sizes={sizes} (sampled with seed {config['seeds'][0]}), train_steps={config['train_steps']}" \
+            if sizes else f", train_steps={config['train_steps']}"
     train, test = shown_path(config["train"]), shown_path(config["test"])
     duplicates = record.get("train_duplicates", 0)  # runs from before 2026-11-27 do not record it
     dropped = f"; {duplicates} exact {'duplicate' if duplicates == 1 else 'duplicates'} dropped" if duplicates else ""

@@ -64,11 +64,15 @@ def test_order(tmp_path, tiny):
     assert means["set 0, all orders"] == pytest.approx(result["sets"][0]["mean"])
     assert means["set 0, GlobalE pick"] == pytest.approx(lu["globale"]["accuracy"])
     assert means["set 1, LocalE pick"] == pytest.approx(result["sets"][1]["lu"]["locale"]["accuracy"])
+    runs = {row["name"]: row["runs"] for row in result["uncertainty"]["intervals"]}
+    assert runs["set 0, all orders"] == 1  # all 3! orders were scored: their mean is exact, not redrawn
 
 
 def test_order_samples_when_k_is_large(tmp_path, tiny):
     result = run(tmp_path, tiny, "order", k=4, permutations=5, seeds=[0])
     assert len({tuple(p["order"]) for p in result["permutations"]}) == 5
+    runs = {row["name"]: row["runs"] for row in result["uncertainty"]["intervals"]}
+    assert runs["set 0, all orders"] == 5  # a sample of 5 of the 24 orders: they are redrawn
 
 
 def test_shots(tmp_path, tiny):
@@ -265,7 +269,8 @@ def test_finetune_over_training_sizes(tmp_path, tiny):
     assert "finetuned - prompting, 3 rows" in names and "both - finetuned, 6 rows" in names
     report = (folder / "report.md").read_text()
     assert "| 3 | finetuned |" in report and "1 steps of 4 rows (4 rows seen, repeats included) per adapter" in report
-    assert "Passes over each training set (4 rows seen / its size): 3 rows: 1.3, 6 rows: 0.7. Below 1" in report
+    assert "Passes over each training set: 3 rows: 1.0, 6 rows: 0.5. Below 1" in report  # 1 step of 4: 3 or 4 of 6 rows
+    assert [(t["examples"], t["steps"]) for t in result["trainings"]] == [(3, 1), (6, 1)]
 
 
 @pytest.mark.parametrize("sizes, message", [

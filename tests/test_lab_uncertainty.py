@@ -49,8 +49,43 @@ def test_same_predictions_differ_by_nothing_and_opposite_ones_surely():
     row = bernoulli(50, 0.5, seed=3)
     assert compare(row, row) == {"difference": 0.0, "low": 0.0, "high": 0.0, "p": 1.0}
     right, wrong = np.ones(50, dtype=bool), np.zeros(50, dtype=bool)
-    assert compare(right, wrong) == {"difference": 1.0, "low": 1.0, "high": 1.0, "p": 0.0}
-    assert shown_p(0.0) == "< 0.001" and shown_p(0.0421) == "0.042"
+    assert compare(right, wrong) == {"difference": 1.0, "low": 1.0, "high": 1.0, "p": 1 / (uncertainty.DRAWS + 1)}
+    assert shown_p(compare(right, wrong)["p"]) == "< 0.001" and shown_p(0.0421) == "0.042"
+
+
+def test_one_run_gets_wilsons_interval():
+    """By hand: 4 of 4 right is 0.510 to 1 (not the bootstrap's 1 to 1); 0 of 4 mirrors it."""
+    assert interval(np.ones(4, dtype=bool)) == pytest.approx({"mean": 1.0, "low": 0.5101, "high": 1.0, "runs": 1},
+                                                             abs=1e-4)
+    assert interval(np.zeros(4, dtype=bool)) == pytest.approx({"mean": 0.0, "low": 0.0, "high": 0.4899, "runs": 1},
+                                                              abs=1e-4)
+
+
+@pytest.mark.parametrize("items, wins, losses", [(40, 3, 0), (40, 8, 2), (100, 10, 3), (200, 30, 15)])
+def test_p_of_two_single_runs_is_mcnemars_exact_test(items, wins, losses):
+    """Two single runs on the same items: the sign-flip p is McNemar's exact two-sided p (a binomial
+    over the items the two sides disagree on), up to the randomness of its draws."""
+    a = np.zeros(items, dtype=bool)
+    b = np.zeros(items, dtype=bool)
+    a[:wins] = True
+    b[wins:wins + losses] = True
+    a[wins + losses:wins + losses + items // 3] = b[wins + losses:wins + losses + items // 3] = True  # both right
+    n = wins + losses
+    exact = min(1.0, 2 * sum(math.comb(n, i) for i in range(min(wins, losses) + 1)) / 2 ** n)
+    assert compare(a, b)["p"] == pytest.approx(exact, abs=0.025)
+
+
+def test_several_runs_against_a_brute_force_recount():
+    """The bootstrap of three runs redone by hand from the same generator calls: per draw, the items
+    repeated as drawn, and the mean over the runs drawn."""
+    rows = np.stack([bernoulli(30, p, seed=40 + i) for i, p in enumerate([0.3, 0.6, 0.8])])
+    generator = np.random.default_rng(0)
+    weights = generator.multinomial(30, np.full(30, 1 / 30), size=uncertainty.DRAWS)
+    picks = generator.integers(0, 3, size=(uncertainty.DRAWS, 3))
+    means = [np.mean([rows[run, np.repeat(np.arange(30), w)].mean() for run in runs]) for w, runs in zip(weights, picks)]
+    got = interval(rows)
+    assert got["low"] == pytest.approx(np.quantile(means, 0.025)) and got["high"] == pytest.approx(np.quantile(means, 0.975))
+    assert got["mean"] == pytest.approx(rows.mean()) and got["runs"] == 3
 
 
 def test_seeds_widen_the_interval_by_their_own_spread():
@@ -83,27 +118,14 @@ def test_paired_seeds_cancel_what_the_two_sides_share():
         compare(base, other[:, :5])
 
 
-def test_p_is_twice_the_far_side_of_the_draws():
-    """The p-value against a brute-force recount of the same draws, redrawn here from the same
-    generator calls as `compare` makes for one run per side."""
-    a, b = bernoulli(60, 0.6, seed=4), bernoulli(60, 0.5, seed=5)
-    generator = np.random.default_rng(0)
-    differences = []
-    for weights in generator.multinomial(60, np.full(60, 1 / 60), size=uncertainty.DRAWS):
-        picked = np.repeat(np.arange(60), weights)
-        differences.append(a[picked].mean() - b[picked].mean())
-    differences = np.array(differences)
-    far = min((differences <= 0).sum(), (differences >= 0).sum())
-    got = compare(a, b)
-    assert got["p"] == pytest.approx(min(1.0, 2 * far / uncertainty.DRAWS))
-    assert got["low"] == pytest.approx(np.quantile(differences, 0.025))
-    assert 0 < got["p"] < 1  # sanity: this case is neither sure nor hopeless
-
-
 def test_summarise_and_the_report_section():
     rows = {"gold": bernoulli(40, 0.8, 6)[None], "none": bernoulli(40, 0.4, 7)[None]}
     summary = summarise(rows, [("gold - none", "gold", "none", False)])
     assert [row["name"] for row in summary["intervals"]] == ["gold", "none"]
     assert summary["comparisons"][0]["difference"] == pytest.approx(rows["gold"].mean() - rows["none"].mean())
     text = section(summary)
-    assert "| gold | " in text and "| gold - none | +" in text and "95% intervals from 2,000" in text
+    assert "| gold | " in text and "| gold - none | +" in text and "2,000 bootstrap draws" in text
+    assert summary["items"] == 40 and "rough" not in text and "seeds, redrawing them" not in text
+    few = section(summarise({"gold": np.stack([bernoulli(12, 0.5, s) for s in (8, 9)])}, []))
+    assert "Only 12 test items: every interval and p here is rough" in few
+    assert "With 2 seeds, redrawing them sees only part of the spread" in few

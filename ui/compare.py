@@ -28,7 +28,7 @@ def compare_tab(service) -> dict:
                 control.render()
             max_new_tokens = gr.Slider(1, 1024, value=128, step=1, label=t("max_new_tokens"))
             temperature = gr.Slider(0, MAX_TEMPERATURE, value=0, step=0.05, label=t("temperature"))
-            seed = gr.Number(0, precision=0, label=t("seed"))
+            seed = gr.Number(0, precision=0, minimum=0, label=t("seed"))
             system = gr.Textbox(label=t("system_prompt"), value=DEFAULT_SYSTEM, lines=2)  # the Chat tab's default
     with gr.Row():
         answers = [gr.Textbox(label=f"#{i + 1}", lines=6, visible=i == 0, elem_id=f"compare-answer-{i}")

@@ -109,7 +109,7 @@ def lab_tab(service, model_spec: str) -> dict:
                 permutations=int(permutations), embedder="default", out=None, **model_fields(service, adapter),
                 ood=pools[ood] if experiment == "labels" and ood in pools else None,
                 train_sizes=parse_numbers(train_sizes or "", "training sizes") if experiment == "finetune" else [],
-                train_steps=int(train_steps or field_default(LabConfig, "train_steps")),
+                train_steps=field_default(LabConfig, "train_steps") if train_steps is None else int(train_steps),
             )
             folder = run_experiment(experiment, config, progress=lambda fraction, what: progress(fraction, desc=what),
                                     runs=runs)

@@ -20,6 +20,7 @@ demonstrations, which cannot use more than k of the rows however many there are?
 from __future__ import annotations
 
 import json
+import math
 import time
 from pathlib import Path
 
@@ -97,8 +98,18 @@ def _one_size(ctx: LabContext, pool: Pool, name: str, say) -> tuple[list[dict], 
     say(0.8, "scoring with the adapter")
     rows.append(_measure(ctx, chat, "finetuned", [()] * len(ctx.data.test)))
     rows.append(_measure(ctx, chat, "both", demos))
-    return ([{**row, "train_size": len(pool)} for row in rows],
-            {"train_size": len(pool), "adapter": str(adapter), "seconds": seconds})
+    return [{**row, "train_size": len(pool)} for row in rows], _training(len(pool), adapter, seconds)
+
+
+def _training(size: int, adapter: Path, seconds: float) -> dict:
+    """What the trainer did with `size` rows: it keeps those within TRAIN_MAX_LENGTH, and each pass over
+    them ends with a short batch, so a pass is ceil(examples / TRAIN_BATCH) steps."""
+    from adapters.metadata import AdapterMetadata
+
+    meta = AdapterMetadata.read(adapter)
+    passes = meta.steps / math.ceil(meta.examples / TRAIN_BATCH) if meta.examples else 0.0
+    return {"train_size": size, "examples": meta.examples, "steps": meta.steps, "passes": passes,
+            "adapter": str(adapter), "seconds": seconds}
 
 
 def _measure(ctx: LabContext, predictor: Predictor, condition: str, demos: list) -> dict:
@@ -142,12 +153,14 @@ def table(result: dict) -> str:
     lines.append(f"\nAdapter training: {result['train_steps']} steps{rows}{each}, {result['train_seconds']:.0f} s "
                  "in all. Prompting uses the run's --style; both adapter conditions use the chat style they were "
                  "trained in." + (" kNN picks from the same rows the adapter trained on." if sweep else ""))
-    if sweep and seen:
-        passes = ", ".join(f"{t['train_size']} rows: {seen / t['train_size']:.1f}" for t in result["trainings"])
-        lines.append(f"\nPasses over each training set ({seen} rows seen / its size): {passes}." + (
+    if sweep:
+        passes = ", ".join(f"{t['train_size']} rows: {t['passes']:.1f}" for t in result["trainings"])
+        short = min(t["passes"] for t in result["trainings"]) < 1
+        lines.append(f"\nPasses over each training set: {passes}." + (
             " Below 1, that adapter never saw all its rows, so the sweep understates what they can teach: "
-            "raise the training steps (--train-steps) to at least the largest size / 4." if seen < result["trainings"][-1]["train_size"]
-            else ""))
+            f"raise the training steps (--train-steps) to at least the largest size / {TRAIN_BATCH}." if short else ""))
+        lines.append("\nThe intervals below count the test items only: each size is one sample of the pool and one "
+                     "training run, and another sample or seed would move its numbers too.")
     return "\n".join(lines)
 
 

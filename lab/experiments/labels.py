@@ -76,7 +76,7 @@ def _means(results: list[dict]) -> dict:
 COMPARISONS = (
     ("gold - random labels: does label correctness matter?", "gold", "random", True),
     ("gold - none: do demonstrations help at all?", "gold", "none", False),
-    ("random - none: do wrong-label demonstrations still help?", "random", "none", False),
+    ("random - none: do random-label demonstrations still help?", "random", "none", False),
     ("random - ood: does the inputs' distribution matter?", "random", "ood", True),
 )
 

@@ -7,6 +7,7 @@ model wrote itself, and the chosen orders' accuracies are set against the permut
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict
 from pathlib import Path
 
@@ -63,13 +64,15 @@ def _lu_remedy(ctx: LabContext, demos, orders, permutations: list[dict], seed: i
 
 
 def uncertainty(result: dict, golds: list[str]) -> dict:
-    """Per set, the accuracy of an order drawn from those scored, and the GlobalE and LocalE picks
-    against it: does the pick beat a random order by more than the test sample's noise?"""
+    """Per set, the mean accuracy over its orders, and the GlobalE and LocalE picks against it: does
+    the pick beat a random order by more than the test sample's noise? Where every order was scored,
+    their mean is exact (only the items are redrawn); where a sample was, the orders are redrawn too."""
     rows, pairs = {}, []
     for entry in result["sets"]:
         orders = {tuple(p["order"]): hits(p["predictions"], golds) for p in entry["permutations"]}
         name = f"set {entry['seed']}, all orders"
-        rows[name] = np.stack(list(orders.values()))
+        every = np.stack(list(orders.values()))
+        rows[name] = every.mean(axis=0) if len(orders) == math.factorial(len(entry["demos"])) else every
         for criterion, shown in (("globale", "GlobalE"), ("locale", "LocalE")):
             if "lu" in entry:
                 pick = f"set {entry['seed']}, {shown} pick"
