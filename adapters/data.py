@@ -69,7 +69,7 @@ def _table_records(path: Path) -> list[dict]:
     from retrieval.rows import MissingColumnError, PoolError, read_rows
 
     try:
-        rows, errors = read_rows(path, "input", "output")
+        rows, errors = read_rows(path, "input", "output", max_chars=None)  # long rows are cut by --max-length
     except MissingColumnError as error:
         raise DataError(f"{error}; a table of training data needs the columns 'input' and 'output'") from None
     except PoolError as error:

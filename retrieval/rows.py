@@ -55,8 +55,11 @@ class RowError:
     message: str
 
 
-def read_rows(path: Path, input_field: str, output_field: str) -> tuple[list[Row], list[RowError]]:
-    """Parse a pool file by its suffix; raise PoolError for problems with the file as a whole."""
+def read_rows(path: Path, input_field: str, output_field: str,
+              max_chars: int | None = MAX_RECORD_CHARS) -> tuple[list[Row], list[RowError]]:
+    """Parse a pool file by its suffix; raise PoolError for problems with the file as a whole.
+    `max_chars` bounds a row's input and output together (None: no bound, for training data, which
+    the trainer cuts by tokens)."""
     kind = FORMATS.get(path.suffix.lower())
     if kind is None:
         raise PoolError(f"{path.name}: unknown pool format '{path.suffix}'; use one of: {', '.join(FORMATS)}")
@@ -64,13 +67,13 @@ def read_rows(path: Path, input_field: str, output_field: str) -> tuple[list[Row
     if size > MAX_POOL_BYTES:
         raise PoolError(f"{path.name}: the file is {size:,} bytes; the limit for a pool is {MAX_POOL_BYTES:,} bytes")
     if kind == "jsonl":
-        return _jsonl_rows(path, input_field, output_field)
+        return _jsonl_rows(path, input_field, output_field, max_chars)
     text = _read_utf8(path)
     if not text.strip():
         raise _empty(path)
     if kind == "json":
-        return _json_array_rows(path, text, input_field, output_field)
-    return _table_rows(path, text, "\t" if kind == "tsv" else ",", input_field, output_field)
+        return _json_array_rows(path, text, input_field, output_field, max_chars)
+    return _table_rows(path, text, "\t" if kind == "tsv" else ",", input_field, output_field, max_chars)
 
 
 def _empty(path: Path) -> PoolError:
@@ -92,7 +95,8 @@ def _decode(path: Path, data: bytes, first_line: int) -> str:
         ) from error
 
 
-def check_row(record: object, input_field: str, output_field: str) -> Row | str:
+def check_row(record: object, input_field: str, output_field: str,
+              max_chars: int | None = MAX_RECORD_CHARS) -> Row | str:
     """A valid row, or the message saying why the record is not one."""
     if not isinstance(record, dict):
         return f"expected an object with '{input_field}' and '{output_field}', got {type(record).__name__}"
@@ -110,16 +114,16 @@ def check_row(record: object, input_field: str, output_field: str) -> Row | str:
         if not value.strip():
             return f"field '{name}' is empty"
     length = len(values[0]) + len(values[1])
-    if length > MAX_RECORD_CHARS:
-        return f"input and output are {length:,} characters; the limit is {MAX_RECORD_CHARS:,} per row"
+    if max_chars is not None and length > max_chars:
+        return f"input and output are {length:,} characters; the limit is {max_chars:,} per row"
     extra = {key: value for key, value in record.items() if key not in (input_field, output_field)}
     return values[0], values[1], extra
 
 
-def _collect(numbered: list[tuple[int, object]], input_field: str, output_field: str):
+def _collect(numbered: list[tuple[int, object]], input_field: str, output_field: str, max_chars: int | None):
     rows, errors = [], []
     for line, record in numbered:
-        checked = record if isinstance(record, RowError) else check_row(record, input_field, output_field)
+        checked = record if isinstance(record, RowError) else check_row(record, input_field, output_field, max_chars)
         if isinstance(checked, RowError):
             errors.append(checked)
         elif isinstance(checked, str):
@@ -129,7 +133,7 @@ def _collect(numbered: list[tuple[int, object]], input_field: str, output_field:
     return rows, errors
 
 
-def _jsonl_rows(path: Path, input_field: str, output_field: str):
+def _jsonl_rows(path: Path, input_field: str, output_field: str, max_chars: int | None):
     numbered: list[tuple[int, object]] = []
     with path.open("rb") as handle:
         for line, data in enumerate(_bounded_lines(handle), start=1):
@@ -145,7 +149,7 @@ def _jsonl_rows(path: Path, input_field: str, output_field: str):
                 numbered.append((line, RowError(line, f"not valid JSON ({error.msg} at column {error.colno})")))
     if not numbered:
         raise _empty(path)
-    return _collect(numbered, input_field, output_field)
+    return _collect(numbered, input_field, output_field, max_chars)
 
 
 def _bounded_lines(handle: BinaryIO) -> Iterator[bytes | None]:
@@ -160,7 +164,7 @@ def _bounded_lines(handle: BinaryIO) -> Iterator[bytes | None]:
         yield None
 
 
-def _json_array_rows(path: Path, text: str, input_field: str, output_field: str):
+def _json_array_rows(path: Path, text: str, input_field: str, output_field: str, max_chars: int | None):
     try:
         records = json.loads(text)
     except json.JSONDecodeError as error:
@@ -169,7 +173,7 @@ def _json_array_rows(path: Path, text: str, input_field: str, output_field: str)
         raise PoolError(f"{path.name}: expected a JSON array of records, got {type(records).__name__}")
     lines = _record_start_lines(text, len(records))
     numbered = [(lines[i], _from_alpaca(record, input_field)) for i, record in enumerate(records)]
-    return _collect(numbered, input_field, output_field)
+    return _collect(numbered, input_field, output_field, max_chars)
 
 
 def _from_alpaca(record: object, input_field: str) -> object:
@@ -198,17 +202,17 @@ def _record_start_lines(text: str, count: int) -> list[int]:
     return lines
 
 
-def _table_rows(path: Path, text: str, delimiter: str, input_field: str, output_field: str):
+def _table_rows(path: Path, text: str, delimiter: str, input_field: str, output_field: str, max_chars: int | None):
     csv.field_size_limit(max(csv.field_size_limit(), len(text)))  # a long cell is data, as in a JSONL pool
     reader = csv.DictReader(io.StringIO(text, newline=""), delimiter=delimiter)
     try:
-        return _table_records(path, reader, input_field, output_field)
+        return _table_records(path, reader, input_field, output_field, max_chars)
     except csv.Error as error:  # e.g. a cell over csv.field_size_limit(); the reader cannot resume after it
         # the inner reader's line number: DictReader updates its own only after a good row
         raise PoolError(f"{path.name}: line {reader.reader.line_num}: not readable as a table ({error})") from error
 
 
-def _table_records(path: Path, reader: csv.DictReader, input_field: str, output_field: str):
+def _table_records(path: Path, reader: csv.DictReader, input_field: str, output_field: str, max_chars: int | None):
     header = reader.fieldnames or []
     for name in (input_field, output_field):
         if name not in header:
@@ -223,4 +227,4 @@ def _table_records(path: Path, reader: csv.DictReader, input_field: str, output_
             numbered.append((reader.line_num, RowError(reader.line_num, "fewer cells than header columns")))
             continue
         numbered.append((reader.line_num, record))
-    return _collect(numbered, input_field, output_field)
+    return _collect(numbered, input_field, output_field, max_chars)

@@ -198,6 +198,23 @@ def test_a_pool_table_is_training_data_and_its_problems_are_named(tmp_path):
         load_conversations(tmp_path / "empty.csv")
 
 
+def test_a_long_row_is_training_data_in_a_table_as_in_jsonl(tmp_path):
+    """A row over a pool's 20,000-character limit is refused as a demonstration but is training data
+    in any format (the trainer cuts it to --max-length tokens and says so)."""
+    from adapters.data import load_conversations
+    from retrieval.pool import PoolError, load_pool
+    from retrieval.rows import MAX_RECORD_CHARS
+
+    long = "word " * (MAX_RECORD_CHARS // 5 + 10)
+    table, lines = tmp_path / "long.csv", tmp_path / "long.jsonl"
+    table.write_text(f"input,output\nsummarise this,{long}\n")
+    lines.write_text(json.dumps({"input": "summarise this", "output": long}) + "\n")
+    assert load_conversations(table) == load_conversations(lines)
+    assert load_conversations(table)[0][1]["content"] == long
+    with pytest.raises(PoolError, match="limit is 20,000 per row"):
+        load_pool(str(table))  # as a pool it is still refused
+
+
 @pytest.mark.parametrize("content, message", [(None, "data file '.*none.jsonl' does not exist"),
                                               ("folder", "data file '.*none.jsonl' is a folder; give the file inside it"),
                                               ("", "data file '.*none.jsonl' holds no records")])
