@@ -8,6 +8,8 @@ The index is built lazily, once per run, because embedding the pool is the slow 
 
 from __future__ import annotations
 
+from dataclasses import asdict
+
 from lab.errors import LabError
 from lab.prompt import Demo
 from retrieval.order import order_demos
@@ -19,6 +21,11 @@ SELECTIONS = ("random", "knn", "mmr")
 
 def as_demos(chosen) -> tuple[Demo, ...]:
     return tuple(Demo(item.input, item.output) for item in chosen)
+
+
+def shown_per_item(per_item: list[tuple[Demo, ...]]) -> list[list[dict]]:
+    """What result.json records of per-item demonstrations: each test item's, in prompt order."""
+    return [[asdict(demo) for demo in demos] for demos in per_item]
 
 
 def random_set(pool: Pool, k: int, seed: int) -> tuple[Demo, ...]:

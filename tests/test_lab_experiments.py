@@ -146,8 +146,23 @@ def test_out_of_distribution_inputs_are_refused_where_they_cannot_be_used(tmp_pa
 
 
 def test_select(tmp_path, tiny):
+    """Each row records what its prompts showed: per item for kNN and MMR (as a fresh chooser picks
+    them), one set for random."""
+    from dataclasses import asdict
+
+    from lab.data import load_data
+    from lab.demos import DemoChooser
+
     result = run(tmp_path, tiny, "select")
     assert {r["selection"] for r in result["results"]} == {"knn", "mmr", "random"}
+    data = load_data(result["config"]["train"], result["config"]["test"], result["n_test"])
+    chooser = DemoChooser(data.train, "hash")
+    rows = {(r["selection"], r["seed"]): r for r in result["results"]}
+    for selection in ("knn", "mmr"):
+        expected = [[asdict(d) for d in chooser.for_query(item.input, 2, selection, 0)] for item in data.test]
+        assert rows[selection, None]["shown"] == expected
+    assert rows["knn", None]["shown"] != rows["mmr", None]["shown"]  # sanity: the two pick differently
+    assert rows["random", 1]["shown"] == [asdict(d) for d in chooser.for_query("", 2, "random", 1)]
     assert interval_means(result) == pytest.approx({"kNN": result["means"]["knn"], "MMR": result["means"]["mmr"],
                                                     "random": result["means"]["random"]})
 

@@ -6,12 +6,14 @@ index of the pool (most similar last) and do not depend on the seed, so they run
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 
 from lab import plots
 from lab.context import LabContext
+from lab.demos import shown_per_item
 from lab.uncertainty import hits, summarise
 
 SELECTIONS = ("knn", "mmr", "random")
@@ -25,9 +27,10 @@ def run(ctx: LabContext) -> dict:
         for seed in seeds:
             demos = [ctx.chooser.for_query(item.input, config.k, selection, seed or 0) for item in ctx.data.test]
             outcome = ctx.evaluate(demos)
+            # random shows one set to every item; kNN and MMR one set per item, as the prompt lists them
+            shown = [asdict(d) for d in demos[0]] if selection == "random" else shown_per_item(demos)
             results.append({"selection": selection, "seed": seed, "accuracy": outcome["accuracy"],
-                            "predictions": outcome["predictions"],
-                            "seconds": outcome["seconds"]})
+                            "predictions": outcome["predictions"], "seconds": outcome["seconds"], "shown": shown})
         ctx.progress((index + 1) / len(SELECTIONS), f"{selection} done")
     return {"results": results, "means": _means(results)}
 

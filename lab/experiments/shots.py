@@ -16,6 +16,7 @@ import numpy as np
 
 from lab import plots
 from lab.context import LabContext
+from lab.demos import shown_per_item
 from lab.uncertainty import hits, summarise
 
 SELECTIONS = ("random", "knn")
@@ -35,7 +36,7 @@ def run(ctx: LabContext) -> dict:
             demos = largest[seed][:k]
             results.append({**_row(k, "random", seed, ctx.evaluate(demos)), "shown": [asdict(d) for d in demos]})
         per_item = [ctx.chooser.for_query(item.input, k, "knn", 0) for item in ctx.data.test]
-        results.append(_row(k, "knn", None, ctx.evaluate(per_item)))
+        results.append({**_row(k, "knn", None, ctx.evaluate(per_item)), "shown": shown_per_item(per_item)})
         ctx.progress((index + 1) / len(config.ks), f"k={k} done")
     return {"results": results}
 
