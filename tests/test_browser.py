@@ -28,6 +28,9 @@ def tiny_url(tiny):
 
 @pytest.mark.parametrize("locale, title, tab", [("en-US", "In-context learning", "Chat"), ("zh-CN", "上下文学习", "对话")])
 def test_interface_language_follows_the_browser(tiny_url, locale, title, tab):
+    from ui.text import EN, ZH
+
+    text = ZH if locale.startswith("zh") else EN
     with browser() as chromium:
         page = chromium.new_page(locale=locale)
         page.goto(tiny_url)
@@ -35,6 +38,12 @@ def test_interface_language_follows_the_browser(tiny_url, locale, title, tab):
         expect(page.locator("#title")).to_contain_text(title)
         expect(page.get_by_role("tab", name=tab)).to_have_count(1)
         expect(page.locator("#model-name textarea, #model-name input").first).to_have_value(re.compile("tiny-llama"))
+        expect(page.locator("#chat-input")).to_contain_text(text["message"])  # the box's label, for screen readers
+        # "no pool" is a choice shown in the page's language, also once the page's load has replaced the choices
+        pool = page.get_by_label(text["pool"], exact=True)
+        expect(pool).to_have_value(text["no_pool"])
+        pool.click()
+        expect(page.get_by_role("option", name=text["no_pool"], exact=True)).to_have_count(1)
 
 
 def test_html_in_messages_is_shown_as_text_and_never_runs(tiny_url):
@@ -261,6 +270,9 @@ def test_the_lab_shows_only_the_controls_and_the_description_of_the_picked_exper
         chinese.goto(url)
         chinese.get_by_role("tab", name="实验室").click()
         expect(chinese.locator("#lab-about-order")).to_contain_text("示例顺序：")
+        chinese.locator("#lab-experiment input").click()
+        chinese.get_by_role("option", name="labels", exact=True).click()
+        expect(chinese.locator("#lab-ood input")).to_have_value("无")  # no out-of-distribution pool
 
 
 def test_the_second_turn_is_sent_with_the_first(tiny):

@@ -20,9 +20,10 @@ FAILED = "⚠️ "
 
 
 
-def pool_choices(service) -> list[str]:
-    """The pool picker's choices: no pool, then the pools the service offers."""
-    return [NO_POOL, *service.pool_choices()]
+def pool_choices(service) -> list:
+    """The pool picker's choices: no pool (its value NO_POOL, shown in the page's language), then the
+    pools the service offers."""
+    return [(t("no_pool"), NO_POOL), *service.pool_choices()]
 
 
 def settings_from(max_new_tokens, temperature, top_p, seed=None):
@@ -145,8 +146,8 @@ def chat_tab(service) -> dict:
     gr.ChatInterface(
         respond,
         chatbot=EscapingChatbot(label=t("chat_box"), height=420, elem_id="chatbot"),
-        textbox=gr.Textbox(placeholder=t("type_message"), elem_id="chat-input", show_label=False, scale=7,
-                           submit_btn=True, stop_btn=True),
+        textbox=gr.Textbox(placeholder=t("type_message"), label=t("message"), elem_id="chat-input", show_label=False,
+                           scale=7, submit_btn=True, stop_btn=True),  # the label is for screen readers
         validator=check_message,
         additional_inputs=[system, max_new_tokens, temperature, top_p, adapter, *few.values(), demo_seed],
         additional_inputs_accordion=gr.Accordion(t("settings"), open=False, render=False),

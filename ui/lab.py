@@ -76,7 +76,8 @@ def lab_tab(service, model_spec: str) -> dict:
                      for name in EXPERIMENTS}
             train = gr.Dropdown(list(pools), value="sentiment", label=t("train_pool"))
             test = gr.Dropdown(list(pools), value="sentiment", label=t("test_pool"))
-            ood = gr.Dropdown([NO_OOD, *pools], value=NO_OOD, label=t("ood_pool"), visible=False, elem_id="lab-ood")
+            ood = gr.Dropdown([(t("no_ood"), NO_OOD), *pools], value=NO_OOD, label=t("ood_pool"), visible=False,
+                              elem_id="lab-ood")
             with gr.Row():
                 train_file = gr.File(label=t("train_file"), file_types=list(FORMATS), type="filepath")
                 test_file = gr.File(label=t("test_file"), file_types=list(FORMATS), type="filepath")
