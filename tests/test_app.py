@@ -117,6 +117,23 @@ def test_the_compare_tabs_seed_draws_its_random_demonstrations(tiny, tmp_path):
     assert shown[0] != shown[7] and len(demos["data"]) == 3
 
 
+def test_the_compare_tabs_top_p_reaches_the_sampler(tiny, tmp_path):
+    """top-p is the last /compare argument: the page's answer at top-p 0.3 is the service's own at
+    top-p 0.3 (same seed), and differs from the answer over the whole vocabulary."""
+    from retrieval.embedder import HashEmbedder
+    from retrieval.library import PoolLibrary
+
+    service = ChatService(Generator(tiny), PoolLibrary(tmp_path / "indexes", HashEmbedder()))
+    few = ("(none)", "few", 2, "knn", "nearest-last")
+    with launched(service) as url:
+        client = gradio_client(url)
+        narrow, wide = (client.predict("a fine film", ["base"], False, *few, 12, 1, 5, "sys", top_p,
+                                       api_name="/compare")[0]["value"] for top_p in (0.3, 1))
+    settings = GenerationSettings(max_new_tokens=12, temperature=1.0, top_p=0.3, seed=5)
+    assert narrow == service.compare("a fine film", ["base"], system="sys", settings=settings)[0].text
+    assert narrow != wide  # sanity: top-p changes what is sampled
+
+
 def test_the_chat_tabs_demo_seed_draws_its_random_demonstrations(tiny, tmp_path):
     """The chat's demo seed (the last argument of /chat) draws the random set that retrieval draws
     with it; without it, seed 0. A negative seed is refused with its name."""

@@ -28,6 +28,7 @@ def compare_tab(service) -> dict:
                 control.render()
             max_new_tokens = gr.Slider(1, 1024, value=128, step=1, label=t("max_new_tokens"))
             temperature = gr.Slider(0, MAX_TEMPERATURE, value=0, step=0.05, label=t("temperature"))
+            top_p = gr.Slider(0.05, 1, value=1, step=0.05, label=t("top_p"), elem_id="compare-top-p")
             seed = gr.Number(0, precision=0, minimum=0, label=t("seed"))
             system = gr.Textbox(label=t("system_prompt"), value=DEFAULT_SYSTEM, lines=2)  # the Chat tab's default
     with gr.Row():
@@ -38,7 +39,7 @@ def compare_tab(service) -> dict:
         prompt_box = gr.Textbox(label=t("prompt_sent"), lines=8, interactive=False)
 
     def compare(message, models, with_demos, pool, mode, k, select, order, max_new_tokens, temperature, seed,
-                system=DEFAULT_SYSTEM):
+                system=DEFAULT_SYSTEM, top_p=1.0):
         if len(models or []) > SLOTS:
             raise shown_error(f"compare at most {SLOTS} models at once; {len(models)} are chosen")
         try:
@@ -46,7 +47,8 @@ def compare_tab(service) -> dict:
             if with_demos and fewshot is None:
                 raise ValueError("choose a demonstration pool to add few-shot demonstrations")
             results = service.compare(
-                message, list(models or []), system=system, settings=settings_from(max_new_tokens, temperature, 1.0, seed),
+                message, list(models or []), system=system,
+                settings=settings_from(max_new_tokens, temperature, top_p, seed),
                 fewshot=fewshot,
             )
         except ValueError as error:
@@ -56,7 +58,7 @@ def compare_tab(service) -> dict:
         return *boxes, demo_rows(results[0].demos), results[0].prompt
 
     run.click(
-        compare, [message, models, with_demos, *few.values(), max_new_tokens, temperature, seed, system],
+        compare, [message, models, with_demos, *few.values(), max_new_tokens, temperature, seed, system, top_p],
         [*answers, demos_table, prompt_box], api_name="compare",
     )
     return {"models": models, "pool": few["pool"]}
