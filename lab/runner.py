@@ -26,7 +26,8 @@ EXPERIMENTS = {
     "order": "accuracy of every order of k demonstrations per seed, plus GlobalE/LocalE (k, permutations, probe_size)",
     "labels": "gold vs random demonstration labels vs none, and out-of-distribution inputs (k, seeds, ood)",
     "select": "kNN vs MMR vs random at the same k (k, seeds, embedder, diversity)",
-    "finetune": "kNN prompting vs a LoRA adapter trained on the pool vs both (k, train_steps)",
+    "finetune": "kNN prompting vs a LoRA adapter trained on the pool vs both (k, train_steps, embedder; "
+                "train_sizes sweeps sizes, sampled with the first seed)",
 }
 """Experiment names and the config fields each reads besides the common ones."""
 DEFAULT_RUNS = Path("runs")
