@@ -260,7 +260,7 @@ def test_finetune_report_lists_no_seeds_and_names_the_prompt_styles(tmp_path):
 
     folder = run_experiment("finetune", config(tmp_path, "ft", model=save_tiny(tmp_path / "model"), train_steps=1))
     report = (folder / "report.md").read_text()
-    assert "seeds=" not in report and "k=2, style=plain" in report
+    assert "seeds=" not in report and "k=2, train_steps=1, style=plain" in report
     assert "both adapter conditions use the chat style they were trained in" in report
 
 
