@@ -44,6 +44,9 @@ def test_interface_language_follows_the_browser(tiny_url, locale, title, tab):
         expect(pool).to_have_value(text["no_pool"])
         pool.click()
         expect(page.get_by_role("option", name=text["no_pool"], exact=True)).to_have_count(1)
+        # so are the few-shot choices' names; their values (the API's) stay the same
+        expect(page.get_by_label(text["selection"], exact=True)).to_have_value(text["choice_knn"])
+        expect(page.get_by_label(text["choice_few"], exact=True)).to_be_checked()
 
 
 def test_html_in_messages_is_shown_as_text_and_never_runs(tiny_url):

@@ -87,15 +87,20 @@ def demo_rows(demos: list[dict]) -> list[list]:
     return [[i + 1, d["input"], d["output"], round(d["score"], 4)] for i, d in enumerate(demos)]
 
 
+def shown_choices(values: list[str]) -> list[tuple]:
+    """(shown name in the page's language, value) pairs: the API and the code keep the values."""
+    return [(t(f"choice_{value}"), value) for value in values]
+
+
 def fewshot_controls(service) -> dict:
     """Pool, mode, k, selection and order inputs (unrendered: the caller places them)."""
     return {
         "pool": gr.Dropdown(pool_choices(service), value=NO_POOL, label=t("pool"), render=False),
-        "mode": gr.Radio(["zero", "one", "few"], value="few", label=t("mode"), render=False),
+        "mode": gr.Radio(shown_choices(["zero", "one", "few"]), value="few", label=t("mode"), render=False),
         "k": gr.Slider(0, 16, value=4, step=1, label=t("k"), render=False),
-        "select": gr.Dropdown(["knn", "random", "mmr"], value="knn", label=t("selection"), render=False),
-        "order": gr.Dropdown(["nearest-last", "nearest-first", "random"], value="nearest-last", label=t("demo_order"),
-                             render=False),
+        "select": gr.Dropdown(shown_choices(["knn", "random", "mmr"]), value="knn", label=t("selection"), render=False),
+        "order": gr.Dropdown(shown_choices(["nearest-last", "nearest-first", "random"]), value="nearest-last",
+                             label=t("demo_order"), render=False),
     }
 
 
