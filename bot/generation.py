@@ -217,13 +217,17 @@ class Generator:
         return state.completion
 
     def complete_many(
-        self, conversations: list[list[dict]], settings: GenerationSettings, adapters: list[str]
+        self, conversations: list[list[dict]], settings: GenerationSettings, adapters: list[str],
+        cancel: threading.Event | None = None,
     ) -> list[Completion]:
         """Answer several conversations in one batched call, each with its own adapter.
 
         peft's mixed-batch inference applies each row's adapter to that row alone. Greedy fp32
         answers equal one-by-one answers; in bf16 padding changes the rounding, so they can differ.
+        `cancel` (from any thread) ends every row at its next token; the answers so far are returned.
         """
+        from transformers import StoppingCriteriaList
+
         if len(conversations) != len(adapters):
             raise ValueError(f"{len(conversations)} conversations but {len(adapters)} adapters")
         fitted = [self.fit(messages, settings) for messages in conversations]
@@ -235,11 +239,13 @@ class Generator:
             settings = replace(settings, max_new_tokens=room)
         inputs = self._left_pad(rows)
         started = time.perf_counter()
+        stop = {} if cancel is None else {"stopping_criteria": StoppingCriteriaList([_StopOnEvent(cancel)])}
         with self.lock:
-            output = self._generate(inputs, settings, adapters)
+            output = self._generate(inputs, settings, adapters, **stop)
         seconds = time.perf_counter() - started
         width = inputs["input_ids"].shape[1]
-        return [self._completion(output[i, width:], f, settings, seconds) for i, f in enumerate(fitted)]
+        cancelled = cancel is not None and cancel.is_set()
+        return [self._completion(output[i, width:], f, settings, seconds, cancelled) for i, f in enumerate(fitted)]
 
     def _left_pad(self, rows: list[list[int]]) -> dict:
         import torch
@@ -250,7 +256,8 @@ class Generator:
         mask = torch.tensor([[0] * (width - len(row)) + [1] * len(row) for row in rows])
         return {"input_ids": ids.to(self.loaded.device), "attention_mask": mask.to(self.loaded.device)}
 
-    def _completion(self, new_ids, fitted: FittedPrompt, settings: GenerationSettings, seconds: float) -> Completion:
+    def _completion(self, new_ids, fitted: FittedPrompt, settings: GenerationSettings, seconds: float,
+                    cancelled: bool = False) -> Completion:
         """A batch row's answer: its tokens up to the first end-of-turn (rows that ended early are padded)."""
         eos_ids = self._eos_ids()
         tokens = new_ids.tolist()
@@ -259,7 +266,7 @@ class Generator:
         return Completion(
             text=self.loaded.tokenizer.decode(kept, skip_special_tokens=True), prompt_tokens=fitted.prompt_tokens,
             completion_tokens=len(kept) + (ended is not None), seconds=seconds,
-            finish_reason="length" if ended is None else "stop", notice=fitted.notice,
+            finish_reason="stop" if ended is not None else "cancelled" if cancelled else "length", notice=fitted.notice,
         )
 
     def _encode(self, messages: list[dict]) -> dict:

@@ -86,15 +86,19 @@ class RemoteGenerator:
             finish_reason=finish, notice=fitted.notice,
         )
 
-    def complete(self, messages: list[dict], settings: GenerationSettings, adapter: str = BASE) -> Completion:
-        state = StreamState()
+    def complete(self, messages: list[dict], settings: GenerationSettings, adapter: str = BASE,
+                 cancel: threading.Event | None = None) -> Completion:
+        state = StreamState() if cancel is None else StreamState(cancel=cancel)
         for _ in self.stream(messages, settings, adapter, state):
             pass
         return state.completion
 
-    def complete_many(self, conversations, settings: GenerationSettings, adapters: list[str]) -> list[Completion]:
+    def complete_many(self, conversations, settings: GenerationSettings, adapters: list[str],
+                      cancel: threading.Event | None = None) -> list[Completion]:
+        """The requests run concurrently; `cancel` ends each at its next streamed piece."""
         with ThreadPoolExecutor(max_workers=max(len(conversations), 1)) as pool:
-            return list(pool.map(lambda pair: self.complete(pair[0], settings, pair[1]), zip(conversations, adapters)))
+            return list(pool.map(lambda pair: self.complete(pair[0], settings, pair[1], cancel),
+                                 zip(conversations, adapters)))
 
     def _body(self, messages, settings: GenerationSettings, adapter: str, stream: bool) -> dict:
         body = {

@@ -166,8 +166,10 @@ class ChatService:
         system: str | None = None,
         settings: GenerationSettings | None = None,
         fewshot: FewShot | None = None,
+        cancel: threading.Event | None = None,
     ) -> list[TurnResult]:
-        """One prompt answered by several adapters (or the base) in one batched call, same demonstrations."""
+        """One prompt answered by several adapters (or the base) in one batched call, same demonstrations.
+        `cancel` ends the answers at their next token (Compare's Stop)."""
         if not message or not message.strip():
             raise ValueError("the message is empty")
         if not adapters:
@@ -175,7 +177,7 @@ class ChatService:
         settings = settings or GenerationSettings()
         names = [self.use_adapter(name) for name in adapters]
         messages, template = self.prepare(message, None, system, settings, fewshot)
-        completions = self.generator.complete_many([messages] * len(names), settings, names)
+        completions = self.generator.complete_many([messages] * len(names), settings, names, cancel=cancel)
         prompt = self.generator.render(self.generator.fit(messages, settings).messages)
         return [
             TurnResult(text=c.text, notice=template.notice or c.notice, prompt=prompt, demos=template.demos, completion=c)

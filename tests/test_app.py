@@ -134,6 +134,41 @@ def test_the_compare_tabs_top_p_reaches_the_sampler(tiny, tmp_path):
     assert narrow != wide  # sanity: top-p changes what is sampled
 
 
+def test_the_compare_tabs_stop_ends_the_answers_where_they_are(tiny, tmp_path):
+    """The model is held at its third forward pass until /compare_stop has run: the answers then end
+    at once, each a start of the answer the same greedy run gives without a stop."""
+    import threading
+
+    from retrieval.embedder import HashEmbedder
+    from retrieval.library import PoolLibrary
+
+    service = ChatService(Generator(tiny), PoolLibrary(tmp_path / "indexes", HashEmbedder()))
+    settings = GenerationSettings(max_new_tokens=60, temperature=0.0)
+    full = service.compare("a fine film", ["base"], system="sys", settings=settings)[0]
+    assert full.completion.completion_tokens > 20  # sanity: unstopped, the answer runs long
+    calls, reached, stopped = [], threading.Event(), threading.Event()
+
+    def hold(module, args):
+        calls.append(1)
+        if len(calls) == 3:
+            reached.set()
+            stopped.wait(60)
+
+    handle = tiny.model.register_forward_pre_hook(hold)
+    try:
+        with launched(service) as url:
+            client = gradio_client(url)
+            job = client.submit("a fine film", ["base"], False, "(none)", "few", 2, "knn", "nearest-last", 60, 0, 0,
+                                "sys", 1, api_name="/compare")
+            assert reached.wait(60)
+            client.predict(api_name="/compare_stop")
+            stopped.set()
+            answer = job.result(timeout=60)[0]["value"]
+    finally:
+        handle.remove()
+    assert answer and full.text.startswith(answer) and len(answer) < len(full.text) / 4
+
+
 def test_the_chat_tabs_demo_seed_draws_its_random_demonstrations(tiny, tmp_path):
     """The chat's demo seed (the last argument of /chat) draws the random set that retrieval draws
     with it; without it, seed 0. A negative seed is refused with its name."""

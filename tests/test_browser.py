@@ -153,6 +153,51 @@ def test_compare_tab_shows_each_adapter_side_by_side(adapters_url):
     assert shown == expected
 
 
+def test_compare_tabs_stop_button_shows_the_answer_so_far(tiny):
+    """The model is held at its third forward pass until Stop has set the run's cancel event; the
+    page then shows a start of the answer the unstopped greedy run gives, far shorter than it."""
+    import threading
+
+    from bot.settings import GenerationSettings
+    from ui.chat import DEFAULT_SYSTEM
+
+    service = ChatService(Generator(tiny))
+    full = service.compare("a fine film", ["base"], system=DEFAULT_SYSTEM,
+                           settings=GenerationSettings(max_new_tokens=128))[0].text
+    cancels, calls = [], []
+    compare = service.compare
+
+    def recorded(*args, **kwargs):
+        cancels.append(kwargs["cancel"])
+        return compare(*args, **kwargs)
+
+    def hold(module, args):
+        calls.append(1)
+        if len(calls) == 3:
+            cancels[0].wait(60)  # until the Stop click reached the server
+
+    service.compare = recorded
+    handle = tiny.model.register_forward_pre_hook(hold)
+    try:
+        with launched(service) as url, browser() as chromium:
+            page = chromium.new_page(viewport={"width": 1400, "height": 1000})
+            page.goto(url)
+            page.get_by_role("tab", name="Compare").click()
+            page.locator("#compare-input textarea").fill("a fine film")
+            page.locator("#compare-run").click()
+            for _ in range(1200):  # until the run is in the model, so that its cancel event exists
+                if calls:
+                    break
+                page.wait_for_timeout(50)
+            page.locator("#compare-stop").click()
+            page.wait_for_function("document.querySelector('#compare-answer-0 textarea')?.value.length > 0",
+                                   timeout=60_000)
+            shown = page.locator("#compare-answer-0 textarea").input_value()
+    finally:
+        handle.remove()
+    assert cancels[0].is_set() and full.startswith(shown) and 0 < len(shown) < len(full) / 4
+
+
 def test_a_fresh_page_offers_adapters_and_pools_added_after_the_start(tmp_path):
     from adapters.host import AdapterHost
     from adapters.registry import AdapterRegistry

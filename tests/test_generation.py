@@ -106,6 +106,23 @@ def test_batched_answers_equal_one_by_one_answers(tiny):
     assert [b.prompt_tokens for b in batched] == [s.prompt_tokens for s in serial]
 
 
+def test_a_cancelled_batch_ends_every_row_at_once(tiny):
+    """`cancel` set before the call: each row gets the one token generate takes before checking it,
+    the start of its uncancelled answer, marked cancelled."""
+    import threading
+
+    generator = Generator(tiny)
+    conversations = [build_messages(p) for p in ["hello", "the quick brown fox jumps"]]
+    settings = GenerationSettings(max_new_tokens=20)
+    full = generator.complete_many(conversations, settings, ["base", "base"])
+    cancel = threading.Event()
+    cancel.set()
+    cut = generator.complete_many(conversations, settings, ["base", "base"], cancel=cancel)
+    assert [c.finish_reason for c in full] == ["length"] * 2 and [c.completion_tokens for c in full] == [20, 20]
+    assert [c.finish_reason for c in cut] == ["cancelled"] * 2 and [c.completion_tokens for c in cut] == [1, 1]
+    assert all(f.text.startswith(c.text) for f, c in zip(full, cut))
+
+
 def test_unknown_adapter_is_refused_by_name(tiny):
     with pytest.raises(ValueError, match="unknown adapter 'pirate'; available: base"):
         Generator(tiny).complete(build_messages("hello"), GenerationSettings(max_new_tokens=2), adapter="pirate")

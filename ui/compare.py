@@ -1,7 +1,11 @@
 """The Compare tab: one prompt answered by the base and up to four adapters side by side, in one
-batched call, with the same demonstrations and the same seed."""
+batched call, with the same demonstrations and the same seed. Stop ends every answer at its next
+token and shows them as far as they got."""
 
 from __future__ import annotations
+
+import threading
+from contextlib import contextmanager
 
 import gradio as gr
 
@@ -13,6 +17,32 @@ from ui.text import t
 SLOTS = 5
 
 
+class RunningCompares:
+    """Each browser session's running comparison, so that its Stop ends that one and no other."""
+
+    def __init__(self):
+        self._cancels: dict[str | None, threading.Event] = {}
+        self._lock = threading.Lock()
+
+    @contextmanager
+    def run(self, session: str | None):
+        cancel = threading.Event()
+        with self._lock:
+            self._cancels[session] = cancel
+        try:
+            yield cancel
+        finally:
+            with self._lock:
+                if self._cancels.get(session) is cancel:
+                    del self._cancels[session]
+
+    def stop(self, session: str | None) -> None:
+        with self._lock:
+            cancel = self._cancels.get(session)
+        if cancel is not None:
+            cancel.set()
+
+
 def compare_tab(service) -> dict:
     """Build the tab; return its model and pool pickers so that the app can keep them up to date."""
     with gr.Row():
@@ -21,7 +51,9 @@ def compare_tab(service) -> dict:
             models = gr.CheckboxGroup(service.adapter_choices(), value=["base"], label=t("compare_models"),
                                       elem_id="compare-models")
             with_demos = gr.Checkbox(False, label=t("compare_fewshot"), elem_id="compare-fewshot")
-            run = gr.Button(t("compare_run"), variant="primary", elem_id="compare-run")
+            with gr.Row():
+                run = gr.Button(t("compare_run"), variant="primary", elem_id="compare-run")
+                stop = gr.Button(t("compare_stop"), variant="stop", elem_id="compare-stop")
         with gr.Column(scale=1):
             few = fewshot_controls(service)
             for control in few.values():
@@ -38,19 +70,22 @@ def compare_tab(service) -> dict:
         demos_table = gr.Dataframe(headers=["#", "input", "output", "score"], label=t("demos_used"), interactive=False)
         prompt_box = gr.Textbox(label=t("prompt_sent"), lines=8, interactive=False)
 
+    running = RunningCompares()
+
     def compare(message, models, with_demos, pool, mode, k, select, order, max_new_tokens, temperature, seed,
-                system=DEFAULT_SYSTEM, top_p=1.0):
+                system=DEFAULT_SYSTEM, top_p=1.0, request: gr.Request = None):
         if len(models or []) > SLOTS:
             raise shown_error(f"compare at most {SLOTS} models at once; {len(models)} are chosen")
+        session = request.session_hash if request else None
         try:
             fewshot = fewshot_from(pool, mode, k, select, order, seed) if with_demos else None
             if with_demos and fewshot is None:
                 raise ValueError("choose a demonstration pool to add few-shot demonstrations")
-            results = service.compare(
-                message, list(models or []), system=system,
-                settings=settings_from(max_new_tokens, temperature, top_p, seed),
-                fewshot=fewshot,
-            )
+            with running.run(session) as cancel:
+                results = service.compare(
+                    message, list(models or []), system=system,
+                    settings=settings_from(max_new_tokens, temperature, top_p, seed), fewshot=fewshot, cancel=cancel,
+                )
         except ValueError as error:
             raise shown_error(error) from error
         boxes = [gr.update(value=r.text, label=name, visible=True) for name, r in zip(models, results)]
@@ -61,4 +96,9 @@ def compare_tab(service) -> dict:
         compare, [message, models, with_demos, *few.values(), max_new_tokens, temperature, seed, system, top_p],
         [*answers, demos_table, prompt_box], api_name="compare",
     )
+
+    def halt(request: gr.Request = None):
+        running.stop(request.session_hash if request else None)
+
+    stop.click(halt, None, None, api_name="compare_stop")  # the answers so far show when the run returns
     return {"models": models, "pool": few["pool"]}
