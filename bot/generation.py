@@ -266,8 +266,16 @@ class Generator:
         return Completion(
             text=self.loaded.tokenizer.decode(kept, skip_special_tokens=True), prompt_tokens=fitted.prompt_tokens,
             completion_tokens=len(kept) + (ended is not None), seconds=seconds,
-            finish_reason="stop" if ended is not None else "cancelled" if cancelled else "length", notice=fitted.notice,
+            finish_reason=self._row_finish(ended is not None, len(kept), settings, cancelled), notice=fitted.notice,
         )
+
+    @staticmethod
+    def _row_finish(ended: bool, tokens: int, settings: GenerationSettings, cancelled: bool) -> str:
+        """A batch row's finish reason; a row that reached max_new_tokens is `length` even where a
+        cancel came just after the run."""
+        if ended:
+            return "stop"
+        return "cancelled" if cancelled and tokens < settings.max_new_tokens else "length"
 
     def _encode(self, messages: list[dict]) -> dict:
         encoded = self.loaded.tokenizer.apply_chat_template(

@@ -164,7 +164,7 @@ def test_compare_tabs_stop_button_shows_the_answer_so_far(tiny):
     service = ChatService(Generator(tiny))
     full = service.compare("a fine film", ["base"], system=DEFAULT_SYSTEM,
                            settings=GenerationSettings(max_new_tokens=128))[0].text
-    cancels, calls = [], []
+    cancels, calls, release = [], [], threading.Event()
     compare = service.compare
 
     def recorded(*args, **kwargs):
@@ -173,8 +173,9 @@ def test_compare_tabs_stop_button_shows_the_answer_so_far(tiny):
 
     def hold(module, args):
         calls.append(1)
-        if len(calls) == 3:
-            cancels[0].wait(60)  # until the Stop click reached the server
+        if len(calls) == 3:  # held at the third pass until the Stop click reached the server
+            while not (cancels[0].is_set() or release.is_set()):
+                release.wait(0.05)
 
     service.compare = recorded
     handle = tiny.model.register_forward_pre_hook(hold)
@@ -185,8 +186,8 @@ def test_compare_tabs_stop_button_shows_the_answer_so_far(tiny):
             page.get_by_role("tab", name="Compare").click()
             page.locator("#compare-input textarea").fill("a fine film")
             page.locator("#compare-run").click()
-            for _ in range(1200):  # until the run is in the model, so that its cancel event exists
-                if calls:
+            for _ in range(1200):  # until the model is held at its third pass: the answer then has 3 tokens
+                if len(calls) >= 3:
                     break
                 page.wait_for_timeout(50)
             page.locator("#compare-stop").click()
@@ -195,6 +196,7 @@ def test_compare_tabs_stop_button_shows_the_answer_so_far(tiny):
             shown = page.locator("#compare-answer-0 textarea").input_value()
     finally:
         handle.remove()
+        release.set()  # a failed test must not leave a server thread held in the shared model
     assert cancels[0].is_set() and full.startswith(shown) and 0 < len(shown) < len(full) / 4
 
 

@@ -121,6 +121,8 @@ def test_a_cancelled_batch_ends_every_row_at_once(tiny):
     assert [c.finish_reason for c in full] == ["length"] * 2 and [c.completion_tokens for c in full] == [20, 20]
     assert [c.finish_reason for c in cut] == ["cancelled"] * 2 and [c.completion_tokens for c in cut] == [1, 1]
     assert all(f.text.startswith(c.text) for f, c in zip(full, cut))
+    whole = generator.complete_many(conversations, GenerationSettings(max_new_tokens=1), ["base", "base"], cancel=cancel)
+    assert [c.finish_reason for c in whole] == ["length"] * 2  # it got all it asked for: the cancel cut nothing
 
 
 def test_unknown_adapter_is_refused_by_name(tiny):

@@ -97,8 +97,10 @@ def compare_tab(service) -> dict:
         [*answers, demos_table, prompt_box], api_name="compare",
     )
 
-    def halt(request: gr.Request = None):
+    async def halt(request: gr.Request = None):
         running.stop(request.session_hash if request else None)
 
-    stop.click(halt, None, None, api_name="compare_stop")  # the answers so far show when the run returns
+    # Off the queue, so that the stop never waits behind the work it ends; the answers so far show
+    # when the run returns. A click before the run reached the model has nothing to stop.
+    stop.click(halt, None, None, api_name="compare_stop", queue=False)
     return {"models": models, "pool": few["pool"]}
