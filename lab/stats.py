@@ -12,12 +12,18 @@ def normalise_answer(text: str) -> str:
     return " ".join(text.lower().split()).strip(" .!?,;:'\"")
 
 
+def matches(predictions: Sequence[str], golds: Sequence[str]) -> list[bool]:
+    """Per item, whether the prediction is an exact (normalised) match of its gold answer."""
+    if len(predictions) != len(golds):
+        raise ValueError(f"expected as many predictions as golds, got {len(predictions)} and {len(golds)}")
+    return [normalise_answer(p) == normalise_answer(g) for p, g in zip(predictions, golds)]
+
+
 def accuracy(predictions: Sequence[str], golds: Sequence[str]) -> float:
     """Fraction of exact (normalised) matches."""
-    if len(predictions) != len(golds) or not golds:
-        raise ValueError(f"accuracy needs as many predictions as golds (>0), got {len(predictions)} and {len(golds)}")
-    hits = sum(normalise_answer(p) == normalise_answer(g) for p, g in zip(predictions, golds))
-    return hits / len(golds)
+    if not golds:
+        raise ValueError("accuracy needs as many predictions as golds (>0), got none")
+    return sum(matches(predictions, golds)) / len(golds)
 
 
 def summary(values: Sequence[float]) -> dict:

@@ -27,11 +27,11 @@ No model here; numpy only.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 
-from lab.stats import normalise_answer
+from lab.stats import matches
 
 DRAWS = 2000
 """Bootstrap and sign-flip draws; p can be no smaller than 1/(DRAWS + 1), shown as "< 0.001"."""
@@ -44,9 +44,15 @@ FEW_RUNS = 5
 
 def hits(predictions: Sequence[str], golds: Sequence[str]) -> np.ndarray:
     """Per item, whether the prediction matches the gold answer as `lab.stats.accuracy` counts it."""
-    if len(predictions) != len(golds):
-        raise ValueError(f"hits needs as many predictions as golds, got {len(predictions)} and {len(golds)}")
-    return np.array([normalise_answer(p) == normalise_answer(g) for p, g in zip(predictions, golds)], dtype=bool)
+    return np.array(matches(predictions, golds), dtype=bool)
+
+
+def grouped_hits(runs: Iterable[tuple[str, Sequence[str]]], golds: Sequence[str]) -> dict[str, np.ndarray]:
+    """(condition, predictions) pairs as {condition: runs x items hits}, runs in the order given."""
+    grouped: dict[str, list[np.ndarray]] = {}
+    for name, predictions in runs:
+        grouped.setdefault(name, []).append(hits(predictions, golds))
+    return {name: np.stack(rows) for name, rows in grouped.items()}
 
 
 def _rows(runs) -> np.ndarray:

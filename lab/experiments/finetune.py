@@ -31,7 +31,7 @@ from lab.errors import LabError
 from lab.predict import Case, Predictor
 from lab.prompt import PromptFormat, encode_ids
 from lab.stats import accuracy
-from lab.uncertainty import hits, summarise
+from lab.uncertainty import grouped_hits, summarise
 from retrieval.pool import Pool
 
 CONDITIONS = ("prompting", "finetuned", "both")
@@ -133,8 +133,8 @@ def uncertainty(result: dict, golds: list[str]) -> dict:
     def suffix(size) -> str:
         return f", {size} rows" if sweep else ""
 
-    rows = {row["condition"] + suffix(row["train_size"]): hits(row["predictions"], golds)[None]
-            for row in result["results"]}
+    rows = grouped_hits(((row["condition"] + suffix(row["train_size"]), row["predictions"])
+                         for row in result["results"]), golds)
     sizes = dict.fromkeys(row["train_size"] for row in result["results"])
     return summarise(rows, [(f"{a} - {b}{suffix(size)}", a + suffix(size), b + suffix(size), False)
                             for size in sizes for a, b in PAIRS])

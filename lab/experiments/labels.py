@@ -16,13 +16,11 @@ import random
 from dataclasses import asdict
 from pathlib import Path
 
-import numpy as np
-
 from lab import plots
 from lab.context import LabContext
 from lab.demos import random_set
 from lab.prompt import Demo
-from lab.uncertainty import hits, summarise
+from lab.uncertainty import grouped_hits, summarise
 from retrieval.pool import Pool
 
 CONDITIONS = ("gold", "random", "ood", "none")
@@ -82,8 +80,7 @@ COMPARISONS = (
 
 
 def uncertainty(result: dict, golds: list[str]) -> dict:
-    rows = {c: np.stack([hits(r["predictions"], golds) for r in result["results"] if r["condition"] == c])
-            for c in _conditions(result["results"])}
+    rows = grouped_hits(((r["condition"], r["predictions"]) for r in result["results"]), golds)
     rows["none"] = rows["none"][:1]  # zero-shot ran once; its row is listed under every seed
     return summarise(rows, [pair for pair in COMPARISONS if pair[1] in rows and pair[2] in rows])
 

@@ -9,12 +9,10 @@ from __future__ import annotations
 from dataclasses import asdict
 from pathlib import Path
 
-import numpy as np
-
 from lab import plots
 from lab.context import LabContext
 from lab.demos import shown_per_item
-from lab.uncertainty import hits, summarise
+from lab.uncertainty import grouped_hits, summarise
 
 SELECTIONS = ("knn", "mmr", "random")
 
@@ -49,9 +47,8 @@ COMPARISONS = (
 
 
 def uncertainty(result: dict, golds: list[str]) -> dict:
-    rows = {SHOWN[s]: np.stack([hits(r["predictions"], golds) for r in result["results"] if r["selection"] == s])
-            for s in SELECTIONS}
-    return summarise(rows, COMPARISONS)
+    return summarise(grouped_hits(((SHOWN[r["selection"]], r["predictions"]) for r in result["results"]), golds),
+                     COMPARISONS)
 
 
 def table(result: dict) -> str:

@@ -12,12 +12,10 @@ from __future__ import annotations
 from dataclasses import asdict
 from pathlib import Path
 
-import numpy as np
-
 from lab import plots
 from lab.context import LabContext
 from lab.demos import shown_per_item
-from lab.uncertainty import hits, summarise
+from lab.uncertainty import grouped_hits, summarise
 
 SELECTIONS = ("random", "knn")
 SHOWN = {"random": "random", "knn": "kNN"}
@@ -56,13 +54,9 @@ def _series(result: dict) -> dict[str, dict[int, list[float]]]:
 def uncertainty(result: dict, golds: list[str]) -> dict:
     """Every (k, selection) with its interval; kNN against random at each k, and each selection's
     largest k against zero-shot where the run had k=0 (listed once: both selections share it)."""
-    rows: dict[str, np.ndarray] = {}
-    for row in result["results"]:
-        name = "k=0" if row["k"] == 0 else f"{SHOWN[row['selection']]}, k={row['k']}"
-        if row["k"] == 0 and row["selection"] != SELECTIONS[0]:
-            continue
-        rows[name] = np.vstack([rows[name], hits(row["predictions"], golds)]) if name in rows \
-            else hits(row["predictions"], golds)[None]
+    kept = [row for row in result["results"] if row["k"] or row["selection"] == SELECTIONS[0]]
+    rows = grouped_hits(((f"{SHOWN[row['selection']]}, k={row['k']}" if row["k"] else "k=0", row["predictions"])
+                         for row in kept), golds)
     ks = sorted({row["k"] for row in result["results"] if row["k"] > 0})
     pairs = [(f"kNN - random, k={k}", f"kNN, k={k}", f"random, k={k}", False) for k in ks]
     if ks and "k=0" in rows:
