@@ -52,6 +52,9 @@ def build_app(service, model_spec: str = "default") -> gr.Blocks:
             with gr.Tab(t("tab_train")):
                 train_tab(model_spec)
         keep_pickers_current(demo, service, chat, compare, lab, pools)
+        # A closed page stops its comparison (the chat's stream already ends with its connection);
+        # its lab and training runs go on, and their results are saved.
+        demo.unload(compare["halt"])
     return demo
 
 

@@ -153,9 +153,11 @@ def test_compare_tab_shows_each_adapter_side_by_side(adapters_url):
     assert shown == expected
 
 
-def test_compare_tabs_stop_button_shows_the_answer_so_far(tiny):
-    """The model is held at its third forward pass until Stop has set the run's cancel event; the
-    page then shows a start of the answer the unstopped greedy run gives, far shorter than it."""
+@pytest.fixture
+def held_compare(tiny):
+    """A service whose model is held at its third forward pass of a comparison until that run's
+    cancel event is set; yields (service, the cancel events, the answers returned, the passes made,
+    the full unstopped greedy answer)."""
     import threading
 
     from bot.settings import GenerationSettings
@@ -164,40 +166,121 @@ def test_compare_tabs_stop_button_shows_the_answer_so_far(tiny):
     service = ChatService(Generator(tiny))
     full = service.compare("a fine film", ["base"], system=DEFAULT_SYSTEM,
                            settings=GenerationSettings(max_new_tokens=128))[0].text
-    cancels, calls, release = [], [], threading.Event()
+    cancels, answers, calls, release = [], [], [], threading.Event()
     compare = service.compare
 
     def recorded(*args, **kwargs):
         cancels.append(kwargs["cancel"])
-        return compare(*args, **kwargs)
+        results = compare(*args, **kwargs)
+        answers.append(results[0].text)
+        return results
 
     def hold(module, args):
         calls.append(1)
-        if len(calls) == 3:  # held at the third pass until the Stop click reached the server
+        if len(calls) == 3:  # held at the third pass until the stop reached the server
             while not (cancels[0].is_set() or release.is_set()):
                 release.wait(0.05)
 
     service.compare = recorded
     handle = tiny.model.register_forward_pre_hook(hold)
     try:
-        with launched(service) as url, browser() as chromium:
-            page = chromium.new_page(viewport={"width": 1400, "height": 1000})
-            page.goto(url)
-            page.get_by_role("tab", name="Compare").click()
-            page.locator("#compare-input textarea").fill("a fine film")
-            page.locator("#compare-run").click()
-            for _ in range(1200):  # until the model is held at its third pass: the answer then has 3 tokens
-                if len(calls) >= 3:
-                    break
-                page.wait_for_timeout(50)
-            page.locator("#compare-stop").click()
-            page.wait_for_function("document.querySelector('#compare-answer-0 textarea')?.value.length > 0",
-                                   timeout=60_000)
-            shown = page.locator("#compare-answer-0 textarea").input_value()
+        yield service, cancels, answers, calls, full
     finally:
         handle.remove()
         release.set()  # a failed test must not leave a server thread held in the shared model
+
+
+def start_held_compare(page, url, calls):
+    page.goto(url)
+    page.get_by_role("tab", name="Compare").click()
+    page.locator("#compare-input textarea").fill("a fine film")
+    page.locator("#compare-run").click()
+    for _ in range(1200):  # until the model is held at its third pass: the answer then has 3 tokens
+        if len(calls) >= 3:
+            return
+        page.wait_for_timeout(50)
+    raise AssertionError("the comparison never reached the model")
+
+
+def test_compare_tabs_stop_button_shows_the_answer_so_far(held_compare):
+    """Stop sets the run's cancel event while the model is held; the page then shows a start of the
+    answer the unstopped greedy run gives, far shorter than it."""
+    service, cancels, _, calls, full = held_compare
+    with launched(service) as url, browser() as chromium:
+        page = chromium.new_page(viewport={"width": 1400, "height": 1000})
+        start_held_compare(page, url, calls)
+        page.locator("#compare-stop").click()
+        page.wait_for_function("document.querySelector('#compare-answer-0 textarea')?.value.length > 0",
+                               timeout=60_000)
+        shown = page.locator("#compare-answer-0 textarea").input_value()
     assert cancels[0].is_set() and full.startswith(shown) and 0 < len(shown) < len(full) / 4
+
+
+def test_closing_the_page_stops_its_comparison(held_compare):
+    """A closed page's comparison ends at its next token, as Stop would end it, instead of holding
+    the model for the rest of its answer; a run in another page goes on."""
+    import time
+
+    service, cancels, answers, calls, full = held_compare
+    with launched(service) as url, browser() as chromium:
+        other = chromium.new_page()
+        other.goto(url)  # an open page of another session, with no run: closing the first must not break it
+        page = chromium.new_page()
+        start_held_compare(page, url, calls)
+        page.close()
+        deadline = time.monotonic() + 60
+        while not answers and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert answers, "the closed page's comparison still runs"
+        other.get_by_role("tab", name="Compare").click()  # the other page still compares, to the end
+        other.locator("#compare-input textarea").fill("a fine film")
+        other.locator("#compare-run").click()
+        other.wait_for_function("document.querySelector('#compare-answer-0 textarea')?.value.length > 0",
+                                timeout=60_000)
+        assert other.locator("#compare-answer-0 textarea").input_value() == full
+    assert cancels[0].is_set() and not cancels[1].is_set()
+    assert full.startswith(answers[0]) and 0 < len(answers[0]) < len(full) / 4
+
+
+def test_closing_the_page_stops_its_chat_answer(tiny):
+    """The chat's stream ends with its page: from its third forward pass the model takes 0.1 s a
+    token (a 256-token answer would take about 25 s); once the page is closed the stream's cancel
+    event is set, the model stops at its next token or so, and frees the lock other users wait on.
+    (Gradio closes the stream as it yields a token: a model that never yields is never closed.)"""
+    import time
+
+    service = ChatService(Generator(tiny))
+    states, calls = [], []
+    stream = service.generator.stream
+
+    def recorded(messages, settings, adapter, state):
+        states.append(state)
+        yield from stream(messages, settings, adapter, state)
+
+    def slow(module, args):
+        calls.append(1)
+        if len(calls) >= 3:
+            time.sleep(0.1)
+
+    service.generator.stream = recorded
+    handle = tiny.model.register_forward_pre_hook(slow)
+    try:
+        with launched(service) as url, browser() as chromium:
+            page = chromium.new_page()
+            page.goto(url)
+            send_chat(page, "a fine film")
+            for _ in range(1200):
+                if len(calls) >= 3:
+                    break
+                page.wait_for_timeout(50)
+            page.close()
+            closed_at = len(calls)
+            assert service.generator.lock.acquire(timeout=60), "the closed page's answer still holds the model"
+            service.generator.lock.release()
+    finally:
+        handle.remove()
+    assert states[0].cancel.is_set()  # set only when the stream's consumer left before its end
+    assert len(calls) - closed_at < 20
 
 
 def test_a_fresh_page_offers_adapters_and_pools_added_after_the_start(tmp_path):

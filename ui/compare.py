@@ -1,6 +1,6 @@
 """The Compare tab: one prompt answered by the base and up to four adapters side by side, in one
 batched call, with the same demonstrations and the same seed. Stop ends every answer at its next
-token and shows them as far as they got."""
+token and shows them as far as they got; closing the page ends them too."""
 
 from __future__ import annotations
 
@@ -44,7 +44,8 @@ class RunningCompares:
 
 
 def compare_tab(service) -> dict:
-    """Build the tab; return its model and pool pickers so that the app can keep them up to date."""
+    """Build the tab; return its model and pool pickers, so that the app can keep them up to date, and
+    `halt`, which stops the calling session's run (the app calls it when a page closes)."""
     with gr.Row():
         with gr.Column(scale=2):
             message = gr.Textbox(label=t("message"), lines=3, elem_id="compare-input")
@@ -103,4 +104,4 @@ def compare_tab(service) -> dict:
     # Off the queue, so that the stop never waits behind the work it ends; the answers so far show
     # when the run returns. A click before the run reached the model has nothing to stop.
     stop.click(halt, None, None, api_name="compare_stop", queue=False)
-    return {"models": models, "pool": few["pool"]}
+    return {"models": models, "pool": few["pool"], "halt": halt}
