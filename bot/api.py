@@ -13,10 +13,11 @@ Few-shot settings ride in the namespaced extra field `icl`:
 When demonstrations were used or earlier turns dropped to fit the context window, the answer
 says so under `icl` (`demos`, `notice`); a stream carries it in its first chunk.
 Errors have OpenAI's shape `{"error": {"message", "type", "param", "code"}}` with status 400
-(bad values, or an OpenAI feature this server does not offer: tools, images, response formats),
-401 (missing or wrong key), 404 (unknown model or endpoint), 405, 413 (a body over
-`MAX_BODY_BYTES`) or 422 (malformed body). Set `ICL_BOT_API_KEY` to require
-`Authorization: Bearer <key>`. A request whose client goes away stops its generation.
+(bad values, a malformed body, or an OpenAI feature this server does not offer: see UNOFFERED),
+401 (missing or wrong key), 404 (unknown model or endpoint), 405 or 413 (a body over
+`MAX_BODY_BYTES`). Set `ICL_BOT_API_KEY` to require `Authorization: Bearer <key>`. A request
+whose client goes away stops its generation; requests queued for the model hold at most
+MODEL_WORKERS threads.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ from pydantic import BaseModel, ConfigDict, Field, create_model
 
 from bot.generation import BASE
 from bot.service import FewShot
+from bot.token_text import shown, token_spans
 
 
 class APIError(Exception):
@@ -87,7 +89,7 @@ API_FEWSHOT_EXCLUDED = ("fixed_ids", "permutation")
 
 
 def _fewshot_fields() -> type[BaseModel]:
-    """The `icl` body field: FewShot's fields, types and defaults, with unknown keys refused (422).
+    """The `icl` body field: FewShot's fields, types and defaults, with unknown keys refused (400).
 
     Its values are checked by FewShot itself (400), so the rules live in one place.
     """
@@ -111,12 +113,12 @@ class ChatRequest(BaseModel):
     top_p: float | None = None
     seed: int | None = None
     stop: str | list[str] | None = None
-    stream: bool = False
+    stream: bool | None = False
     stream_options: dict[str, Any] | None = None
-    n: int = 1
+    n: int | None = 1
     icl: FewShotFields | None = None
     """This service's extension: few-shot demonstrations for the last user message."""
-    # OpenAI features this server does not offer: refused by name rather than silently ignored.
+    # OpenAI features this server does not offer: refused by name (see UNOFFERED) rather than silently ignored.
     tools: Any = None
     tool_choice: Any = None
     functions: Any = None
@@ -124,6 +126,11 @@ class ChatRequest(BaseModel):
     response_format: dict[str, Any] | None = None
     logprobs: bool | None = None
     top_logprobs: int | None = None
+    logit_bias: dict[str, float] | None = None
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
+    modalities: list[str] | None = None
+    audio: Any = None
 
 
 MAX_STOPS = 4
@@ -144,11 +151,17 @@ class CompletionRequest(BaseModel):
     temperature: float | None = None
     top_p: float | None = None
     seed: int | None = None
-    echo: bool = False
+    echo: bool | None = False
     logprobs: int | None = None
     stop: str | list[str] | None = None
-    stream: bool = False
-    n: int = 1
+    stream: bool | None = False
+    n: int | None = 1
+    # OpenAI features this server does not offer: refused by name (see UNOFFERED).
+    suffix: str | None = None
+    best_of: int | None = None
+    logit_bias: dict[str, float] | None = None
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
 
 
 def create_api(service, api_key: str | None = None) -> FastAPI:
@@ -165,9 +178,12 @@ def create_api(service, api_key: str | None = None) -> FastAPI:
 def _validation_error(request: Request, error: RequestValidationError) -> JSONResponse:
     first = error.errors()[0] if error.errors() else {}
     if first.get("type") == "json_invalid":
-        return APIError(422, f"the body is not valid JSON: {first.get('ctx', {}).get('error', 'cannot parse it')}").response()
+        return APIError(400, f"the body is not valid JSON: {first.get('ctx', {}).get('error', 'cannot parse it')}").response()
     where = ".".join(str(part) for part in first.get("loc", ()) if part != "body")
-    return APIError(422, f"{where}: {first.get('msg', 'invalid request')}", param=where or None).response()
+    if where:
+        return APIError(400, f"{where}: {first.get('msg', 'invalid request')}", param=where).response()
+    # the body itself: missing, or not a JSON object (curl's -d sends a form unless told the Content-Type)
+    return APIError(400, "the body must be a JSON object (send it with Content-Type: application/json)").response()
 
 
 class BodyTooLarge(HTTPException):
@@ -222,9 +238,15 @@ def _too_large() -> APIError:
 
 ENDPOINTS = {"/v1/models": "GET", "/v1/chat/completions": "POST", "/v1/completions": "POST"}
 
+MODEL_WORKERS = 8
+"""Worker threads that requests may hold while they wait for the model (one of them runs it). A
+request past these waits on the event loop, holding no thread, so that a long queue never takes
+the threads that `GET /v1/models` and the running stream's events need."""
+
 
 def _routes(service) -> APIRouter:
     router = APIRouter(prefix="/v1")
+    model_work = anyio.CapacityLimiter(MODEL_WORKERS)
 
     def model_card(name: str) -> dict:
         card = {"id": name, "object": "model", "created": int(time.time()), "owned_by": "icl-bot"}
@@ -242,9 +264,9 @@ def _routes(service) -> APIRouter:
     @router.post("/chat/completions")
     async def chat_completions(body: ChatRequest, request: Request):
         cancel, stops = threading.Event(), _stops(body.stop)
-        turn = await anyio.to_thread.run_sync(_plan, service, body, cancel)
+        turn = await _unless_client_leaves(request, cancel, model_work, _plan, service, body, cancel)
         try:  # the first piece: errors (a prompt too long, say) surface here, before any byte is sent
-            first = await _unless_client_leaves(request, cancel, next, turn)
+            first = await _unless_client_leaves(request, cancel, model_work, next, turn)
         except ValueError as error:
             raise APIError(400, str(error)) from error
         answer = _answer(_chain(first, turn), stops, cancel)
@@ -252,11 +274,12 @@ def _routes(service) -> APIRouter:
             include_usage = bool((body.stream_options or {}).get("include_usage"))
             events = _events(body.model, answer, include_usage)
             return CancellingStream(events, cancel)
-        return await _unless_client_leaves(request, cancel, _completion_body, body.model, answer)
+        return await _unless_client_leaves(request, cancel, None, _completion_body, body.model, answer)
 
     @router.post("/completions")
-    def completions(body: CompletionRequest):
-        return _text_completions(service, body)
+    async def completions(body: CompletionRequest, request: Request):
+        cancel = threading.Event()
+        return await _unless_client_leaves(request, cancel, model_work, _text_completions, service, body, cancel)
 
     @router.api_route("/{path:path}", methods=["GET", "POST", "PUT", "PATCH", "DELETE"])
     def elsewhere(path: str, request: Request):
@@ -268,9 +291,10 @@ def _routes(service) -> APIRouter:
     return router
 
 
-async def _unless_client_leaves(request: Request, cancel: threading.Event, function, *args):
-    """`function(*args)` in a worker thread; if the client disconnects meanwhile, `cancel` is set, so
-    the model stops at its next token instead of answering nobody while others wait for the lock."""
+async def _unless_client_leaves(request: Request, cancel: threading.Event, limiter, function, *args):
+    """`function(*args)` in a worker thread (one of `limiter`'s, or of the default pool for None); if
+    the client disconnects meanwhile, `cancel` is set, so the model stops at its next token instead
+    of answering nobody while others wait for the lock."""
 
     async def watch():
         while not await request.is_disconnected():
@@ -281,7 +305,7 @@ async def _unless_client_leaves(request: Request, cancel: threading.Event, funct
     async with anyio.create_task_group() as group:
         group.start_soon(watch)
         try:
-            outcome["value"] = await anyio.to_thread.run_sync(function, *args)
+            outcome["value"] = await anyio.to_thread.run_sync(function, *args, limiter=limiter)
         except Exception as error:  # raised below, outside the group, which would wrap it in an ExceptionGroup
             outcome["error"] = error
         finally:
@@ -328,11 +352,12 @@ def _adapter_for(service, model: str) -> str:
     return BASE if model == service.model_name else model
 
 
-def _text_completions(service, body: CompletionRequest) -> dict:
+def _text_completions(service, body: CompletionRequest, cancel: threading.Event | None = None) -> dict:
+    """The /v1/completions answer; `cancel` (the client left) stops the model at its next token."""
     from bot.completions import complete_tokens
-    from bot.settings import GenerationSettings
 
-    if body.n != 1:
+    _refuse_unoffered(body, COMPLETION_UNOFFERED)
+    if body.n not in (None, 1):
         raise APIError(400, "only n=1 is supported", param="n")
     if body.max_tokens == 0 and not body.echo:
         raise APIError(400, "max_tokens must be at least 1 (or 0 with echo, to score the prompt alone)",
@@ -340,6 +365,8 @@ def _text_completions(service, body: CompletionRequest) -> dict:
     max_tokens = 16 if body.max_tokens is None else body.max_tokens
     if body.stream:
         raise APIError(400, "streaming is supported on /v1/chat/completions only", param="stream")
+    stops = _stops(body.stop)
+    settings = _sampling(body)
     generator = service.generator
     if not hasattr(generator, "loaded"):
         raise APIError(400, "raw completions need a local model; this server generates through a remote backend")
@@ -356,17 +383,13 @@ def _text_completions(service, body: CompletionRequest) -> dict:
     vocab = len(tokenizer)
     if any(not 0 <= token < vocab for row in rows for token in row):
         raise APIError(400, f"prompt token ids must be between 0 and {vocab - 1}", param="prompt")
-    stops = [body.stop] if isinstance(body.stop, str) else list(body.stop or [])
     try:
-        settings = GenerationSettings(
-            temperature=0.0 if body.temperature is None else body.temperature,
-            top_p=1.0 if body.top_p is None else body.top_p, seed=body.seed,
-        )
-        done = complete_tokens(generator, rows, max_tokens, settings, adapter, body.logprobs, body.echo)
+        done = complete_tokens(generator, rows, max_tokens, settings, adapter, body.logprobs, bool(body.echo),
+                               cancel=cancel)
     except ValueError as error:
         raise APIError(400, str(error)) from error
     done = [_cut_at_stop(tokenizer, item, stops) for item in done]
-    choices = [_text_choice(tokenizer, index, item, body.echo) for index, item in enumerate(done)]
+    choices = [_text_choice(tokenizer, index, item, bool(body.echo)) for index, item in enumerate(done)]
     prompt_tokens = sum(len(item.prompt_ids) for item in done)
     completion_tokens = sum(len(item.new_ids) for item in done)
     return {
@@ -415,44 +438,75 @@ def _text_choice(tokenizer, index: int, item, echo: bool) -> dict:
     prompt_text = tokenizer.decode(item.prompt_ids) if echo else ""
     logprobs = None
     if item.scores is not None:
-        pieces = [tokenizer.decode([token]) for token in item.scores.ids]
-        offsets, at = [], 0 if echo else len(tokenizer.decode(item.prompt_ids))
-        for piece in pieces:
-            offsets.append(at)
-            at += len(piece)
+        # offsets count characters of the prompt's text, whether it is echoed or not (as OpenAI's do)
+        spans = token_spans(tokenizer, item.scores.ids, start=0 if echo else len(tokenizer.decode(item.prompt_ids)))
+        scores = item.scores
         logprobs = {
-            "tokens": pieces, "token_logprobs": item.scores.logprobs, "text_offset": offsets,
-            "top_logprobs": [None if top is None else _top_by_text(tokenizer, top) for top in item.scores.top],
+            "tokens": [piece for piece, _ in spans], "token_logprobs": scores.logprobs,
+            "text_offset": [offset for _, offset in spans],
+            "top_logprobs": [None if top is None else _top_by_text(tokenizer, top, token, logprob)
+                             for token, logprob, top in zip(scores.ids, scores.logprobs, scores.top)],
         }
     return {"index": index, "text": prompt_text + text, "logprobs": logprobs, "finish_reason": item.finish_reason}
 
 
-def _top_by_text(tokenizer, top: dict[int, float]) -> dict[str, float]:
-    """Alternatives keyed by their text; where two ids read the same, the likelier one is kept."""
+def _top_by_text(tokenizer, top: dict[int, float], chosen: int, logprob: float) -> dict[str, float]:
+    """The alternatives and the token chosen (so up to logprobs + 1 entries, as OpenAI gives them),
+    keyed as `tokens` shows them; where two ids read the same, the likelier one is kept."""
     by_text: dict[str, float] = {}
-    for token, logprob in sorted(top.items(), key=lambda pair: -pair[1]):
-        by_text.setdefault(tokenizer.decode([token]), logprob)
+    for token, value in sorted({**top, chosen: logprob}.items(), key=lambda pair: -pair[1]):
+        by_text.setdefault(shown(tokenizer, token), value)
     return by_text
 
 
+SAMPLING_UNOFFERED = {"logit_bias": "logit_bias", "presence_penalty": "presence penalties",
+                      "frequency_penalty": "frequency penalties"}
 UNOFFERED = {
     "tools": "tool calls", "tool_choice": "tool calls", "functions": "function calls",
     "function_call": "function calls", "logprobs": "log-probabilities on chat (POST /v1/completions scores tokens)",
     "top_logprobs": "log-probabilities on chat (POST /v1/completions scores tokens)",
+    "modalities": "audio output", "audio": "audio output", **SAMPLING_UNOFFERED,
 }
+"""Request fields of OpenAI features this server does not offer (the field: the feature's name), refused
+by name unless left at a value that asks for nothing."""
+COMPLETION_UNOFFERED = {"suffix": "suffix (insertion)", "best_of": "best_of", **SAMPLING_UNOFFERED}
+ASKS_FOR_NOTHING = {"modalities": (["text"],), "best_of": (1,)}
+"""Values beyond None, false, zero and empty that ask for nothing."""
+
+
+def _refuse_unoffered(body: BaseModel, features: dict[str, str]) -> None:
+    for field, feature in features.items():
+        value = getattr(body, field)
+        if value not in (None, False, 0, "", [], {}, *ASKS_FOR_NOTHING.get(field, ())):
+            raise APIError(400, f"this server does not offer {feature}; leave out '{field}'", param=field)
+
+
+SEEDS = 2**63
+"""OpenAI's seed is any 64-bit signed whole number; the generator's is from 0 to SEEDS - 1."""
+
+
+def _sampling(body, **fields):
+    """The request's sampling settings (and `fields`), refused with the request's own field names.
+
+    top_p 0 (OpenAI allows it) keeps only the likeliest token: greedy decoding."""
+    from bot.settings import GenerationSettings
+
+    top_p = 1.0 if body.top_p is None else body.top_p
+    temperature = 0.0 if body.temperature is None or top_p == 0 else body.temperature
+    try:
+        return GenerationSettings(temperature=temperature, top_p=top_p or 1.0,
+                                  seed=None if body.seed is None else body.seed % SEEDS, **fields)
+    except ValueError as error:  # each message begins with the field's name, the request's too
+        raise APIError(400, str(error), param=str(error).split(" ", 1)[0]) from error
 
 
 def _plan(service, body: ChatRequest, cancel: threading.Event):
     """Check the request and return its turn, not yet started (starting it waits for the model)."""
-    from bot.settings import GenerationSettings
-
-    for field, feature in UNOFFERED.items():
-        if getattr(body, field) not in (None, False, [], {}):
-            raise APIError(400, f"this server does not offer {feature}; leave out '{field}'", param=field)
+    _refuse_unoffered(body, UNOFFERED)
     if body.response_format and body.response_format.get("type", "text") != "text":
         raise APIError(400, f"response_format '{body.response_format.get('type')}' is not offered; only text",
                        param="response_format")
-    if body.n != 1:
+    if body.n not in (None, 1):
         raise APIError(400, "only n=1 is supported", param="n")
     adapter = _adapter_for(service, body.model)
     texts = [m.text(index) for index, m in enumerate(body.messages)]
@@ -467,14 +521,7 @@ def _plan(service, body: ChatRequest, cancel: threading.Event):
         if body.icl.select == "fixed" or body.icl.order == "permutation":
             raise APIError(400, "select 'fixed' and order 'permutation' name pool rows and orders by number; "
                            "the API does not take them (the CLI and the UI do)", param="icl")
-    try:
-        settings = GenerationSettings(
-            max_new_tokens=max_new_tokens,
-            temperature=0.0 if body.temperature is None else body.temperature,
-            top_p=1.0 if body.top_p is None else body.top_p, seed=body.seed,
-        )
-    except ValueError as error:  # each message begins with the field's name, the request's too
-        raise APIError(400, str(error), param=str(error).split(" ", 1)[0]) from error
+    settings = _sampling(body, max_new_tokens=max_new_tokens)
     try:
         fewshot = FewShot(**body.icl.model_dump()) if body.icl else None
     except ValueError as error:
@@ -519,7 +566,7 @@ def _answer(turn, stops: list[str], cancel: threading.Event) -> Iterator[tuple[s
 
 
 def _token_limit(value: int | None, param: str) -> int | None:
-    """A chat request's token limit, which OpenAI requires to be at least 1 (below 0 is a 422); None if not given.
+    """A chat request's token limit, which OpenAI requires to be at least 1; None if not given.
     Its errors name the request's own field, not the settings field it becomes."""
     from bot.settings import MAX_NEW_TOKENS
 

@@ -17,9 +17,10 @@ generation and the scoring pass run under `spaces.GPU` on a ZeroGPU Space (`bot.
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass, replace
 
-from bot.generation import BASE, PEFT_BASE
+from bot.generation import BASE, PEFT_BASE, stopping_on
 from bot.settings import GenerationSettings
 
 MAX_TOP_LOGPROBS = 20
@@ -51,10 +52,13 @@ class TokenCompletion:
 
 
 def complete_tokens(generator, rows: list[list[int]], max_tokens: int, settings: GenerationSettings,
-                    adapter: str = BASE, logprobs: int | None = None, echo: bool = False) -> list[TokenCompletion]:
+                    adapter: str = BASE, logprobs: int | None = None, echo: bool = False,
+                    cancel: threading.Event | None = None) -> list[TokenCompletion]:
     """Continue every row of token ids by up to `max_tokens` tokens (0: score only).
 
     `settings` gives the sampling (temperature, top_p, seed); its max_new_tokens is not used.
+    `cancel` (set from any thread: the client left) ends generation at the next token and skips
+    the scoring; the rows then have what they got, and no scores.
     """
     if not rows or any(not row for row in rows):
         raise ValueError("every prompt needs at least one token")
@@ -74,10 +78,10 @@ def complete_tokens(generator, rows: list[list[int]], max_tokens: int, settings:
         if max_tokens:
             sampling = replace(settings, max_new_tokens=max_tokens)
             new = [ids for start in range(0, len(rows), GENERATE_ROWS)
-                   for ids in _generate(generator, rows[start : start + GENERATE_ROWS], sampling, adapter)]
+                   for ids in _generate(generator, rows[start : start + GENERATE_ROWS], sampling, adapter, cancel)]
         finished = [_cut_at_eos(generator, ids, max_tokens) for ids in new]
         scored = None
-        if logprobs is not None:
+        if logprobs is not None and not (cancel and cancel.is_set()):
             scored = score_rows(generator, [row + ids for row, (ids, _) in zip(rows, finished)], adapter, logprobs)
     completions = []
     for index, (row, (ids, finish)) in enumerate(zip(rows, finished)):
@@ -88,9 +92,10 @@ def complete_tokens(generator, rows: list[list[int]], max_tokens: int, settings:
     return completions
 
 
-def _generate(generator, rows: list[list[int]], settings: GenerationSettings, adapter: str) -> list[list[int]]:
+def _generate(generator, rows: list[list[int]], settings: GenerationSettings, adapter: str,
+              cancel: threading.Event | None = None) -> list[list[int]]:
     inputs = generator._left_pad(rows)
-    output = generator._generate(inputs, settings, [adapter] * len(rows))
+    output = generator._generate(inputs, settings, [adapter] * len(rows), **stopping_on(cancel))
     return output[:, inputs["input_ids"].shape[1]:].tolist()
 
 

@@ -42,7 +42,7 @@ class StreamState:
     cancel: threading.Event = field(default_factory=threading.Event)
 
 
-class _StopOnEvent:
+class StopOnEvent:
     """A stopping criterion that ends generation as soon as the event is set (the UI's stop button)."""
 
     def __init__(self, event: threading.Event):
@@ -52,6 +52,13 @@ class _StopOnEvent:
         import torch
 
         return torch.full((input_ids.shape[0],), self.event.is_set(), dtype=torch.bool, device=input_ids.device)
+
+
+def stopping_on(cancel: threading.Event | None) -> dict:
+    """`generate` keyword arguments that end it at the next token once `cancel` is set (none for None)."""
+    from transformers import StoppingCriteriaList
+
+    return {} if cancel is None else {"stopping_criteria": StoppingCriteriaList([StopOnEvent(cancel)])}
 
 
 DECODING_EXTRAS = {"repetition_penalty": 1.0, "no_repeat_ngram_size": 0, "encoder_no_repeat_ngram_size": 0,
@@ -158,7 +165,7 @@ class Generator:
         self, messages: list[dict], settings: GenerationSettings, adapter: str = BASE, state: StreamState | None = None
     ) -> Iterator[str]:
         """Yield the answer's text piece by piece. Closing the iterator (or `state.cancel`) stops generation."""
-        from transformers import StoppingCriteriaList, TextIteratorStreamer
+        from transformers import TextIteratorStreamer
 
         state = state or StreamState()
         state.fitted = fitted = self.fit(messages, settings)
@@ -178,10 +185,8 @@ class Generator:
                         result["output"] = self._decode_fast(inputs["input_ids"], settings, adapter, streamer,
                                                              state.cancel)
                     else:
-                        result["output"] = self._generate(
-                            inputs, settings, adapter, streamer=streamer,
-                            stopping_criteria=StoppingCriteriaList([_StopOnEvent(state.cancel)]),
-                        )
+                        result["output"] = self._generate(inputs, settings, adapter, streamer=streamer,
+                                                          **stopping_on(state.cancel))
             except BaseException as error:  # surfaced in the caller's thread below
                 result["error"] = error
                 streamer.end()
@@ -226,8 +231,6 @@ class Generator:
         answers equal one-by-one answers; in bf16 padding changes the rounding, so they can differ.
         `cancel` (from any thread) ends every row at its next token; the answers so far are returned.
         """
-        from transformers import StoppingCriteriaList
-
         if len(conversations) != len(adapters):
             raise ValueError(f"{len(conversations)} conversations but {len(adapters)} adapters")
         fitted = [self.fit(messages, settings) for messages in conversations]
@@ -239,9 +242,8 @@ class Generator:
             settings = replace(settings, max_new_tokens=room)
         inputs = self._left_pad(rows)
         started = time.perf_counter()
-        stop = {} if cancel is None else {"stopping_criteria": StoppingCriteriaList([_StopOnEvent(cancel)])}
         with self.lock:
-            output = self._generate(inputs, settings, adapters, **stop)
+            output = self._generate(inputs, settings, adapters, **stopping_on(cancel))
         seconds = time.perf_counter() - started
         width = inputs["input_ids"].shape[1]
         cancelled = cancel is not None and cancel.is_set()

@@ -129,10 +129,10 @@ def test_unknown_model_is_404(api):
          "temperature must be between 0 and 2"),
         ({"model": "tiny-llama", "messages": [{"role": "assistant", "content": "hi"}]}, 400,
          "the last message must come from the user"),
-        ({"model": "tiny-llama", "messages": []}, 422, "messages"),
+        ({"model": "tiny-llama", "messages": []}, 400, "messages"),
         ({"model": "tiny-llama", "messages": [{"role": "user", "content": "hi"}], "icl": {"pool": "x"}}, 400,
          "unknown pool 'x'; available: none (this server has no pool library)"),
-        ({"messages": [{"role": "user", "content": "hi"}]}, 422, "model: Field required"),
+        ({"messages": [{"role": "user", "content": "hi"}]}, 400, "model: Field required"),
         # Raised when the turn starts, in a worker thread under a task group: once a 500.
         ({"model": "tiny-llama", "messages": [{"role": "user", "content": "   "}]}, 400, "the message is empty"),
         ({"model": "tiny-llama", "messages": [{"role": "user", "content": "   "}], "stream": True}, 400,
@@ -156,10 +156,10 @@ def test_bad_requests_get_openai_style_errors(api, body, status, message):
         ("/chat/completions", "max_tokens", 9000, 400, "max_tokens must be between 1 and 8192, got 9000"),
         ("/chat/completions", "max_tokens", -3, 400, "max_tokens must be between 1 and 8192, got -3"),
         ("/chat/completions", "max_completion_tokens", 0, 400, "max_completion_tokens must be between 1 and 8192"),
-        ("/chat/completions", "max_tokens", 2.5, 422, "max_tokens: Input should be a valid integer"),
+        ("/chat/completions", "max_tokens", 2.5, 400, "max_tokens: Input should be a valid integer"),
         ("/completions", "max_tokens", 0, 400, "max_tokens must be at least 1 (or 0 with echo"),
-        ("/completions", "max_tokens", -1, 422, "max_tokens: Input should be greater than or equal to 0"),
-        ("/completions", "max_tokens", 2.5, 422, "max_tokens: Input should be a valid integer"),
+        ("/completions", "max_tokens", -1, 400, "max_tokens: Input should be greater than or equal to 0"),
+        ("/completions", "max_tokens", 2.5, 400, "max_tokens: Input should be a valid integer"),
     ],
 )
 def test_token_limits_out_of_range_are_refused(api, path, field, value, status, message):
@@ -271,7 +271,7 @@ def test_openai_features_this_server_lacks_are_refused_by_name(api, extra, param
 
 
 @pytest.mark.parametrize("content, status, message", [
-    ([{"type": "text", "text": 5}], 422, "Input should be a valid string"),
+    ([{"type": "text", "text": 5}], 400, "Input should be a valid string"),
     ([{"type": "text", "text": None}], 400, "messages[0] has a text part without text"),
     ([{"type": "image_url", "image_url": {"url": "data:,"}}], 400, "holds a 'image_url' part; this model reads text"),
     (None, 400, "messages[0] (user) has no content"),
@@ -338,7 +338,7 @@ def test_the_key_is_checked_before_the_body_and_bodies_over_the_limit_are_413(ap
         assert raw(url, "/models", method="GET", headers={"Authorization": header})[0] == status, header
     auth = {"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"}
     status, answer = raw(url, "/chat/completions", body=b"{not json", headers=auth)
-    assert status == 422 and answer["error"]["message"].startswith("the body is not valid JSON")
+    assert status == 400 and answer["error"]["message"].startswith("the body is not valid JSON")
     # Refused from the header, before the body is read (a client sending it would see the connection close).
     connection = http.client.HTTPConnection(url.removeprefix("http://"), timeout=30)
     connection.putrequest("POST", "/v1/chat/completions")
@@ -357,9 +357,10 @@ def test_the_key_is_checked_before_the_body_and_bodies_over_the_limit_are_413(ap
     connection.close()
 
 
-@pytest.mark.parametrize("stream", [True, False])
-def test_a_client_that_goes_away_stops_its_generation(stream):
-    """Generation used to run on to max_tokens for nobody, holding the model while others waited."""
+@pytest.mark.parametrize("route", ["chat, streamed", "chat", "completions"])
+def test_a_client_that_goes_away_stops_its_generation(route):
+    """Generation used to run on to max_tokens for nobody, holding the model while others waited
+    (on /v1/completions until this was found in review)."""
     import time
 
     import httpx
@@ -376,20 +377,134 @@ def test_a_client_that_goes_away_stops_its_generation(stream):
     loaded.model.register_forward_hook(never_ending)
     generator = Generator(loaded)
     with serving(app.create_server(ChatService(generator))) as url:
-        body = chat_body(max_tokens=2000, stream=stream, temperature=1.0, seed=1)
+        stream = route == "chat, streamed"
+        path, body = ("/completions", {"model": "tiny-llama", "prompt": "once upon a", "max_tokens": 900}) \
+            if route == "completions" else ("/chat/completions", chat_body(max_tokens=2000, stream=stream))
+        body.update(temperature=1.0, seed=1)
         with httpx.Client(timeout=3) as http:
             if stream:
-                with http.stream("POST", f"{url}/v1/chat/completions", json=body) as response:
+                with http.stream("POST", f"{url}/v1{path}", json=body) as response:
                     for line in response.iter_lines():
                         if '"content"' in line and '"content": ""' not in line:
                             break  # a first piece has come: hang up
             else:
                 with pytest.raises(httpx.ReadTimeout):
-                    http.post(f"{url}/v1/chat/completions", json=body)
+                    http.post(f"{url}/v1{path}", json=body)
         assert generator.lock.acquire(timeout=60), "the model is still busy a minute after the client left"
         generator.lock.release()
         ran = len(steps)
         assert ran > 0, "sanity check: the model had started"
         time.sleep(0.5)
-        room = generator.context_window - 30  # what max_tokens is cut to: about 1000 tokens, 20 s
+        room = min(generator.context_window - 30, 900)  # max_tokens, or what it is cut to: about 18 s
         assert len(steps) == ran < room / 2, f"{ran} tokens made for nobody (there was room for about {room})"
+
+
+def test_a_long_queue_leaves_threads_for_listing_models_and_running_streams():
+    """Each request waiting for the model used to hold a worker thread; 45 of them took all 40 of
+    the pool's, and `GET /v1/models` waited behind the model too. Here the model is held at its
+    first pass until /models has answered."""
+    import threading
+
+    import httpx
+
+    import app
+
+    loaded = tiny_loaded()
+    listed, calls = threading.Event(), []
+
+    def hold(module, args):
+        calls.append(1)
+        listed.wait(120)
+
+    loaded.model.register_forward_pre_hook(hold)
+    with serving(app.create_server(ChatService(Generator(loaded)))) as url:
+        with httpx.Client(timeout=180, limits=httpx.Limits(max_connections=60)) as http:
+            def ask(kind):
+                if kind == "chat":
+                    return http.post(f"{url}/v1/chat/completions", json=chat_body(max_tokens=1)).status_code
+                return http.post(f"{url}/v1/completions",
+                                 json={"model": "tiny-llama", "prompt": "hi", "max_tokens": 1}).status_code
+
+            from concurrent.futures import ThreadPoolExecutor
+
+            with ThreadPoolExecutor(48) as pool:
+                answers = [pool.submit(ask, "chat" if i % 2 else "completions") for i in range(48)]
+                for _ in range(600):  # until the model is held at its first pass
+                    if calls:
+                        break
+                    threading.Event().wait(0.05)
+                try:
+                    threading.Event().wait(1)  # the rest queue up
+                    models = http.get(f"{url}/v1/models", timeout=20)
+                finally:
+                    listed.set()
+                statuses = [answer.result() for answer in answers]
+    assert models.status_code == 200 and models.json()["data"][0]["id"] == "tiny-llama"
+    assert statuses == [200] * 48
+
+
+@pytest.mark.parametrize("path", ["/chat/completions", "/completions"])
+def test_fields_that_openai_allows_to_be_null_are_read_as_their_defaults(api, path):
+    _, url = api
+    body = chat_body(max_tokens=6) if path == "/chat/completions" else {"model": "tiny-llama", "prompt": "once upon",
+                                                                          "max_tokens": 6}
+    status, plain = post(url, path, body)
+    nulls = {"n": None, "stream": None, **({"echo": None} if path == "/completions" else {})}
+    status_with_nulls, with_nulls = post(url, path, {**body, **nulls})
+    assert status == status_with_nulls == 200
+    text = (lambda answer: answer["choices"][0].get("message", answer["choices"][0]).get("content")
+            or answer["choices"][0].get("text"))
+    assert text(with_nulls) == text(plain)
+
+
+@pytest.mark.parametrize("path", ["/chat/completions", "/completions"])
+def test_a_negative_seed_draws_and_top_p_zero_is_greedy(api, path):
+    """OpenAI's seed is any signed 64-bit number and its top_p may be 0 (only the likeliest token)."""
+    _, url = api
+    body = chat_body(max_tokens=12) if path == "/chat/completions" else {"model": "tiny-llama", "prompt": "once upon",
+                                                                           "max_tokens": 12}
+
+    def text(**extra):
+        status, answer = post(url, path, {**body, **extra})
+        assert status == 200, answer
+        choice = answer["choices"][0]
+        return choice["message"]["content"] if "message" in choice else choice["text"]
+
+    drawn = [text(temperature=1.5, seed=-1) for _ in range(2)] + [text(temperature=1.5, seed=2**63 - 2)]
+    assert drawn[0] == drawn[1] != drawn[2]
+    assert text(temperature=1.5, top_p=0, seed=3) == text(temperature=0)
+
+
+@pytest.mark.parametrize("path, extra, param", [
+    ("/chat/completions", {"logit_bias": {"5": 100}}, "logit_bias"),
+    ("/chat/completions", {"presence_penalty": 1.5}, "presence_penalty"),
+    ("/chat/completions", {"frequency_penalty": -1}, "frequency_penalty"),
+    ("/chat/completions", {"modalities": ["text", "audio"]}, "modalities"),
+    ("/completions", {"logit_bias": {"5": -100}}, "logit_bias"),
+    ("/completions", {"suffix": "the end"}, "suffix"),
+    ("/completions", {"best_of": 3}, "best_of"),
+    ("/completions", {"stop": ["a", "b", "c", "d", "e"]}, "stop"),
+    ("/completions", {"stop": [""]}, "stop"),
+    ("/completions", {"temperature": 5}, "temperature"),
+])
+def test_fields_that_would_change_the_answer_unheeded_are_refused_by_name(api, path, extra, param):
+    """They used to be read and ignored, so a client asking for a bias got an unbiased answer."""
+    _, url = api
+    body = chat_body() if path == "/chat/completions" else {"model": "tiny-llama", "prompt": "once upon"}
+    status, answer = post(url, path, {**body, **extra})
+    assert status == 400 and answer["error"]["param"] == param, answer
+    neutral = {"logit_bias": {}, "presence_penalty": 0, "frequency_penalty": 0.0, "modalities": ["text"],
+               "suffix": None, "best_of": 1}
+    if param in neutral:  # the value that asks for nothing is taken
+        assert post(url, path, {**body, param: neutral[param], "max_tokens": 2})[0] == 200
+
+
+@pytest.mark.parametrize("body, headers", [
+    (b"", {"Content-Type": "application/json"}),
+    (b"[1, 2]", {"Content-Type": "application/json"}),
+    (b'{"model": "tiny-llama"}', {"Content-Type": "application/x-www-form-urlencoded"}),  # curl -d's default
+])
+def test_a_body_that_is_not_a_json_object_is_a_400_that_says_so(api, body, headers):
+    _, url = api
+    status, answer = raw(url, "/chat/completions", body=body, headers={"Authorization": f"Bearer {KEY}", **headers})
+    assert status == 400 and answer["error"]["message"].startswith("the body must be a JSON object"), answer

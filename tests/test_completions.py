@@ -116,7 +116,7 @@ def test_text_prompt_without_echo_continues_the_text(api, generator):
      ({"model": "poet", "prompt": "hi", "logprobs": 50}, 400, "logprobs must be between 0 and 20"),
      ({"model": "poet", "prompt": [[1, 2], [10**9]]}, 400, "token ids must be between 0 and"),
      ({"model": "poet", "prompt": [5] * 1020, "max_tokens": 16}, 400, "exceeds the model's context window"),
-     ({"model": "poet", "prompt": "hi", "max_tokens": -1}, 422, "max_tokens")],
+     ({"model": "poet", "prompt": "hi", "max_tokens": -1}, 400, "max_tokens")],
 )
 def test_bad_requests_get_openai_style_errors(api, body, status, message):
     extra = {k: v for k, v in body.items() if k not in ("model", "prompt")}
@@ -190,3 +190,49 @@ def test_an_adapter_not_yet_loaded_is_attached_on_first_request(tmp_path):
         response = client.completions.create(model="zebra", prompt=[row], echo=True, logprobs=0, max_tokens=0)
     assert response.choices[0].logprobs.token_logprobs[1:] == pytest.approx(expected, abs=1e-4)
     assert response.choices[0].finish_reason == "length"
+
+
+def test_top_logprobs_hold_the_chosen_token_as_openai_gives_them(api, generator):
+    """Up to logprobs + 1 entries: the chosen token is always there, also with logprobs 0 (which gave {})."""
+    from bot.token_text import shown
+
+    row = ROWS[0]
+    reference = reference_logprobs(generator, row, "base")
+    for top in (0, 2):
+        choice = api.completions.create(model="tiny-llama", prompt=row, echo=True, logprobs=top, max_tokens=0).choices[0]
+        assert choice.logprobs.top_logprobs[0] is None
+        for j, alternatives in enumerate(choice.logprobs.top_logprobs[1:], start=1):
+            assert alternatives[shown(generator.tokenizer, row[j])] == pytest.approx(reference[j - 1], abs=1e-4)
+            assert top <= len(alternatives) <= top + 1
+
+
+def test_offsets_index_the_text_where_a_token_holds_part_of_a_character(api, generator):
+    """An emoji is four one-byte tokens here and é two: each used to count as one character '�',
+    shifting every later offset. Now they show as `bytes:` and point at the character they make."""
+    prompt = "🙂é the 你好"
+    tokenizer = generator.tokenizer
+    ids = list(tokenizer(prompt)["input_ids"])
+    assert len(ids) > len(prompt) - 4, "sanity check: characters are split over several tokens"
+    choice = api.completions.create(model="tiny-llama", prompt=prompt, echo=True, logprobs=1, max_tokens=0).choices[0]
+    tokens, offsets = choice.logprobs.tokens, choice.logprobs.text_offset
+    assert choice.text == prompt and len(tokens) == len(ids)
+    for token, offset, token_id in zip(tokens, offsets, ids):
+        if token.startswith("bytes:"):
+            raw = bytes(int(h, 16) for h in token.removeprefix("bytes:").split("\\x")[1:])
+            assert raw in prompt[offset].encode()  # a part of the character at its offset
+        else:
+            assert prompt[offset:].startswith(token) and token == tokenizer.decode([token_id])
+    assert offsets == sorted(offsets) and offsets[tokens.index(" the")] == prompt.index(" the")
+    assert offsets[-1] == prompt.index("你好")
+    # without echo the offsets continue from the prompt's end
+    more = api.completions.create(model="tiny-llama", prompt=prompt, logprobs=0, max_tokens=3).choices[0]
+    assert more.logprobs.text_offset[0] == len(prompt)
+
+
+def test_the_byte_level_alphabet_is_the_tokenizers_own():
+    from tokenizers import pre_tokenizers
+
+    from bot.token_text import byte_level_alphabet
+
+    alphabet = byte_level_alphabet()
+    assert set(alphabet) == set(pre_tokenizers.ByteLevel.alphabet()) and sorted(alphabet.values()) == list(range(256))
