@@ -16,6 +16,8 @@ def add_backend_flags(parser: argparse.ArgumentParser) -> None:
                         help="local: load --model here; openai: generate on --base-url")
     parser.add_argument("--base-url", help="an OpenAI-compatible server, e.g. http://127.0.0.1:8000/v1")
     parser.add_argument("--api-key", help="bearer key for --base-url (default: $OPENAI_API_KEY)")
+    parser.add_argument("--remote-model", help="the model to ask on --base-url where it serves several, as Ollama "
+                                               "does (default: its only base model)")
 
 
 def add_decode_flags(parser: argparse.ArgumentParser) -> None:
@@ -58,4 +60,5 @@ def open_generator(args: argparse.Namespace):
     except (ModelError, OSError):
         tokenizer = None
     api_key = args.api_key or os.environ.get("OPENAI_API_KEY")
-    return RemoteGenerator(args.base_url, api_key=api_key, tokenizer=tokenizer)
+    return RemoteGenerator(args.base_url, api_key=api_key, tokenizer=tokenizer,
+                           model=getattr(args, "remote_model", None))

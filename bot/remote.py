@@ -29,18 +29,22 @@ class RemoteError(ValueError):
 
 
 class RemoteGenerator:
+    """`model` is the base model to ask, where the server lists several (Ollama lists every model it
+    has); None takes the only one. Its adapters are the models that name it as their parent."""
+
     def __init__(self, base_url: str, api_key: str | None = None, tokenizer=None, context_window: int = 8192,
-                 timeout: float = 600):
+                 timeout: float = 600, model: str | None = None):
         self.client = open_client(base_url, api_key, timeout)
         self.api_key = api_key
         self.tokenizer = tokenizer
         self.context_window = context_window
+        self.model = model
         self.lock = threading.Lock()
         """Held only while the adapter list is refreshed; generation runs on the server."""
         self.name, self._adapters = self._read_models()
 
     def _read_models(self) -> tuple[str, list[str]]:
-        return read_models(self.client)
+        return read_models(self.client, self.model)
 
     def resident_adapters(self) -> list[str]:
         with self.lock:
@@ -69,6 +73,8 @@ class RemoteGenerator:
                 response.read()
                 raise RemoteError(error_message(response))
             for chunk in _sse_payloads(response.iter_lines()):
+                if chunk.get("error"):  # a server that fails mid-answer says so in an event (vLLM does)
+                    raise RemoteError(f"remote server failed during the answer: {_error_text(chunk)}")
                 usage = chunk.get("usage") or usage
                 for choice in chunk.get("choices", []):
                     finish = choice.get("finish_reason") or finish
@@ -80,11 +86,19 @@ class RemoteGenerator:
                     finish = "cancelled"
                     break
         usage = usage or {}
+        text = "".join(pieces)
         state.completion = Completion(
-            text="".join(pieces), prompt_tokens=usage.get("prompt_tokens", fitted.prompt_tokens),
-            completion_tokens=usage.get("completion_tokens", len(pieces)), seconds=time.perf_counter() - started,
-            finish_reason=finish, notice=fitted.notice,
+            text=text, prompt_tokens=usage.get("prompt_tokens", fitted.prompt_tokens),
+            completion_tokens=usage.get("completion_tokens") or self._count_tokens(text, len(pieces)),
+            seconds=time.perf_counter() - started, finish_reason=finish, notice=fitted.notice,
         )
+
+    def _count_tokens(self, text: str, pieces: int) -> int:
+        """The answer's tokens, for a server that does not report usage: counted by the local
+        tokenizer where there is one, else estimated as the pieces streamed (one token each, mostly)."""
+        if self.tokenizer is None or not text:
+            return pieces
+        return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
 
     def complete(self, messages: list[dict], settings: GenerationSettings, adapter: str = BASE,
                  cancel: threading.Event | None = None) -> Completion:
@@ -138,13 +152,22 @@ def request_json(client, method: str, path: str, body: dict | None = None) -> di
                           f"{response.text[:120]!r}") from error
 
 
-def read_models(client) -> tuple[str, list[str]]:
-    """The server's base model name and its adapters (models that name a parent)."""
+def read_models(client, model: str | None = None) -> tuple[str, list[str]]:
+    """The base model to ask (`model`, or the server's only one) and its adapters (the models that
+    name it as their parent)."""
     models = request_json(client, "GET", "/models")["data"]
     bases = [m["id"] for m in models if not m.get("parent")]
-    if not bases:
-        raise RemoteError(f"the server at {client.base_url} lists no base model")
-    return bases[0], [m["id"] for m in models if m.get("parent")]
+    if model is None:
+        if not bases:
+            raise RemoteError(f"the server at {client.base_url} lists no base model")
+        if len(bases) > 1:
+            raise RemoteError(f"the server at {client.base_url} serves several models ({', '.join(bases)}); "
+                              "choose one with --remote-model")
+        model = bases[0]
+    elif model not in bases:
+        listed = ", ".join(m["id"] for m in models) or "none"
+        raise RemoteError(f"the server at {client.base_url} has no base model '{model}'; it lists: {listed}")
+    return model, [m["id"] for m in models if m.get("parent") == model]
 
 
 def error_message(response) -> str:
@@ -154,6 +177,10 @@ def error_message(response) -> str:
         message = response.text[:300]
     return f"remote server answered {response.status_code}: {message}"
 
+
+def _error_text(payload: dict) -> str:
+    error = payload["error"]
+    return str(error.get("message", error)) if isinstance(error, dict) else str(error)
 
 def _sse_payloads(lines) -> Iterator[dict]:
     """The JSON payloads of server-sent events, up to `data: [DONE]`."""

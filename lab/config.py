@@ -75,6 +75,9 @@ class LabConfig:
     """An OpenAI-compatible server (`.../v1`) for the openai backend."""
     api_key: str | None = field(default=None, repr=False)
     """Bearer key for `base_url` (default: $OPENAI_API_KEY); never written to result files."""
+    remote_model: str | None = None
+    """The base model to ask on `base_url` where it serves several (default: its only one); `adapter`,
+    when given, names the model asked instead."""
 
     def __post_init__(self):
         self.ks = sorted(set(self.ks))

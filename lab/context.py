@@ -148,7 +148,7 @@ def open_remote(config: LabConfig):
         tokenizer = load_tokenizer(config.model)
     except (ModelError, OSError) as error:
         raise LabError(f"the openai backend scores with a local copy of the model's tokenizer: {error}") from error
-    remote = RemoteModel(config.base_url, tokenizer, model=config.adapter,
+    remote = RemoteModel(config.base_url, tokenizer, model=config.adapter or config.remote_model,
                          api_key=config.api_key or os.environ.get("OPENAI_API_KEY"), batch_size=config.batch_size)
     limit = getattr(tokenizer, "model_max_length", None)  # tokenizers that state none report ~1e30
     window = int(limit) if limit and limit < 10**7 else None

@@ -132,9 +132,10 @@ def test_the_ui_lab_runs_where_the_chat_runs(remote):
     from bot.service import ChatService
     from ui.lab import model_fields
 
-    _, url, _ = remote
+    model, url, _ = remote
     fields = model_fields(ChatService(RemoteGenerator(url, api_key="k")), "pirate")
-    assert fields == {"backend": "openai", "base_url": url, "api_key": "k", "adapter": "pirate"}
+    assert fields == {"backend": "openai", "base_url": url, "api_key": "k", "adapter": "pirate",
+                      "remote_model": str(model)}  # the server's name for its base model
 
 
 def test_a_server_with_another_tokenizer_is_refused(remote):

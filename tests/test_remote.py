@@ -64,6 +64,62 @@ def test_remote_errors_carry_the_servers_message(server):
         remote.complete(build_messages("hi"), SETTINGS, "nobody")
 
 
+@pytest.fixture(scope="module")
+def several_models():
+    """A stand-in for an Ollama-like server: two base models, an adapter of the second, a model whose
+    stream fails half-way (with an error event, as vLLM sends one), and no usage in any stream."""
+    from fastapi import FastAPI, Request
+    from fastapi.responses import StreamingResponse
+
+    api, asked = FastAPI(), []
+    listed = [{"id": "llama3.2"}, {"id": "qwen2.5:7b"}, {"id": "qwen-kelp", "parent": "qwen2.5:7b"},
+              {"id": "broken"}]
+
+    @api.get("/v1/models")
+    def models():
+        return {"object": "list", "data": listed}
+
+    @api.post("/v1/chat/completions")
+    async def chat(request: Request):
+        model = (await request.json())["model"]
+        asked.append(model)
+
+        def events():
+            for piece in ["the quick", " brown fox"]:
+                yield f"data: {json.dumps({'choices': [{'index': 0, 'delta': {'content': piece}}]})}\n\n"
+                if model == "broken":
+                    yield f"data: {json.dumps({'error': {'message': 'out of memory', 'code': 500}})}\n\n"
+                    return
+            yield "data: [DONE]\n\n"
+
+        return StreamingResponse(events(), media_type="text/event-stream")
+
+    with serving(api) as url:
+        yield f"{url}/v1", asked
+
+
+def test_a_server_with_several_models_asks_the_one_chosen(several_models):
+    url, asked = several_models
+    with pytest.raises(RemoteError, match=r"serves several models \(llama3.2, qwen2.5:7b, broken\); choose one"):
+        RemoteGenerator(url)
+    with pytest.raises(RemoteError, match="has no base model 'mistral'; it lists: llama3.2, qwen2.5:7b, qwen-kelp"):
+        RemoteGenerator(url, model="mistral")
+    remote = RemoteGenerator(url, model="qwen2.5:7b", tokenizer=tiny_loaded().tokenizer)
+    assert remote.name == "qwen2.5:7b" and remote.resident_adapters() == ["qwen-kelp"]
+    answer = remote.complete(build_messages("hi"), SETTINGS)
+    assert asked[-1] == "qwen2.5:7b" and answer.text == "the quick brown fox"
+    # the stream carried no usage: the answer's tokens are counted, not its two pieces
+    assert answer.completion_tokens == len(remote.tokenizer("the quick brown fox", add_special_tokens=False)["input_ids"])
+    assert answer.completion_tokens > 2
+
+
+def test_an_error_in_the_middle_of_a_stream_is_raised_not_taken_for_the_end(several_models):
+    url, _ = several_models
+    remote = RemoteGenerator(url, model="broken")
+    with pytest.raises(RemoteError, match="failed during the answer: out of memory"):
+        remote.complete(build_messages("hi"), SETTINGS)
+
+
 def test_unreachable_server_is_a_clear_error():
     with pytest.raises(RemoteError, match="cannot reach http://127.0.0.1:9/v1"):
         RemoteGenerator("http://127.0.0.1:9/v1")

@@ -37,7 +37,7 @@ def model_fields(service, adapter: str) -> dict:
     generator = service.generator
     if isinstance(generator, RemoteGenerator):
         return {"backend": "openai", "base_url": str(generator.client.base_url).rstrip("/"), "api_key": generator.api_key,
-                "adapter": None if adapter == "base" else adapter}
+                "adapter": None if adapter == "base" else adapter, "remote_model": generator.name}
     return {"adapter": None if adapter == "base" else str(service.adapters.registry.resolve(adapter).path)}
 
 
