@@ -366,7 +366,6 @@ def _text_completions(service, body: CompletionRequest, cancel: threading.Event 
     if body.stream:
         raise APIError(400, "streaming is supported on /v1/chat/completions only", param="stream")
     stops = _stops(body.stop)
-    settings = _sampling(body)
     generator = service.generator
     if not hasattr(generator, "loaded"):
         raise APIError(400, "raw completions need a local model; this server generates through a remote backend")
@@ -375,6 +374,7 @@ def _text_completions(service, body: CompletionRequest, cancel: threading.Event 
     except ValueError as error:
         raise APIError(400, str(error), param="model") from error
     tokenizer = generator.tokenizer
+    settings = _sampling(body, tokenizer)
     prompts = body.prompt if isinstance(body.prompt, list) and body.prompt and not isinstance(body.prompt[0], int) \
         else [body.prompt]
     if len(prompts) > MAX_PROMPTS:
@@ -459,8 +459,7 @@ def _top_by_text(tokenizer, top: dict[int, float], chosen: int, logprob: float) 
     return by_text
 
 
-SAMPLING_UNOFFERED = {"logit_bias": "logit_bias", "presence_penalty": "presence penalties",
-                      "frequency_penalty": "frequency penalties"}
+SAMPLING_UNOFFERED = {"presence_penalty": "presence penalties", "frequency_penalty": "frequency penalties"}
 UNOFFERED = {
     "tools": "tool calls", "tool_choice": "tool calls", "functions": "function calls",
     "function_call": "function calls", "logprobs": "log-probabilities on chat (POST /v1/completions scores tokens)",
@@ -485,16 +484,24 @@ SEEDS = 2**63
 """OpenAI's seed is any 64-bit signed whole number; the generator's is from 0 to SEEDS - 1."""
 
 
-def _sampling(body, **fields):
+def _sampling(body, tokenizer=None, **fields):
     """The request's sampling settings (and `fields`), refused with the request's own field names.
 
-    top_p 0 (OpenAI allows it) keeps only the likeliest token: greedy decoding."""
+    top_p 0 (OpenAI allows it) keeps only the likeliest token: greedy decoding. `logit_bias` token
+    ids are checked against `tokenizer`'s vocabulary where there is one (a remote server checks its own)."""
     from bot.settings import GenerationSettings
 
     top_p = 1.0 if body.top_p is None else body.top_p
     temperature = 0.0 if body.temperature is None or top_p == 0 else body.temperature
+    bias = []
+    for key, value in (body.logit_bias or {}).items():
+        token = int(key) if key.strip().isdigit() else None
+        if token is None or (tokenizer is not None and token >= len(tokenizer)):
+            top = "" if tokenizer is None else f" from 0 to {len(tokenizer) - 1}"
+            raise APIError(400, f"logit_bias keys must be token ids{top}, got '{key}'", param="logit_bias")
+        bias.append((token, value))
     try:
-        return GenerationSettings(temperature=temperature, top_p=top_p or 1.0,
+        return GenerationSettings(temperature=temperature, top_p=top_p or 1.0, logit_bias=tuple(bias),
                                   seed=None if body.seed is None else body.seed % SEEDS, **fields)
     except ValueError as error:  # each message begins with the field's name, the request's too
         raise APIError(400, str(error), param=str(error).split(" ", 1)[0]) from error
@@ -521,7 +528,7 @@ def _plan(service, body: ChatRequest, cancel: threading.Event):
         if body.icl.select == "fixed" or body.icl.order == "permutation":
             raise APIError(400, "select 'fixed' and order 'permutation' name pool rows and orders by number; "
                            "the API does not take them (the CLI and the UI do)", param="icl")
-    settings = _sampling(body, max_new_tokens=max_new_tokens)
+    settings = _sampling(body, getattr(service.generator, "tokenizer", None), max_new_tokens=max_new_tokens)
     try:
         fewshot = FewShot(**body.icl.model_dump()) if body.icl else None
     except ValueError as error:

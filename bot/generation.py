@@ -306,11 +306,11 @@ class Generator:
             )
 
     def _decodes_fast(self, settings: GenerationSettings, adapter: str) -> bool:
-        """The fast decoder serves greedy requests: the native one for the base and any plain LoRA
+        """The fast decoder serves greedy requests without a logit bias: the native one for the base and any plain LoRA
         adapter, the compiled loop for the plain base model only (no adapters loaded on it)."""
         from bot.native import NativeDecoder
 
-        if self.fast is None or not settings.greedy:
+        if self.fast is None or not settings.greedy or settings.logit_bias:
             return False
         if isinstance(self.fast, NativeDecoder):
             return not self.fast.adapter_problem(self.loaded.model, None if adapter == BASE else adapter)

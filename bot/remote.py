@@ -124,6 +124,8 @@ class RemoteGenerator:
             body["top_p"] = settings.top_p
         if settings.seed is not None:
             body["seed"] = settings.seed
+        if settings.logit_bias:
+            body["logit_bias"] = {str(token): bias for token, bias in settings.logit_bias}
         return body
 
 

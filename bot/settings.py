@@ -11,6 +11,10 @@ MAX_SEED = 2**63 - 1
 """Largest seed torch takes as a signed 64-bit number."""
 MAX_TEMPERATURE = 2.0
 """Highest sampling temperature: OpenAI's API limit, and the sliders' in the UI."""
+MAX_BIAS = 100.0
+"""Largest logit bias either way, OpenAI's limit: -100 bans a token, +100 all but forces it."""
+MAX_BIASED_TOKENS = 300
+"""Most tokens one request may bias, as OpenAI allows."""
 
 
 @dataclass(frozen=True)
@@ -23,6 +27,9 @@ class GenerationSettings:
     """Nucleus sampling: keep the smallest set of tokens whose probability reaches top_p."""
     seed: int | None = None
     """Seed for sampling, so a sampled answer can be reproduced; ignored when greedy."""
+    logit_bias: tuple[tuple[int, float], ...] = ()
+    """(token id, bias) pairs added to those tokens' logits before each choice, greedy or sampled
+    (OpenAI's `logit_bias`); the ids are checked against the vocabulary where it is known."""
 
     def __post_init__(self):
         if isinstance(self.max_new_tokens, bool) or not isinstance(self.max_new_tokens, int):
@@ -35,6 +42,14 @@ class GenerationSettings:
             raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
         if self.seed is not None and (not isinstance(self.seed, int) or not 0 <= self.seed <= MAX_SEED):
             raise ValueError(f"seed must be a whole number from 0 to {MAX_SEED}, got {self.seed!r}")
+        if len(self.logit_bias) > MAX_BIASED_TOKENS:
+            raise ValueError(f"logit_bias takes at most {MAX_BIASED_TOKENS} tokens, got {len(self.logit_bias)}")
+        for token, bias in self.logit_bias:
+            if isinstance(token, bool) or not isinstance(token, int) or token < 0:
+                raise ValueError(f"logit_bias keys must be token ids (whole numbers from 0), got {token!r}")
+            if not (math.isfinite(bias) and -MAX_BIAS <= bias <= MAX_BIAS):
+                raise ValueError(f"logit_bias values must be between -{MAX_BIAS:g} and {MAX_BIAS:g}, got {bias} "
+                                 f"for token {token}")
 
     @property
     def greedy(self) -> bool:
@@ -42,8 +57,9 @@ class GenerationSettings:
 
     def generate_kwargs(self) -> dict:
         """Keyword arguments for `model.generate`."""
+        bias = {"sequence_bias": [[[token], float(value)] for token, value in self.logit_bias]} if self.logit_bias else {}
         if self.greedy:
             return {"max_new_tokens": self.max_new_tokens, "do_sample": False, "temperature": None, "top_p": None,
-                    "top_k": None}
+                    "top_k": None, **bias}
         return {"max_new_tokens": self.max_new_tokens, "do_sample": True, "temperature": self.temperature,
-                "top_p": self.top_p, "top_k": None}
+                "top_p": self.top_p, "top_k": None, **bias}

@@ -476,24 +476,26 @@ def test_a_negative_seed_draws_and_top_p_zero_is_greedy(api, path):
 
 
 @pytest.mark.parametrize("path, extra, param", [
-    ("/chat/completions", {"logit_bias": {"5": 100}}, "logit_bias"),
     ("/chat/completions", {"presence_penalty": 1.5}, "presence_penalty"),
     ("/chat/completions", {"frequency_penalty": -1}, "frequency_penalty"),
     ("/chat/completions", {"modalities": ["text", "audio"]}, "modalities"),
-    ("/completions", {"logit_bias": {"5": -100}}, "logit_bias"),
     ("/completions", {"suffix": "the end"}, "suffix"),
     ("/completions", {"best_of": 3}, "best_of"),
     ("/completions", {"stop": ["a", "b", "c", "d", "e"]}, "stop"),
     ("/completions", {"stop": [""]}, "stop"),
     ("/completions", {"temperature": 5}, "temperature"),
+    ("/chat/completions", {"logit_bias": {"5": 101}}, "logit_bias"),
+    ("/chat/completions", {"logit_bias": {"400000": 1}}, "logit_bias"),
+    ("/completions", {"logit_bias": {"the": 1}}, "logit_bias"),
 ])
 def test_fields_that_would_change_the_answer_unheeded_are_refused_by_name(api, path, extra, param):
-    """They used to be read and ignored, so a client asking for a bias got an unbiased answer."""
+    """They used to be read and ignored, so a client asking for a penalty got none (and one asking
+    for a bias got an unbiased answer; biases are now applied, and bad ones refused)."""
     _, url = api
     body = chat_body() if path == "/chat/completions" else {"model": "tiny-llama", "prompt": "once upon"}
     status, answer = post(url, path, {**body, **extra})
     assert status == 400 and answer["error"]["param"] == param, answer
-    neutral = {"logit_bias": {}, "presence_penalty": 0, "frequency_penalty": 0.0, "modalities": ["text"],
+    neutral = {"presence_penalty": 0, "frequency_penalty": 0.0, "modalities": ["text"],
                "suffix": None, "best_of": 1}
     if param in neutral:  # the value that asks for nothing is taken
         assert post(url, path, {**body, param: neutral[param], "max_tokens": 2})[0] == 200
@@ -508,3 +510,33 @@ def test_a_body_that_is_not_a_json_object_is_a_400_that_says_so(api, body, heade
     _, url = api
     status, answer = raw(url, "/chat/completions", body=body, headers={"Authorization": f"Bearer {KEY}", **headers})
     assert status == 400 and answer["error"]["message"].startswith("the body must be a JSON object"), answer
+
+
+@pytest.mark.parametrize("path", ["/chat/completions", "/completions"])
+def test_logit_bias_moves_the_tokens_it_names(api, path):
+    """Greedy: +100 on one token makes every new token that one; -100 on the unbiased answer's first
+    token makes the first token the model's second choice there (read from its own logits)."""
+    import torch
+
+    from bot.generation import PEFT_BASE
+
+    service, url = api
+    tokenizer = service.generator.tokenizer
+    chat = path == "/chat/completions"
+    body = chat_body(max_tokens=5) if chat else {"model": "tiny-llama", "prompt": "once upon", "max_tokens": 5}
+
+    def text(**extra):
+        status, answer = post(url, path, {**body, **extra})
+        assert status == 200, answer
+        choice = answer["choices"][0]
+        return choice["message"]["content"] if chat else choice["text"]
+
+    forced = tokenizer(" fox", add_special_tokens=False)["input_ids"][0]
+    assert text(logit_bias={str(forced): 100}) == tokenizer.decode([forced] * 5)
+    prompt = service.generator.render(build_messages("a wonderful film")) if chat else "once upon"
+    ids = tokenizer(prompt, add_special_tokens=not chat)["input_ids"]
+    with torch.inference_mode():
+        logits = service.generator.loaded.model(input_ids=torch.tensor([ids]), adapter_names=[PEFT_BASE]).logits[0, -1]
+    first, second = (tokenizer.decode([token]) for token in logits.topk(2).indices.tolist())
+    assert text().startswith(first), "sanity check: the reference logits give the unbiased answer"
+    assert text(logit_bias={str(logits.argmax().item()): -100}).startswith(second) and first != second

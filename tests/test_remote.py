@@ -142,3 +142,12 @@ def test_second_instance_answers_like_the_first():
                                              "few", 4, "knn", "nearest-last", api_name="/chat")[0]
     assert json.loads(cli.stdout)["answer"] == direct
     assert relayed == direct
+
+
+def test_a_logit_bias_reaches_the_server(server):
+    local, url = server
+    remote = RemoteGenerator(url, api_key="k", tokenizer=local.tokenizer)
+    fox = local.tokenizer(" fox", add_special_tokens=False)["input_ids"][0]
+    biased = GenerationSettings(max_new_tokens=4, logit_bias=((fox, 100.0),))
+    messages = build_messages("hello there")
+    assert remote.complete(messages, biased).text == local.complete(messages, biased).text == " fox" * 4
