@@ -9,7 +9,7 @@ from playwright.sync_api import expect
 from bot.generation import Generator
 from bot.service import ChatService
 from browser import CHROMIUM, browser, send_chat, watch_reply
-from servers import launched, running_app
+from servers import gradio_client, launched, running_app
 from tiny import tiny_loaded
 
 expect.set_options(timeout=15_000)  # each check waits until it holds: a queued round trip on a busy machine
@@ -314,6 +314,16 @@ def test_a_fresh_page_offers_adapters_and_pools_added_after_the_start(tmp_path):
         page.get_by_role("option", name="reviews").wait_for(timeout=15000)
         page.get_by_role("tab", name="Pools").click()
         expect(page.locator("#pools-table")).to_contain_text("reviews")  # its table was filled at the start
+        # A gradio_client call opens no page; Gradio used to check its values against the start-up lists.
+        client = gradio_client(url)
+        answer, demos, _ = client.predict("film 2", "", 4, 0, 1, "zebra", "reviews", "few", 2, "knn", "nearest-last", 0,
+                                          api_name="/chat")
+        assert answer and len(demos) == 2 and {row[1] for row in demos} <= {f"film {i}" for i in range(4)}
+        answers = client.predict("hello", ["base", "zebra"], False, "(none)", "few", 2, "knn", "nearest-last", 4, 0, 0,
+                                 api_name="/compare")
+        assert answers[0] and answers[1]
+        with pytest.raises(Exception, match="unknown adapter 'nobody'|not in the list of choices"):
+            client.predict("hi", "", 4, 0, 1, "nobody", "(none)", "few", 2, "knn", "nearest-last", 0, api_name="/chat")
 
 
 def test_a_failed_pool_build_leaves_the_pickers_usable_and_shows_its_error_as_text(tmp_path):

@@ -11,6 +11,7 @@ import gradio as gr
 from bot.conversation import turn_text
 from bot.settings import MAX_TEMPERATURE
 from ui.escape import EscapingChatbot, shown_error
+from ui.pickers import current_dropdown
 from ui.text import t
 
 NO_POOL = "(none)"
@@ -95,7 +96,7 @@ def shown_choices(values: list[str]) -> list[tuple]:
 def fewshot_controls(service) -> dict:
     """Pool, mode, k, selection and order inputs (unrendered: the caller places them)."""
     return {
-        "pool": gr.Dropdown(pool_choices(service), value=NO_POOL, label=t("pool"), render=False),
+        "pool": current_dropdown(lambda: pool_choices(service), value=NO_POOL, label=t("pool"), render=False),
         "mode": gr.Radio(shown_choices(["zero", "one", "few"]), value="few", label=t("mode"), render=False),
         "k": gr.Slider(0, 16, value=4, step=1, label=t("k"), render=False),
         "select": gr.Dropdown(shown_choices(["knn", "random", "mmr"]), value="knn", label=t("selection"), render=False),
@@ -114,7 +115,7 @@ def chat_tab(service) -> dict:
     max_new_tokens = gr.Slider(1, 1024, value=256, step=1, label=t("max_new_tokens"), render=False)
     temperature = gr.Slider(0, MAX_TEMPERATURE, value=0, step=0.05, label=t("temperature"), render=False)
     top_p = gr.Slider(0.05, 1, value=1, step=0.05, label=t("top_p"), render=False)
-    adapter = gr.Dropdown(service.adapter_choices(), value="base", label=t("adapter"), render=False)
+    adapter = current_dropdown(service.adapter_choices, value="base", label=t("adapter"), render=False)
     few = fewshot_controls(service)
     demo_seed = gr.Number(0, precision=0, minimum=0, label=t("demo_seed"), render=False)
 

@@ -12,6 +12,7 @@ import gradio as gr
 from bot.settings import MAX_TEMPERATURE
 from ui.chat import DEFAULT_SYSTEM, demo_rows, fewshot_controls, fewshot_from, settings_from
 from ui.escape import shown_error
+from ui.pickers import current_checkbox_group
 from ui.text import t
 
 SLOTS = 5
@@ -49,7 +50,7 @@ def compare_tab(service) -> dict:
     with gr.Row():
         with gr.Column(scale=2):
             message = gr.Textbox(label=t("message"), lines=3, elem_id="compare-input")
-            models = gr.CheckboxGroup(service.adapter_choices(), value=["base"], label=t("compare_models"),
+            models = current_checkbox_group(service.adapter_choices, value=["base"], label=t("compare_models"),
                                       elem_id="compare-models")
             with_demos = gr.Checkbox(False, label=t("compare_fewshot"), elem_id="compare-fewshot")
             with gr.Row():

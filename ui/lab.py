@@ -9,6 +9,7 @@ import gradio as gr
 
 from retrieval.rows import FORMATS
 from ui.escape import shown_error
+from ui.pickers import current_dropdown
 from ui.text import t
 
 
@@ -90,7 +91,7 @@ def lab_tab(service, model_spec: str) -> dict:
                                     label=t("lab_train_steps"), visible=False, elem_id="lab-train-steps")
             permutations = gr.Slider(1, 120, value=24, step=1, label=t("permutations"),  # order is the first shown
                                      elem_id="lab-permutations")
-            adapter = gr.Dropdown(service.adapter_choices(), value="base", label=t("adapter"))
+            adapter = current_dropdown(service.adapter_choices, value="base", label=t("adapter"))
             run = gr.Button(t("run_experiment"), variant="primary", elem_id="lab-run")
     report = gr.Markdown(elem_id="lab-report")
     finished = gr.State()

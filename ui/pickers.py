@@ -1,0 +1,75 @@
+"""Pickers whose choices follow the service: adapters trained and pools built after the app started.
+
+Gradio checks a request's value against the component's choices as built at start-up. A page
+gets the current lists when it opens (see `app.keep_pickers_current`), but a `gradio_client`
+call never opens a page, so `/chat` refused an adapter or pool that `/v1` already served. These
+pickers add the current choices to their own before each request checks its value.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import gradio as gr
+
+
+def _as_pairs(choices: list) -> list[tuple]:
+    """Choices as Gradio keeps them: (shown name, value) pairs."""
+    return [tuple(c) if isinstance(c, (tuple, list)) else (str(c), c) for c in choices]
+
+
+def _with_current(known: list, current: list) -> list[tuple]:
+    """The choices a picker knows (a page's, which can hold one deleted since: the refresh that
+    replaces it must get past this check) and the current ones. The service refuses a gone name
+    with its own message."""
+    pairs = _as_pairs(known)
+    values = {value for _, value in pairs}
+    return pairs + [pair for pair in _as_pairs(current) if pair[1] not in values]
+
+
+class _CurrentDropdown(gr.Dropdown):
+    """Reads `choices_now()` again before each request's value is checked. Gradio rebuilds a page's
+    copy of a component from its class and its constructor's keyword arguments, so `choices_now`
+    is one of them; the props sent to the browser stay the Dropdown's own."""
+
+    def __init__(self, *, choices_now: Callable[[], list], **kwargs):
+        self._choices_now = choices_now
+        super().__init__(**kwargs)
+
+    def preprocess(self, payload):
+        self.choices = _with_current(self.choices, self._choices_now())
+        return super().preprocess(payload)
+
+    def get_config(self, cls=None):
+        return super().get_config(cls or gr.Dropdown)
+
+    def get_block_name(self) -> str:
+        return "dropdown"  # the browser draws it with Gradio's own
+
+
+class _CurrentCheckboxGroup(gr.CheckboxGroup):
+    """The same for a CheckboxGroup (see _CurrentDropdown)."""
+
+    def __init__(self, *, choices_now: Callable[[], list], **kwargs):
+        self._choices_now = choices_now
+        super().__init__(**kwargs)
+
+    def preprocess(self, payload):
+        self.choices = _with_current(self.choices, self._choices_now())
+        return super().preprocess(payload)
+
+    def get_config(self, cls=None):
+        return super().get_config(cls or gr.CheckboxGroup)
+
+    def get_block_name(self) -> str:
+        return "checkboxgroup"
+
+
+def current_dropdown(choices_now: Callable[[], list], **kwargs) -> gr.Dropdown:
+    """A `gr.Dropdown` of `choices_now()` that takes any value among them at the time of the request."""
+    return _CurrentDropdown(choices=choices_now(), choices_now=choices_now, **kwargs)
+
+
+def current_checkbox_group(choices_now: Callable[[], list], **kwargs) -> gr.CheckboxGroup:
+    """A `gr.CheckboxGroup` of `choices_now()` that takes any values among them at the time of the request."""
+    return _CurrentCheckboxGroup(choices=choices_now(), choices_now=choices_now, **kwargs)
