@@ -83,6 +83,32 @@ class AdapterHost:
                 self.lock.release()
         return gone
 
+    def offered(self) -> list[str]:
+        """The registry's adapters this model can take: listed with no problem, and trained on this
+        base model (its name, and its weights where the metadata records them)."""
+        return [info.name for info in self.registry.list() if self._unfit(info) is None]
+
+    def why_not_offered(self, name: str) -> str | None:
+        """Why a folder in the adapters directory named `name` is not offered; None if it is, or if there is none."""
+        info = next((info for info in self.registry.list() if info.name == name), None)
+        return None if info is None else self._unfit(info)
+
+    def _unfit(self, info: AdapterInfo) -> str | None:
+        from adapters.checks import check_base, read_config
+
+        if info.problem is not None:
+            return f"adapter '{info.name}' cannot be used: {info.problem}"
+        try:
+            if info.metadata is not None:
+                check_base(info.name, info.metadata.base_model, info.metadata.base_fingerprint, self.loaded.name,
+                           self.base_fingerprint)
+            else:  # trained elsewhere: PEFT's config names its base
+                check_base(info.name, read_config(info.path).get("base_model_name_or_path") or "unknown", None,
+                           self.loaded.name, self.base_fingerprint)
+        except AdapterError as error:
+            return str(error)
+        return None
+
     def _remove_if_attached(self, names: set[str]) -> None:
         """`_remove` each of `names` still attached (another request may have removed it), under the lock."""
         for name in names & set(self._paths):
@@ -189,6 +215,8 @@ def resolve_cli_adapter(text: str, registry: AdapterRegistry | None = None) -> A
     """`--adapter` as every command line reads it: a folder path (a missing one is named as a folder),
     else a name in the adapters folder or a hub id. Files are checked when it is attached (`vet`)."""
     registry = registry or AdapterRegistry()
+    if not text.strip():  # "" is no path to the current folder
+        raise AdapterError("the adapter name is empty; leave out --adapter to use the base model")
     if _looks_like_path(text) or (Path(text).expanduser().is_dir() and not _is_plain_name(text)):
         return registry.resolve_path(text)
     return registry.resolve(text)

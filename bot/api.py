@@ -347,6 +347,9 @@ async def _until_client_leaves(events: Iterator[str], cancel: threading.Event):
 def _adapter_for(service, model: str) -> str:
     """The adapter a request's `model` names (BASE for the base model's own name); 404 if none."""
     if model not in (BASE, service.model_name) and model not in service.adapter_choices():
+        reason = service.why_not_offered(model)
+        if reason:  # a folder of that name is there, but this model cannot take it
+            raise APIError(400, reason, param="model")
         available = ", ".join([service.model_name, *service.adapter_choices()[1:]])
         raise APIError(404, f"unknown model '{model}'; available: {available}", param="model", code="model_not_found")
     return BASE if model == service.model_name else model

@@ -104,11 +104,17 @@ class ChatService:
         """An adapters.host.AdapterHost; None serves the base model only."""
 
     def adapter_choices(self) -> list[str]:
-        """`base`, then every adapter that is resident or can be loaded from the adapters folder."""
+        """`base`, then every adapter that is resident or can be loaded from the adapters folder onto
+        this base model (one trained on another base is left out: see `why_not_offered`)."""
         names = set(self.generator.resident_adapters())
         if self.adapters is not None:
-            names = (names - self.adapters.prune_deleted()) | set(self.adapters.registry.names())
+            names = (names - self.adapters.prune_deleted()) | set(self.adapters.offered())
         return [BASE, *sorted(names)]
+
+    def why_not_offered(self, name: str) -> str | None:
+        """Why an adapter in the adapters folder is not among `adapter_choices` (another base model, a
+        problem with its files); None if it is offered or there is no such folder."""
+        return None if self.adapters is None else self.adapters.why_not_offered(name)
 
     def use_adapter(self, name: str) -> str:
         """Make the adapter resident (loading it on first use, or anew once its folder was replaced)

@@ -251,3 +251,39 @@ def test_list_says_what_it_passes_over(root):
         "not listed: kelp.v2: holds an adapter, but its name cannot name one (letters, digits, '-' and '_'); rename "
         "the folder",
     ]
+
+
+@pytest.mark.parametrize("impostor", [False, True])
+def test_an_adapter_for_another_base_is_not_offered_and_a_request_says_why(trained, root, tmp_path, impostor):
+    """It used to be listed (in /v1/models with this model as its parent) and fail on every use."""
+    from adapters.host import AdapterHost
+    from adapters.registry import AdapterRegistry
+    from bot.api import _adapter_for, APIError
+    from bot.generation import Generator
+    from bot.service import ChatService
+
+    other = load_tiny(tiny_base(tmp_path / "other-base", seed=1))
+    if impostor:  # the same name, other weights
+        other.name = trained[0]
+    shutil.copytree(trained[1], root / "zebra")
+    lock = threading.Lock()
+    service = ChatService(Generator(other), adapters=AdapterHost(other, lock, AdapterRegistry(root)))
+    assert service.adapter_choices() == ["base"]
+    with pytest.raises(APIError, match="trained on other weights" if impostor else "trained on base model") as caught:
+        _adapter_for(service, "zebra")
+    assert caught.value.status == 400
+    with pytest.raises(APIError, match="unknown model 'nobody'"):
+        _adapter_for(service, "nobody")
+    fitting = ChatService(Generator(load_tiny(trained[0])),
+                          adapters=AdapterHost(load_tiny(trained[0]), lock, AdapterRegistry(root)))
+    assert fitting.adapter_choices() == ["base", "persona", "zebra"]
+
+
+def test_an_empty_adapter_name_is_named_as_such(trained, root):
+    """It used to be read as the current folder ("'.venv' leads outside the adapters directory")."""
+    from adapters.host import resolve_cli_adapter
+    from adapters.registry import AdapterRegistry
+
+    for text in ("", "  "):
+        with pytest.raises(ValueError, match="the adapter name is empty; leave out --adapter"):
+            resolve_cli_adapter(text, AdapterRegistry(root))
