@@ -97,7 +97,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser = OneLineParser(description="Serve the chat app.", formatter_class=DefaultsHelpFormatter)
     parser.add_argument("--host", default=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"),
                         help="address to listen on; 0.0.0.0 for every interface; $GRADIO_SERVER_NAME sets the default")
-    parser.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", 7860)),
+    parser.add_argument("--port", type=port_number, default=int(os.environ.get("GRADIO_SERVER_PORT", 7860)),
                         help="port to listen on; $GRADIO_SERVER_PORT sets the default")
     add_model_flags(parser, env=True)
     add_decode_flags(parser)
@@ -107,6 +107,24 @@ def parse_args(argv=None) -> argparse.Namespace:
     if args.hub_adapter is None:
         args.hub_adapter = [i.strip() for i in os.environ.get("ICL_BOT_HUB_ADAPTERS", "").split(",") if i.strip()]
     return args
+
+
+def port_number(text: str) -> int:
+    if not text.isdigit() or not 1 <= int(text) <= 65535:
+        raise argparse.ArgumentTypeError(f"a port is a whole number from 1 to 65535, got '{text}'")
+    return int(text)
+
+
+def check_port_free(host: str, port: int) -> None:
+    """Refuse a port another process listens on (a ValueError that says so) before the model loads."""
+    import socket
+
+    try:
+        with socket.create_server((host, port)):
+            pass
+    except OSError as error:
+        reason = os.strerror(error.errno) if error.errno else str(error)
+        raise ValueError(f"cannot listen on {host}:{port}: {reason}") from error
 
 
 def create_service(args: argparse.Namespace):
@@ -156,12 +174,13 @@ def users_from_env(text: str | None) -> list[tuple[str, str]]:
 def main(argv=None) -> None:
     import uvicorn
 
-    from bot.paths import data_home
+    from bot.paths import ensure_data_home
 
     args = parse_args(argv)
-    # Uploads land inside the data home too, so the app writes nowhere else.
-    os.environ.setdefault("GRADIO_TEMP_DIR", str(data_home() / "uploads"))
     try:
+        # Uploads land inside the data home too, so the app writes nowhere else.
+        os.environ.setdefault("GRADIO_TEMP_DIR", str(ensure_data_home() / "uploads"))
+        check_port_free(args.host, args.port)  # before the model loads, not after
         users = users_from_env(os.environ.get("ICL_BOT_USERS"))
         service = create_service(args)
     except ValueError as error:  # a bad model, device, dtype or user list: the message names it

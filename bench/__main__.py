@@ -16,6 +16,10 @@ def available() -> list[str]:
 
 
 def run(argv: list[str]) -> int:
+    if argv[:1] in (["-h"], ["--help"]):
+        print(f"usage: python -m bench NAME [args...]; NAME is one of: {', '.join(available())} "
+              "(python -m bench NAME --help for its own)")
+        return 0
     if not argv or argv[0] not in available():
         got = f"unknown benchmark '{argv[0]}'" if argv else "no benchmark named"
         print(f"python -m bench: error: {got}; available: {', '.join(available())}", file=sys.stderr)

@@ -128,8 +128,10 @@ def add_model_flags(parser: argparse.ArgumentParser, env: bool = False) -> None:
 
 def main(args: argparse.Namespace) -> int:
     from bot.backend import open_generator
+    from bot.paths import ensure_data_home
 
     try:
+        ensure_data_home()
         request = ask_request(args) if args.command == "ask" else None
         generator = open_generator(args)
     except ValueError as error:  # ModelError and RemoteError are ValueErrors with the whole story

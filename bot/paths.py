@@ -18,6 +18,20 @@ def data_home() -> Path:
     return Path(os.environ.get("ICL_BOT_HOME", REPO_ROOT / ".data")).resolve()
 
 
+def ensure_data_home() -> Path:
+    """`data_home()`, created if missing; a ValueError naming it (and $ICL_BOT_HOME) if it cannot be.
+    Entry points call this first, before a model loads for minutes only to fail at the first write."""
+    home = data_home()
+    try:
+        home.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        source = "$ICL_BOT_HOME" if "ICL_BOT_HOME" in os.environ else "the data folder"
+        raise ValueError(f"{source} {home} cannot be created: {error.strerror or error}") from error
+    if not os.access(home, os.W_OK):
+        raise ValueError(f"the data folder {home} is not writable; set ICL_BOT_HOME to a folder you can write")
+    return home
+
+
 def model_cache_dir() -> Path:
     """Dense safetensors copies of models that ship only as GGUF (overridable with `ICL_BOT_MODEL_CACHE`)."""
     return Path(os.environ.get("ICL_BOT_MODEL_CACHE", data_home() / "models")).resolve()

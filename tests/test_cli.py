@@ -162,3 +162,34 @@ def test_the_adapter_commands_answer_a_bad_flag_in_one_line(module, args, messag
     result = subprocess.run([sys.executable, "-m", module, *args], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert result.returncode == 2
     assert result.stderr.splitlines() == [f"python -m {module}: error: {message} (see python -m {module} --help)"]
+
+
+def app(*args, env=None):
+    return subprocess.run([sys.executable, "app.py", *args], cwd=ROOT, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, **(env or {})})
+
+
+def test_a_bad_port_is_refused_in_one_line_before_the_model_loads(tiny_folder):
+    """`--port -1` used to load the model, print "serving", then dump a traceback; a taken port
+    printed "serving" and then failed."""
+    import socket
+
+    result = app("--port", "-1", "--model", str(tiny_folder))
+    assert result.returncode == 2 and "a port is a whole number from 1 to 65535, got '-1'" in result.stderr
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        result = app("--host", "127.0.0.1", "--port", str(port), "--model", f"{tiny_folder}/missing")
+    # a missing model would fail later: the port is checked first
+    assert result.returncode == 2 and result.stderr.strip() == f"error: cannot listen on 127.0.0.1:{port}: Address already in use"
+    assert "serving" not in result.stdout
+
+
+def test_a_data_folder_that_cannot_be_made_is_named_before_the_model_loads(tmp_path, tiny_folder):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    home = blocker / "home"
+    for run in (lambda: bot("ask", "--model", str(tiny_folder), "hi", env={"ICL_BOT_HOME": str(home)}),
+                lambda: app("--model", str(tiny_folder), env={"ICL_BOT_HOME": str(home)})):
+        result = run()
+        assert result.returncode == 2 and "Traceback" not in result.stderr
+        assert result.stderr.strip() == f"error: $ICL_BOT_HOME {home} cannot be created: Not a directory"

@@ -185,3 +185,5 @@ def test_a_bad_pool_is_named_before_the_embedder_loads(tmp_path, capsys, monkeyp
         (tmp_path / "p.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
     assert cli(["build", "--pool", str(tmp_path / "p.jsonl"), "--out", str(tmp_path / "idx")]) == 2
     assert capsys.readouterr().err.startswith("error: " + message.format(dir=tmp_path))
+    helped = run("bench", "--help")
+    assert helped.returncode == 0 and "usage: python -m bench NAME" in helped.stdout and "retrieval" in helped.stdout
