@@ -112,9 +112,12 @@ def fit_to_window(tokenizer, messages: list[dict], budget: int) -> FittedPrompt:
     if tokens(low) <= budget:  # the usual case: everything fits
         high = low
     elif tokens(high) > budget:
+        system = count_prompt_tokens(tokenizer, head) if head else 0
+        what = "the message is too long: the prompt needs"
+        if system > budget / 2:  # most of it is the system prompt: say so, not "the message"
+            what = f"the system prompt is too long: it takes {system} tokens, and the prompt needs"
         raise PromptTooLong(
-            f"the message is too long: the prompt needs {tokens(high)} tokens but only {budget} fit "
-            "in the context window after room for the answer"
+            f"{what} {tokens(high)} tokens but only {budget} fit in the context window after room for the answer"
         )
     while low < high:  # the fewest exchanges dropped such that the rest fits
         middle = (low + high) // 2

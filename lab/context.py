@@ -76,7 +76,7 @@ def check_config(config: LabConfig, experiment: str, out: Path) -> None:
     if problem:
         raise LabError(f"--out: {problem}")
     if experiment in DEMONSTRATION_EXPERIMENTS and config.k < 1:
-        raise LabError(f"the {experiment} experiment needs k >= 1 (--k), got k={config.k}")
+        raise LabError(f"the {experiment} experiment needs k >= 1 demonstrations (k), got k={config.k}")
     if config.ood and experiment != "labels":
         raise LabError(f"--ood is read by the labels experiment only; drop it for {experiment}")
     if config.ood and Path(config.ood).resolve() in (Path(config.train).resolve(), Path(config.test).resolve()):

@@ -32,6 +32,10 @@ class LibraryError(ValueError):
     """A name or upload the library refuses; the message says what is allowed."""
 
 
+class PoolExistsError(LibraryError):
+    """A user pool of that name exists and the build did not ask to replace it."""
+
+
 def check_name(name: str) -> str:
     """`name` if it is a safe index name: letters, digits, '-' and '_', at most 64, no path parts."""
     if not isinstance(name, str) or not NAME_PATTERN.fullmatch(name) or name == BUILTIN_FOLDER:
@@ -108,11 +112,15 @@ class PoolLibrary:
         skip_bad: bool = False,
         task: str | None = None,
         progress: Progress | None = None,
+        replace: bool = False,
     ) -> DemoIndex:
-        """Build and save a user index from an uploaded pool file; replaces an index of the same name."""
+        """Build and save a user index from an uploaded pool file. An index of the same name (pools are
+        shared by every user of the app) is refused unless `replace`, and then kept until the new one is built."""
         check_name(name)
         if name in builtin_pools():
             raise LibraryError(f"'{name}' is a built-in pool; choose another name")
+        if not replace and self.names().get(name) == "user":
+            raise PoolExistsError(f"a pool named '{name}' exists already; choose another name, or replace it")
         size = Path(path).stat().st_size
         if size > self.max_upload_bytes:
             raise LibraryError(f"the file is {size:,} bytes; the limit is {self.max_upload_bytes:,} bytes")

@@ -48,6 +48,16 @@ def test_bad_input_comes_back_as_an_error(tiny_app, args, message):
         gradio_client(url).predict(*args, api_name="/chat")
 
 
+def test_a_refused_request_leaves_no_traceback_in_the_server_log(tiny_app, capfd):
+    """A request the user must fix used to log two tracebacks each (the ValueError, then Gradio's Error)."""
+    _, url = tiny_app
+    with pytest.raises(Exception, match="compare at most 5 models at once; 6 are chosen"):
+        gradio_client(url).predict("hi", ["base"] * 6, False, "(none)", "few", 2, "knn", "nearest-last", 4, 0, 0,
+                                   api_name="/compare")
+    out, err = capfd.readouterr()
+    assert "Traceback" not in out + err
+
+
 @pytest.mark.integration
 def test_real_app_answers_through_gradio_client():
     with running_app() as url:

@@ -55,6 +55,18 @@ def test_message_alone_too_long_raises(tiny):
         fit_to_window(tiny.tokenizer, messages, budget=50)
 
 
+def test_a_system_prompt_that_takes_most_of_the_window_is_named(tiny):
+    """It used to be reported as "the message is too long" when the message was one word."""
+    from bot.conversation import count_prompt_tokens
+
+    system = "rule " * 200
+    messages = build_messages("hi", history(1), system=system)
+    alone = count_prompt_tokens(tiny.tokenizer, messages[:1])
+    with pytest.raises(PromptTooLong, match=f"the system prompt is too long: it takes {alone} tokens, and the prompt "
+                                            "needs [0-9]+ tokens but only 50 fit"):
+        fit_to_window(tiny.tokenizer, messages, budget=50)
+
+
 def test_typed_special_tokens_stay_text_and_cannot_forge_a_turn(tiny):
     from bot.conversation import render_prompt_ids
 

@@ -233,7 +233,7 @@ def test_finetune_trains_from_a_csv_pool(tmp_path):
 
 @pytest.mark.parametrize("experiment", ["order", "labels", "select", "finetune"])
 def test_k_zero_is_refused_before_the_model_loads(tmp_path, no_model_load, experiment):
-    with pytest.raises(LabError, match=f"the {experiment} experiment needs k >= 1 \\(--k\\), got k=0"):
+    with pytest.raises(LabError, match=f"the {experiment} experiment needs k >= 1 demonstrations \\(k\\), got k=0"):
         run_experiment(experiment, config(tmp_path, "x", k=0))
 
 

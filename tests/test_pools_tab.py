@@ -58,3 +58,32 @@ def test_a_missing_column_points_at_the_field_box(pools_app, tmp_path):
     with pytest.raises(Exception, match=r"no column 'input' \(columns: text, label\); type the column's name in "
                                         r"'Input field'"):
         client.predict(handle_file(str(table)), "table", "input", "label", "", False, api_name="/build_index")
+
+
+def test_a_pool_of_a_taken_name_is_replaced_only_when_asked(pools_app, tmp_path):
+    """Pools are shared: a build under a taken name used to replace another user's pool without a word."""
+    service, client = pools_app
+
+    def pool(name, word):
+        path = tmp_path / f"{name}-{word}.jsonl"
+        path.write_text("".join(json.dumps({"input": f"{word} {i}", "output": "positive"}) + "\n" for i in range(3)))
+        return handle_file(str(path))
+
+    assert client.predict(pool("shared", "first"), "shared", "input", "output", "", False, False,
+                          api_name="/build_index") == "Built **shared**: 3 examples."
+    with pytest.raises(Exception, match="a pool named 'shared' exists already; choose another name, or replace it: "
+                                        "tick 'Replace a pool of this name'"):
+        client.predict(pool("shared", "second"), "shared", "input", "output", "", False, False, api_name="/build_index")
+    assert service.library.get("shared").pool.examples[0].input == "first 0"  # kept
+    client.predict(pool("shared", "second"), "shared", "input", "output", "", False, True, api_name="/build_index")
+    assert service.library.get("shared").pool.examples[0].input == "second 0"
+
+
+def test_a_gradio_client_caller_gets_the_error_as_text_not_html(pools_app, tmp_path):
+    """The page's toast renders HTML, so the page gets `&lt;`; a client renders nothing and used to get `&lt;` too."""
+    _, client = pools_app
+    pool = tmp_path / "p.jsonl"
+    pool.write_text(json.dumps({"input": "a", "output": "b"}) + "\n")
+    with pytest.raises(Exception) as caught:
+        client.predict(handle_file(str(pool)), "x<b>bold</b>", "input", "output", "", False, api_name="/build_index")
+    assert "invalid index name 'x<b>bold</b>'" in str(caught.value) and "&lt;" not in str(caught.value)

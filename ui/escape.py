@@ -27,8 +27,20 @@ the same, and the image becomes a link, fetched only if clicked."""
 
 def shown_error(error) -> gr.Error:
     """A gr.Error whose message shows as written: Gradio's toast renders HTML, and messages quote what
-    users typed (an index or adapter name) and what files hold (a column name)."""
-    return gr.Error(_escape(str(error)))
+    users typed (an index or adapter name) and what files hold (a column name). A `gradio_client`
+    caller gets the text as it is (it renders nothing). A refused request is the user's to fix, not
+    the server's: its traceback stays out of the server's log."""
+    text = str(error)
+    return gr.Error(text if _from_client() else _escape(text), print_exception=False)
+
+
+def _from_client() -> bool:
+    """Whether the event being handled came from `gradio_client` (which sends `x-gradio-user: api`)."""
+    from gradio.context import LocalContext
+
+    request = LocalContext.request.get(None)
+    headers = getattr(request, "headers", None) or {}
+    return headers.get("x-gradio-user") == "api"
 
 
 def _escape(text: str) -> str:
