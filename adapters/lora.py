@@ -167,7 +167,16 @@ def save_weights(peft_model, folder, state_dict: dict | None = None) -> None:
     """
     from safetensors import safe_open
 
-    peft_model.save_pretrained(str(folder), safe_serialization=True, state_dict=state_dict)
+    # Left at "auto", PEFT asks the hub whether the base's vocabulary grew (this trainer never resizes
+    # it), and warns twice on every offline save; embeddings are saved only where LoRA targets them.
+    from peft.utils.constants import EMBEDDING_LAYER_NAMES
+
+    targets = set()
+    for config in peft_model.peft_config.values():
+        if isinstance(config.target_modules, (set, list, tuple)):  # a string is a pattern, such as "all-linear"
+            targets |= set(config.target_modules)
+    peft_model.save_pretrained(str(folder), safe_serialization=True, state_dict=state_dict,
+                               save_embedding_layers="auto" if targets & set(EMBEDDING_LAYER_NAMES) else False)
     trained = sum(1 for parameter in peft_model.parameters() if parameter.requires_grad)
     with safe_open(str(Path(folder) / "adapter_model.safetensors"), "pt") as handle:
         saved = sum(1 for key in handle.keys() if ".lora_" in key)  # PEFT may add a layer it adapts, e.g. lm_head

@@ -217,7 +217,7 @@ class ChatService:
         from pathlib import Path
 
         from retrieval.index import DemoIndex
-        from retrieval.pool import load_pool
+        from retrieval.pool import MissingColumnError, load_pool
         from retrieval.storage import META_FILE
 
         if self.library is None:
@@ -229,7 +229,13 @@ class ChatService:
         path = Path(pool)
         if (path / META_FILE).is_file():
             return DemoIndex.load(path, self.library.embedder)
-        return DemoIndex.build(load_pool(path), self.library.embedder)
+        try:
+            examples = load_pool(path)
+        except MissingColumnError as error:  # a pool file is read with the columns `input` and `output`
+            raise MissingColumnError(
+                f"{error}; for other columns, build an index with python -m retrieval build --pool FILE "
+                f"--{error.field}-field COLUMN --out DIR, and pass the folder", error.field) from None
+        return DemoIndex.build(examples, self.library.embedder)
 
     def _stream(self, messages, settings, adapter, result: TurnResult, cancel=None) -> Iterator[TurnResult]:
         fitted = self.generator.fit(messages, settings)

@@ -767,3 +767,26 @@ def test_ctrl_c_during_training_is_one_line_and_keeps_the_old_adapter(setup):
     assert "Traceback" not in stderr and "interrupted: no adapter written" in stderr
     assert "--resume" not in stderr  # no --save-every, so no checkpoint to resume from
     assert file_sha256(old / "adapter_model.safetensors") == before
+
+
+def test_saving_an_adapter_asks_the_hub_nothing(tmp_path, monkeypatch):
+    """PEFT's default checked the hub for the base's config on every save (is the vocabulary resized?),
+    and warned twice offline; this trainer never resizes it, and saves embeddings only if it trains them."""
+    import warnings
+
+    from peft import LoraConfig, get_peft_model
+
+    from adapters.lora import save_weights
+    from tiny import tiny_loaded
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    hub_id = "HuggingFaceTB/SmolLM2-135M-Instruct"
+    model = get_peft_model(tiny_loaded().model, LoraConfig(r=4, target_modules=["q_proj", "v_proj"]))
+    model.peft_config["default"].base_model_name_or_path = hub_id
+    asked = []
+    monkeypatch.setattr("peft.utils.save_and_load.check_file_exists_on_hf_hub", lambda *args, **kw: asked.append(args))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        save_weights(model, tmp_path / "adapter")
+    assert asked == [] and not [w for w in caught if hub_id in str(w.message)]
+    assert (tmp_path / "adapter" / "adapter_model.safetensors").is_file()

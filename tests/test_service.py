@@ -74,6 +74,15 @@ def test_pool_file_by_path(service, tmp_path):
     assert len(result.demos) == 2 and all(d["input"].startswith("thing") for d in result.demos)
 
 
+def test_a_pool_file_with_other_columns_says_how_to_use_it(service, tmp_path):
+    table = tmp_path / "news.csv"
+    table.write_text("text,label\nmarkets rise,business\n")
+    with pytest.raises(ValueError, match=r"news.csv: the header has no column 'input' \(columns: text, label\); for "
+                                         "other columns, build an index with python -m retrieval build --pool FILE "
+                                         "--input-field COLUMN --out DIR, and pass the folder"):
+        last(service.chat("hi", None, None, SETTINGS, fewshot=FewShot(str(table), k=1)))
+
+
 @pytest.mark.parametrize(
     "fewshot, message",
     [
