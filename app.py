@@ -97,7 +97,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser = OneLineParser(description="Serve the chat app.", formatter_class=DefaultsHelpFormatter)
     parser.add_argument("--host", default=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"),
                         help="address to listen on; 0.0.0.0 for every interface; $GRADIO_SERVER_NAME sets the default")
-    parser.add_argument("--port", type=port_number, default=int(os.environ.get("GRADIO_SERVER_PORT", 7860)),
+    parser.add_argument("--port", type=port_number, default=os.environ.get("GRADIO_SERVER_PORT", "7860"),
                         help="port to listen on; $GRADIO_SERVER_PORT sets the default")
     add_model_flags(parser, env=True)
     add_decode_flags(parser)
@@ -120,11 +120,13 @@ def check_port_free(host: str, port: int) -> None:
     import socket
 
     try:
-        with socket.create_server((host, port)):
-            pass
-    except OSError as error:
-        reason = os.strerror(error.errno) if error.errno else str(error)
-        raise ValueError(f"cannot listen on {host}:{port}: {reason}") from error
+        family, kind, protocol, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
+                                                                flags=socket.AI_PASSIVE)[0]
+        with socket.socket(family, kind, protocol) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+            probe.bind(address)
+    except OSError as error:  # gaierror too: a host name that does not resolve
+        raise ValueError(f"cannot listen on {host}:{port}: {error.strerror or error}") from error
 
 
 def create_service(args: argparse.Namespace):

@@ -94,17 +94,13 @@ class AdapterHost:
         return None if info is None else self._unfit(info)
 
     def _unfit(self, info: AdapterInfo) -> str | None:
-        from adapters.checks import check_base, read_config
+        from adapters.checks import check_base
 
-        if info.problem is not None:
+        if info.problem is not None or info.metadata is None:  # a listed folder without metadata has a problem
             return f"adapter '{info.name}' cannot be used: {info.problem}"
         try:
-            if info.metadata is not None:
-                check_base(info.name, info.metadata.base_model, info.metadata.base_fingerprint, self.loaded.name,
-                           self.base_fingerprint)
-            else:  # trained elsewhere: PEFT's config names its base
-                check_base(info.name, read_config(info.path).get("base_model_name_or_path") or "unknown", None,
-                           self.loaded.name, self.base_fingerprint)
+            check_base(info.name, info.metadata.base_model, info.metadata.base_fingerprint, self.loaded.name,
+                       self.base_fingerprint)
         except AdapterError as error:
             return str(error)
         return None

@@ -42,7 +42,7 @@ from pydantic import BaseModel, ConfigDict, Field, create_model
 
 from bot.generation import BASE
 from bot.service import FewShot
-from bot.token_text import shown, token_spans
+from bot.token_text import CONTEXT, shown, token_spans
 
 
 class APIError(Exception):
@@ -168,6 +168,7 @@ def create_api(service, api_key: str | None = None) -> FastAPI:
     """A FastAPI app holding the /v1 routes; the Gradio UI is mounted beside them by app.py."""
     api = FastAPI(title="ICL & LoRA chat API")
     api.add_exception_handler(APIError, lambda request, error: error.response())
+    api.add_exception_handler(ClientLeft, lambda request, error: JSONResponse({}, status_code=499))
     api.add_exception_handler(RequestValidationError, _validation_error)
     api.add_exception_handler(BodyTooLarge, lambda request, error: _too_large().response())
     api.include_router(_routes(service))
@@ -239,9 +240,10 @@ def _too_large() -> APIError:
 ENDPOINTS = {"/v1/models": "GET", "/v1/chat/completions": "POST", "/v1/completions": "POST"}
 
 MODEL_WORKERS = 8
-"""Worker threads that requests may hold while they wait for the model (one of them runs it). A
-request past these waits on the event loop, holding no thread, so that a long queue never takes
-the threads that `GET /v1/models` and the running stream's events need."""
+"""Worker threads that requests may hold while they wait for a local model (a chat for its first
+token, a completion for all of it). A request past these waits on the event loop, holding no
+thread, so that a long queue never takes the threads that `GET /v1/models` and the running
+stream's events need. (With a remote backend there is no queue here: the server queues.)"""
 
 
 def _routes(service) -> APIRouter:
@@ -259,12 +261,12 @@ def _routes(service) -> APIRouter:
 
     @router.get("/models/{model:path}")
     def get_model(model: str) -> dict:
-        return model_card(service.model_name if _adapter_for(service, model) == BASE else model)
+        return model_card(service.model_name if _adapter_for(service, model, unusable=404) == BASE else model)
 
     @router.post("/chat/completions")
     async def chat_completions(body: ChatRequest, request: Request):
         cancel, stops = threading.Event(), _stops(body.stop)
-        turn = await _unless_client_leaves(request, cancel, model_work, _plan, service, body, cancel)
+        turn = await _unless_client_leaves(request, cancel, None, _plan, service, body, cancel)
         try:  # the first piece: errors (a prompt too long, say) surface here, before any byte is sent
             first = await _unless_client_leaves(request, cancel, model_work, next, turn)
         except ValueError as error:
@@ -279,7 +281,8 @@ def _routes(service) -> APIRouter:
     @router.post("/completions")
     async def completions(body: CompletionRequest, request: Request):
         cancel = threading.Event()
-        return await _unless_client_leaves(request, cancel, model_work, _text_completions, service, body, cancel)
+        answer = await _unless_client_leaves(request, cancel, None, _text_completions, service, body)
+        return await _unless_client_leaves(request, cancel, model_work, answer, cancel)
 
     @router.api_route("/{path:path}", methods=["GET", "POST", "PUT", "PATCH", "DELETE"])
     def elsewhere(path: str, request: Request):
@@ -291,15 +294,21 @@ def _routes(service) -> APIRouter:
     return router
 
 
+class ClientLeft(Exception):
+    """The client disconnected before its request got a worker: nothing ran, and nobody reads an answer."""
+
+
 async def _unless_client_leaves(request: Request, cancel: threading.Event, limiter, function, *args):
     """`function(*args)` in a worker thread (one of `limiter`'s, or of the default pool for None); if
     the client disconnects meanwhile, `cancel` is set, so the model stops at its next token instead
-    of answering nobody while others wait for the lock."""
+    of answering nobody while others wait for the lock, and a request still waiting for a worker
+    leaves the queue (ClientLeft)."""
 
     async def watch():
         while not await request.is_disconnected():
             await anyio.sleep(0.25)
         cancel.set()
+        group.cancel_scope.cancel()  # a wait for a worker ends here; a running worker is waited for
 
     outcome: dict = {}
     async with anyio.create_task_group() as group:
@@ -312,6 +321,8 @@ async def _unless_client_leaves(request: Request, cancel: threading.Event, limit
             group.cancel_scope.cancel()
     if "error" in outcome:
         raise outcome["error"]
+    if "value" not in outcome:
+        raise ClientLeft
     return outcome["value"]
 
 
@@ -344,19 +355,24 @@ async def _until_client_leaves(events: Iterator[str], cancel: threading.Event):
             cancel.set()
 
 
-def _adapter_for(service, model: str) -> str:
-    """The adapter a request's `model` names (BASE for the base model's own name); 404 if none."""
-    if model not in (BASE, service.model_name) and model not in service.adapter_choices():
+def _adapter_for(service, model: str, unusable: int = 400) -> str:
+    """The adapter a request's `model` names (BASE for the base model's own name); 404 if none, and
+    `unusable` (with the reason) for an adapter folder of that name this model cannot take."""
+    if model in (BASE, service.model_name):
+        return BASE
+    choices = service.adapter_choices()
+    if model not in choices:
         reason = service.why_not_offered(model)
         if reason:  # a folder of that name is there, but this model cannot take it
-            raise APIError(400, reason, param="model")
-        available = ", ".join([service.model_name, *service.adapter_choices()[1:]])
+            raise APIError(unusable, reason, param="model", code=None if unusable == 400 else "model_not_found")
+        available = ", ".join([service.model_name, *choices[1:]])
         raise APIError(404, f"unknown model '{model}'; available: {available}", param="model", code="model_not_found")
-    return BASE if model == service.model_name else model
+    return model
 
 
-def _text_completions(service, body: CompletionRequest, cancel: threading.Event | None = None) -> dict:
-    """The /v1/completions answer; `cancel` (the client left) stops the model at its next token."""
+def _text_completions(service, body: CompletionRequest):
+    """Check a /v1/completions request; return `answer(cancel)`, which waits for the model and gives
+    the response body (`cancel`, set when the client leaves, stops the model at its next token)."""
     from bot.completions import complete_tokens
 
     _refuse_unoffered(body, COMPLETION_UNOFFERED)
@@ -386,21 +402,25 @@ def _text_completions(service, body: CompletionRequest, cancel: threading.Event 
     vocab = len(tokenizer)
     if any(not 0 <= token < vocab for row in rows for token in row):
         raise APIError(400, f"prompt token ids must be between 0 and {vocab - 1}", param="prompt")
-    try:
-        done = complete_tokens(generator, rows, max_tokens, settings, adapter, body.logprobs, bool(body.echo),
-                               cancel=cancel)
-    except ValueError as error:
-        raise APIError(400, str(error)) from error
-    done = [_cut_at_stop(tokenizer, item, stops) for item in done]
-    choices = [_text_choice(tokenizer, index, item, bool(body.echo)) for index, item in enumerate(done)]
-    prompt_tokens = sum(len(item.prompt_ids) for item in done)
-    completion_tokens = sum(len(item.new_ids) for item in done)
-    return {
-        "id": f"cmpl-{uuid.uuid4().hex}", "object": "text_completion", "created": int(time.time()),
-        "model": body.model, "choices": choices,
-        "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-                  "total_tokens": prompt_tokens + completion_tokens},
-    }
+
+    def answer(cancel: threading.Event) -> dict:
+        try:
+            done = complete_tokens(generator, rows, max_tokens, settings, adapter, body.logprobs, bool(body.echo),
+                                   cancel=cancel)
+        except ValueError as error:
+            raise APIError(400, str(error)) from error
+        done = [_cut_at_stop(tokenizer, item, stops) for item in done]
+        choices = [_text_choice(tokenizer, index, item, bool(body.echo)) for index, item in enumerate(done)]
+        prompt_tokens = sum(len(item.prompt_ids) for item in done)
+        completion_tokens = sum(len(item.new_ids) for item in done)
+        return {
+            "id": f"cmpl-{uuid.uuid4().hex}", "object": "text_completion", "created": int(time.time()),
+            "model": body.model, "choices": choices,
+            "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+                      "total_tokens": prompt_tokens + completion_tokens},
+        }
+
+    return answer
 
 
 def _cut_at_stop(tokenizer, item, stops: list[str]):
@@ -442,23 +462,26 @@ def _text_choice(tokenizer, index: int, item, echo: bool) -> dict:
     logprobs = None
     if item.scores is not None:
         # offsets count characters of the prompt's text, whether it is echoed or not (as OpenAI's do)
-        spans = token_spans(tokenizer, item.scores.ids, start=0 if echo else len(tokenizer.decode(item.prompt_ids)))
-        scores = item.scores
+        scores, context = item.scores, [] if echo else item.prompt_ids
+        spans = token_spans(tokenizer, scores.ids, start=0 if echo else len(tokenizer.decode(item.prompt_ids)),
+                            context=context)
         logprobs = {
             "tokens": [piece for piece, _ in spans], "token_logprobs": scores.logprobs,
             "text_offset": [offset for _, offset in spans],
-            "top_logprobs": [None if top is None else _top_by_text(tokenizer, top, token, logprob)
-                             for token, logprob, top in zip(scores.ids, scores.logprobs, scores.top)],
+            "top_logprobs": [None if top is None else
+                             _top_by_text(tokenizer, top, token, logprob,
+                                          [*context[-CONTEXT:], *scores.ids[max(0, j - CONTEXT):j]])
+                             for j, (token, logprob, top) in enumerate(zip(scores.ids, scores.logprobs, scores.top))],
         }
     return {"index": index, "text": prompt_text + text, "logprobs": logprobs, "finish_reason": item.finish_reason}
 
 
-def _top_by_text(tokenizer, top: dict[int, float], chosen: int, logprob: float) -> dict[str, float]:
+def _top_by_text(tokenizer, top: dict[int, float], chosen: int, logprob: float, before: list[int]) -> dict[str, float]:
     """The alternatives and the token chosen (so up to logprobs + 1 entries, as OpenAI gives them),
-    keyed as `tokens` shows them; where two ids read the same, the likelier one is kept."""
+    keyed as `tokens` shows them after the ids `before`; where two ids read the same, the likelier one is kept."""
     by_text: dict[str, float] = {}
     for token, value in sorted({**top, chosen: logprob}.items(), key=lambda pair: -pair[1]):
-        by_text.setdefault(shown(tokenizer, token), value)
+        by_text.setdefault(shown(tokenizer, token, before[-CONTEXT:]), value)
     return by_text
 
 
@@ -498,7 +521,8 @@ def _sampling(body, tokenizer=None, **fields):
     temperature = 0.0 if body.temperature is None or top_p == 0 else body.temperature
     bias = []
     for key, value in (body.logit_bias or {}).items():
-        token = int(key) if key.strip().isdigit() else None
+        digits = key.strip()
+        token = int(digits) if digits.isascii() and digits.isdigit() and len(digits) <= 12 else None
         if token is None or (tokenizer is not None and token >= len(tokenizer)):
             top = "" if tokenizer is None else f" from 0 to {len(tokenizer) - 1}"
             raise APIError(400, f"logit_bias keys must be token ids{top}, got '{key}'", param="logit_bias")

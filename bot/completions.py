@@ -77,8 +77,11 @@ def complete_tokens(generator, rows: list[list[int]], max_tokens: int, settings:
         new = [[] for _ in rows]
         if max_tokens:
             sampling = replace(settings, max_new_tokens=max_tokens)
-            new = [ids for start in range(0, len(rows), GENERATE_ROWS)
-                   for ids in _generate(generator, rows[start : start + GENERATE_ROWS], sampling, adapter, cancel)]
+            for start in range(0, len(rows), GENERATE_ROWS):
+                if cancel is not None and cancel.is_set():  # the rest stay empty: nobody reads them
+                    break
+                new[start : start + GENERATE_ROWS] = _generate(generator, rows[start : start + GENERATE_ROWS],
+                                                              sampling, adapter, cancel)
         finished = [_cut_at_eos(generator, ids, max_tokens) for ids in new]
         scored = None
         if logprobs is not None and not (cancel and cancel.is_set()):

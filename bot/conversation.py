@@ -112,7 +112,10 @@ def fit_to_window(tokenizer, messages: list[dict], budget: int) -> FittedPrompt:
     if tokens(low) <= budget:  # the usual case: everything fits
         high = low
     elif tokens(high) > budget:
-        system = count_prompt_tokens(tokenizer, head) if head else 0
+        try:  # some chat templates refuse a conversation of a system prompt alone
+            system = count_prompt_tokens(tokenizer, head) if head else 0
+        except Exception:
+            system = 0
         what = "the message is too long: the prompt needs"
         if system > budget / 2:  # most of it is the system prompt: say so, not "the message"
             what = f"the system prompt is too long: it takes {system} tokens, and the prompt needs"

@@ -12,11 +12,14 @@ starts in the decoded text, so `text[offset:]` always begins at a character the 
 
 from __future__ import annotations
 
+import codecs
 from functools import lru_cache
 
 REPLACEMENT = "\ufffd"
 MAX_RUN = 16
 """Tokens a run waits for a character to complete; bytes that are not UTF-8 never complete one."""
+CONTEXT = 4
+"""Tokens decoded before each token, so that its text is what it adds in the middle of a text."""
 
 
 @lru_cache(maxsize=1)
@@ -51,29 +54,52 @@ def _decodes_bytes(tokenizer) -> bool:
     return type(decoder).__name__ == "ByteLevel" or "ByteLevel" in repr(decoder)
 
 
-def shown(tokenizer, token: int) -> str:
-    """A token's string in `logprobs`: its text, or `bytes:\\xNN...` where it holds part of a character."""
-    text = tokenizer.decode([token])
-    if REPLACEMENT not in text:
-        return text
-    raw = token_bytes(tokenizer, token)
-    return text if raw is None else "bytes:" + "".join(f"\\x{byte:02x}" for byte in raw)
+def shown(tokenizer, token: int, before: list[int] = ()) -> str:
+    """A token's string in `logprobs`, as it reads after the ids `before` (their last few): its text
+    there (a SentencePiece word keeps its leading space), or `bytes:\\xNN...` where the token holds
+    part of a character."""
+    alone = tokenizer.decode([token])
+    if REPLACEMENT in alone:
+        raw = token_bytes(tokenizer, token)
+        if raw is not None:
+            return "bytes:" + "".join(f"\\x{byte:02x}" for byte in raw)
+        return alone
+    before = list(before)[-CONTEXT:]
+    if not before:
+        return alone
+    head = tokenizer.decode(before)
+    text = tokenizer.decode([*before, token])
+    return text[len(head):] if text.startswith(head) else alone
 
 
-def token_spans(tokenizer, ids: list[int], start: int = 0) -> list[tuple[str, int]]:
-    """(shown string, offset) per token; offsets count characters of `tokenizer.decode(ids)` from `start`.
+def token_spans(tokenizer, ids: list[int], start: int = 0, context: list[int] = ()) -> list[tuple[str, int]]:
+    """(shown string, offset) per token; offsets count characters of the decoded text from `start`.
 
-    Tokens are decoded in runs that end on whole characters: a token that ends inside a character
-    waits for the ones that finish it, and each token of the run starts where its text does.
+    `context`: the ids before these (a prompt not echoed), whose last few are decoded with them, so
+    that a tokenizer that drops a leading space at the start of a text (SentencePiece) keeps it
+    here. Each token's text is what decoding it after a few tokens of context adds; a token that
+    ends inside a character waits for the tokens that finish it, and starts where its finished
+    characters do.
     """
+    every = list(context)[-CONTEXT:] + list(ids)
     spans: list[tuple[str, int]] = []
-    at, run = start, []
-    for token in ids:
-        before = tokenizer.decode(run).rstrip(REPLACEMENT) if run else ""
-        spans.append((shown(tokenizer, token), at + len(before)))
-        run.append(token)
-        text = tokenizer.decode(run)
-        if not text.endswith(REPLACEMENT) or len(run) >= MAX_RUN:
-            at += len(text)
-            run = []
+    at, done = start, len(every) - len(ids)  # `at` characters come before every[done]; later tokens wait
+    for i in range(done, len(every)):
+        spans.append((shown(tokenizer, every[i], every[:i]), at + _finished(tokenizer, every[done:i])[0]))
+        left = max(0, done - CONTEXT)
+        added = tokenizer.decode(every[left : i + 1])[len(tokenizer.decode(every[left:done])):]
+        _, waits = _finished(tokenizer, every[done : i + 1], added)
+        if not waits or i + 1 - done >= MAX_RUN:
+            at, done = at + len(added), i + 1
     return spans
+
+
+def _finished(tokenizer, run: list[int], text: str | None = None) -> tuple[int, bool]:
+    """How many characters `run` finishes, and whether it ends inside one. Told by the tokens' bytes
+    where the vocabulary gives them; else by its decoded `text` ending in a replacement character."""
+    raw = [token_bytes(tokenizer, token) for token in run]
+    if all(part is not None for part in raw):
+        decoder = codecs.getincrementaldecoder("utf-8")("replace")
+        finished = decoder.decode(b"".join(raw), final=False)
+        return len(finished), bool(decoder.getstate()[0])
+    return 0, bool(text and text.endswith(REPLACEMENT))

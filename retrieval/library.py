@@ -77,6 +77,10 @@ class PoolLibrary:
                     found[folder.name] = "user"
         return found
 
+    def _refuse_taken(self, name: str, replace: bool) -> None:
+        if not replace and self.names().get(name) == "user":
+            raise PoolExistsError(f"a pool named '{name}' exists already; choose another name, or replace it")
+
     def get(self, name: str, progress: Progress | None = None) -> DemoIndex:
         """The index called `name`, from the cache, from disk, or (built-in pools) freshly built."""
         check_name(name)
@@ -119,14 +123,14 @@ class PoolLibrary:
         check_name(name)
         if name in builtin_pools():
             raise LibraryError(f"'{name}' is a built-in pool; choose another name")
-        if not replace and self.names().get(name) == "user":
-            raise PoolExistsError(f"a pool named '{name}' exists already; choose another name, or replace it")
+        self._refuse_taken(name, replace)  # before the minutes of embedding; again before the save
         size = Path(path).stat().st_size
         if size > self.max_upload_bytes:
             raise LibraryError(f"the file is {size:,} bytes; the limit is {self.max_upload_bytes:,} bytes")
         pool = load_pool(path, input_field, output_field, skip_bad=skip_bad, task=task)
         with self._lock:
             index = DemoIndex.build(pool, self.embedder, progress=progress)
+            self._refuse_taken(name, replace)
             index.save(self.root / name)
             self._cache[name] = index
         return index

@@ -487,6 +487,8 @@ def test_a_negative_seed_draws_and_top_p_zero_is_greedy(api, path):
     ("/chat/completions", {"logit_bias": {"5": 101}}, "logit_bias"),
     ("/chat/completions", {"logit_bias": {"400000": 1}}, "logit_bias"),
     ("/completions", {"logit_bias": {"the": 1}}, "logit_bias"),
+    ("/completions", {"logit_bias": {"²": 1}}, "logit_bias"),  # a digit to str.isdigit, not to int()
+    ("/chat/completions", {"logit_bias": {"9" * 5000: 1}}, "logit_bias"),
 ])
 def test_fields_that_would_change_the_answer_unheeded_are_refused_by_name(api, path, extra, param):
     """They used to be read and ignored, so a client asking for a penalty got none (and one asking
@@ -540,3 +542,54 @@ def test_logit_bias_moves_the_tokens_it_names(api, path):
     first, second = (tokenizer.decode([token]) for token in logits.topk(2).indices.tolist())
     assert text().startswith(first), "sanity check: the reference logits give the unbiased answer"
     assert text(logit_bias={str(logits.argmax().item()): -100}).startswith(second) and first != second
+
+
+def test_requests_whose_clients_left_while_queued_for_a_worker_never_run():
+    """The model is held; twelve clients ask and hang up. The first MODEL_WORKERS got a worker
+    (they then stop at once, unanswered); the rest used to wait for one and run all the same."""
+    import threading
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    import httpx
+
+    import app
+    import bot.completions
+    from bot.api import MODEL_WORKERS
+
+    loaded = tiny_loaded()
+    release, held = threading.Event(), threading.Event()
+
+    def hold(module, args):
+        held.set()
+        release.wait(120)
+
+    loaded.model.register_forward_pre_hook(hold)
+    generator = Generator(loaded)
+    calls, complete = [], bot.completions.complete_tokens
+
+    def counted(*args, **kwargs):
+        calls.append(1)
+        return complete(*args, **kwargs)
+
+    bot.completions.complete_tokens = counted
+    try:
+        with serving(app.create_server(ChatService(generator))) as url:
+            def ask(_):
+                try:
+                    httpx.post(f"{url}/v1/completions", json={"model": "tiny-llama", "prompt": "hi", "max_tokens": 4},
+                               timeout=3)
+                except httpx.TimeoutException:
+                    return "left"
+
+            with ThreadPoolExecutor(MODEL_WORKERS + 4) as pool:
+                assert list(pool.map(ask, range(MODEL_WORKERS + 4))) == ["left"] * (MODEL_WORKERS + 4)
+            time.sleep(1)  # the server notices the hang-ups (it looks every 0.25 s)
+            release.set()
+            assert generator.lock.acquire(timeout=60)
+            generator.lock.release()
+            time.sleep(0.5)
+    finally:
+        release.set()
+        bot.completions.complete_tokens = complete
+    assert held.is_set() and len(calls) == MODEL_WORKERS

@@ -176,6 +176,8 @@ def test_a_bad_port_is_refused_in_one_line_before_the_model_loads(tiny_folder):
 
     result = app("--port", "-1", "--model", str(tiny_folder))
     assert result.returncode == 2 and "a port is a whole number from 1 to 65535, got '-1'" in result.stderr
+    result = app("--model", str(tiny_folder), env={"GRADIO_SERVER_PORT": "70000"})  # the default is checked too
+    assert result.returncode == 2 and "a port is a whole number from 1 to 65535, got '70000'" in result.stderr
     with socket.create_server(("127.0.0.1", 0)) as taken:
         port = taken.getsockname()[1]
         result = app("--host", "127.0.0.1", "--port", str(port), "--model", f"{tiny_folder}/missing")

@@ -236,3 +236,53 @@ def test_the_byte_level_alphabet_is_the_tokenizers_own():
 
     alphabet = byte_level_alphabet()
     assert set(alphabet) == set(pre_tokenizers.ByteLevel.alphabet()) and sorted(alphabet.values()) == list(range(256))
+
+
+def sentencepiece_like():
+    """Words with SentencePiece's leading-space marker and byte-fallback pieces: its decoder drops
+    the space before a text's first word, so a token decoded alone loses it."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"<unk>": 0, "▁hello": 1, "▁world": 2, "<0xE4>": 3, "<0xBD>": 4, "<0xA0>": 5, "a": 6}
+    core = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    core.pre_tokenizer = pre_tokenizers.Metaspace()
+    core.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse(),
+                                      decoders.Strip(" ", 1, 0)])
+    return PreTrainedTokenizerFast(tokenizer_object=core)
+
+
+def test_spans_of_a_sentencepiece_text_keep_its_spaces_and_index_it():
+    from bot.token_text import token_spans
+
+    tokenizer = sentencepiece_like()
+    ids = [1, 2, 2, 3, 4, 5, 6]
+    assert tokenizer.decode(ids) == "hello world world你a"
+    assert token_spans(tokenizer, ids) == [("hello", 0), (" world", 5), (" world", 11), ("bytes:\\xe4", 17),
+                                           ("bytes:\\xbd", 17), ("bytes:\\xa0", 17), ("a", 18)]
+    # without echo: the prompt's last tokens are the context, so the first new word keeps its space
+    assert token_spans(tokenizer, [2, 6], start=5, context=[1]) == [(" world", 5), ("a", 11)]
+
+
+def test_byte_level_offsets_equal_a_brute_force_recount():
+    """Random runs of byte tokens, words and bytes that never make UTF-8 (a sampled answer can hold
+    them): each offset is the length of the text that the tokens before it finish, counted from
+    their bytes, where a replacement character '�' that is in the text counts like any other."""
+    import codecs
+    import random
+
+    from bot.token_text import token_bytes, token_spans
+
+    tokenizer = tiny_loaded().tokenizer
+    pieces = [list(tokenizer(text, add_special_tokens=False)["input_ids"])
+              for text in ["🙂", "é", " the", "你好", "a", "\ufffd"]]
+    lone = [tokenizer.convert_tokens_to_ids(char) for char in ("ð", "Ł", "Ã")]  # 0xf0, 0x9f, 0xc3 alone
+    rng = random.Random(0)
+    for _ in range(200):
+        ids = [token for _ in range(rng.randint(1, 8))
+               for token in (rng.choice(pieces) if rng.random() < 0.8 else [rng.choice(lone)])]
+        expected = []
+        for i in range(len(ids)):
+            decoder = codecs.getincrementaldecoder("utf-8")("replace")
+            expected.append(len(decoder.decode(b"".join(token_bytes(tokenizer, t) for t in ids[:i]), final=False)))
+        assert [offset for _, offset in token_spans(tokenizer, ids)] == expected, ids

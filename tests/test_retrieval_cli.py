@@ -187,3 +187,42 @@ def test_a_bad_pool_is_named_before_the_embedder_loads(tmp_path, capsys, monkeyp
     assert capsys.readouterr().err.startswith("error: " + message.format(dir=tmp_path))
     helped = run("bench", "--help")
     assert helped.returncode == 0 and "usage: python -m bench NAME" in helped.stdout and "retrieval" in helped.stdout
+
+
+def test_two_builds_of_one_new_name_keep_the_first(tmp_path):
+    """Both pass the check before embedding; the second, built while the first saved, is refused
+    when it comes to save instead of replacing the pool the first user just made."""
+    import threading
+
+    from retrieval.library import PoolExistsError
+
+    entered, go = threading.Event(), threading.Event()
+
+    class Held(HashEmbedder):
+        def embed_batch(self, texts):
+            if not entered.is_set():
+                entered.set()
+                go.wait(30)  # the first build waits here, holding the library's lock
+            return super().embed_batch(texts)
+
+    library = PoolLibrary(root=tmp_path / "indexes", embedder=Held())
+    rows = {name: write_pool(tmp_path / f"{name}.jsonl", (f"{name} film", "pos"), (f"{name} book", "neg"))
+            for name in ("a", "b")}
+    first = threading.Thread(target=library.build_from_upload, args=("shared", rows["a"]))
+    first.start()
+    entered.wait(30)
+    outcome = {}
+
+    def second():
+        try:
+            library.build_from_upload("shared", rows["b"])
+        except PoolExistsError as error:
+            outcome["error"] = error
+
+    late = threading.Thread(target=second)
+    late.start()
+    go.set()
+    first.join(60)
+    late.join(60)
+    assert "exists already" in str(outcome.get("error"))
+    assert library.get("shared").pool.examples[0].input.startswith("a")

@@ -10,6 +10,7 @@ what the user typed.
 
 from __future__ import annotations
 
+import logging
 import re
 
 import gradio as gr
@@ -29,8 +30,9 @@ def shown_error(error) -> gr.Error:
     """A gr.Error whose message shows as written: Gradio's toast renders HTML, and messages quote what
     users typed (an index or adapter name) and what files hold (a column name). A `gradio_client`
     caller gets the text as it is (it renders nothing). A refused request is the user's to fix, not
-    the server's: its traceback stays out of the server's log."""
+    the server's: the log gets one line, not Gradio's two tracebacks."""
     text = str(error)
+    logging.getLogger(__name__).warning("request refused: %s", text)
     return gr.Error(text if _from_client() else _escape(text), print_exception=False)
 
 

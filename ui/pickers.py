@@ -18,13 +18,21 @@ def _as_pairs(choices: list) -> list[tuple]:
     return [tuple(c) if isinstance(c, (tuple, list)) else (str(c), c) for c in choices]
 
 
-def _with_current(known: list, current: list) -> list[tuple]:
+def _with_current(known: list, choices_now: Callable[[], list], payload) -> list[tuple]:
     """The choices a picker knows (a page's, which can hold one deleted since: the refresh that
-    replaces it must get past this check) and the current ones. The service refuses a gone name
-    with its own message."""
+    replaces it must get past this check), and the current ones where `payload` holds a value it
+    does not know (reading them can cost a request to a remote server). The service refuses a gone
+    name with its own message."""
     pairs = _as_pairs(known)
     values = {value for _, value in pairs}
-    return pairs + [pair for pair in _as_pairs(current) if pair[1] not in values]
+    asked = payload if isinstance(payload, list) else [payload]
+    if all(value in values or value is None for value in asked):
+        return pairs
+    try:
+        current = _as_pairs(choices_now())
+    except Exception:  # the remote server's list is out of reach: Gradio refuses the value as unknown
+        return pairs
+    return pairs + [pair for pair in current if pair[1] not in values]
 
 
 class _CurrentDropdown(gr.Dropdown):
@@ -37,7 +45,7 @@ class _CurrentDropdown(gr.Dropdown):
         super().__init__(**kwargs)
 
     def preprocess(self, payload):
-        self.choices = _with_current(self.choices, self._choices_now())
+        self.choices = _with_current(self.choices, self._choices_now, payload)
         return super().preprocess(payload)
 
     def get_config(self, cls=None):
@@ -55,7 +63,7 @@ class _CurrentCheckboxGroup(gr.CheckboxGroup):
         super().__init__(**kwargs)
 
     def preprocess(self, payload):
-        self.choices = _with_current(self.choices, self._choices_now())
+        self.choices = _with_current(self.choices, self._choices_now, payload)
         return super().preprocess(payload)
 
     def get_config(self, cls=None):
