@@ -7,7 +7,7 @@ of a character shows as `bytes:\\xf0\\x9f` (OpenAI's form), and its offset is wh
 starts in the decoded text, so `text[offset:]` always begins at a character the token helps make.
 
     spans = token_spans(tokenizer, ids)           # [(shown, offset), ...], offsets into decode(ids)
-    spans = token_spans(tokenizer, ids, start=7)  # offsets counted from 7 (text before these ids)
+    spans = token_spans(tokenizer, new_ids, start=len(prompt_text), context=prompt_ids)  # after a prompt
 """
 
 from __future__ import annotations
@@ -85,7 +85,8 @@ def token_spans(tokenizer, ids: list[int], start: int = 0, context: list[int] = 
     spans: list[tuple[str, int]] = []
     at, done = start, len(every) - len(ids)  # `at` characters come before every[done]; later tokens wait
     for i in range(done, len(every)):
-        spans.append((shown(tokenizer, every[i], every[:i]), at + _finished(tokenizer, every[done:i])[0]))
+        before = every[max(0, i - CONTEXT) : i]
+        spans.append((shown(tokenizer, every[i], before), at + _finished(tokenizer, every[done:i])[0]))
         left = max(0, done - CONTEXT)
         added = tokenizer.decode(every[left : i + 1])[len(tokenizer.decode(every[left:done])):]
         _, waits = _finished(tokenizer, every[done : i + 1], added)

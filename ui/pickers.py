@@ -35,18 +35,23 @@ def _with_current(known: list, choices_now: Callable[[], list], payload) -> list
     return pairs + [pair for pair in current if pair[1] not in values]
 
 
-class _CurrentDropdown(gr.Dropdown):
-    """Reads `choices_now()` again before each request's value is checked. Gradio rebuilds a page's
-    copy of a component from its class and its constructor's keyword arguments, so `choices_now`
-    is one of them; the props sent to the browser stay the Dropdown's own."""
+class _Current:
+    """Before Gradio checks a request's value against the choices, adds the current ones where the
+    value is not among them. Gradio rebuilds a page's copy of a component from its class and its
+    constructor's keyword arguments, so `choices_now` is one of them (each class's own `__init__`,
+    which Gradio records); the props sent to the browser stay the base component's."""
 
-    def __init__(self, *, choices_now: Callable[[], list], **kwargs):
-        self._choices_now = choices_now
-        super().__init__(**kwargs)
+    _choices_now: Callable[[], list]
 
     def preprocess(self, payload):
         self.choices = _with_current(self.choices, self._choices_now, payload)
         return super().preprocess(payload)
+
+
+class _CurrentDropdown(_Current, gr.Dropdown):
+    def __init__(self, *, choices_now: Callable[[], list], **kwargs):
+        self._choices_now = choices_now
+        super().__init__(**kwargs)
 
     def get_config(self, cls=None):
         return super().get_config(cls or gr.Dropdown)
@@ -55,16 +60,10 @@ class _CurrentDropdown(gr.Dropdown):
         return "dropdown"  # the browser draws it with Gradio's own
 
 
-class _CurrentCheckboxGroup(gr.CheckboxGroup):
-    """The same for a CheckboxGroup (see _CurrentDropdown)."""
-
+class _CurrentCheckboxGroup(_Current, gr.CheckboxGroup):
     def __init__(self, *, choices_now: Callable[[], list], **kwargs):
         self._choices_now = choices_now
         super().__init__(**kwargs)
-
-    def preprocess(self, payload):
-        self.choices = _with_current(self.choices, self._choices_now, payload)
-        return super().preprocess(payload)
 
     def get_config(self, cls=None):
         return super().get_config(cls or gr.CheckboxGroup)
