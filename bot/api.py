@@ -507,7 +507,7 @@ def _refuse_unoffered(body: BaseModel, features: dict[str, str]) -> None:
 
 
 SEEDS = 2**63
-"""OpenAI's seed is any 64-bit signed whole number; the generator's is from 0 to SEEDS - 1."""
+"""OpenAI's seed is any 64-bit signed whole number (-SEEDS to SEEDS - 1); the generator's is from 0 to SEEDS - 1."""
 
 
 def _sampling(body, tokenizer=None, **fields):
@@ -518,7 +518,9 @@ def _sampling(body, tokenizer=None, **fields):
     from bot.settings import GenerationSettings
 
     top_p = 1.0 if body.top_p is None else body.top_p
-    temperature = 0.0 if body.temperature is None or top_p == 0 else body.temperature
+    temperature = 0.0 if body.temperature is None else body.temperature
+    if body.seed is not None and not -SEEDS <= body.seed < SEEDS:
+        raise APIError(400, f"seed must be a 64-bit whole number, got {body.seed}", param="seed")
     bias = []
     for key, value in (body.logit_bias or {}).items():
         digits = key.strip()
@@ -528,10 +530,11 @@ def _sampling(body, tokenizer=None, **fields):
             raise APIError(400, f"logit_bias keys must be token ids{top}, got '{key}'", param="logit_bias")
         bias.append((token, value))
     try:
-        return GenerationSettings(temperature=temperature, top_p=top_p or 1.0, logit_bias=tuple(bias),
-                                  seed=None if body.seed is None else body.seed % SEEDS, **fields)
+        settings = GenerationSettings(temperature=temperature, top_p=top_p or 1.0, logit_bias=tuple(bias),
+                                      seed=None if body.seed is None else body.seed % SEEDS, **fields)
     except ValueError as error:  # each message begins with the field's name, the request's too
         raise APIError(400, str(error), param=str(error).split(" ", 1)[0]) from error
+    return dataclasses.replace(settings, temperature=0.0) if top_p == 0 else settings  # checked, then greedy
 
 
 def _plan(service, body: ChatRequest, cancel: threading.Event):

@@ -488,6 +488,8 @@ def test_a_negative_seed_draws_and_top_p_zero_is_greedy(api, path):
     ("/chat/completions", {"logit_bias": {"400000": 1}}, "logit_bias"),
     ("/completions", {"logit_bias": {"the": 1}}, "logit_bias"),
     ("/completions", {"logit_bias": {"²": 1}}, "logit_bias"),  # a digit to str.isdigit, not to int()
+    ("/chat/completions", {"top_p": 0, "temperature": 5}, "temperature"),  # checked, though greedy then
+    ("/completions", {"seed": 2**64}, "seed"),
     ("/chat/completions", {"logit_bias": {"9" * 5000: 1}}, "logit_bias"),
 ])
 def test_fields_that_would_change_the_answer_unheeded_are_refused_by_name(api, path, extra, param):

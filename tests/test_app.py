@@ -40,6 +40,7 @@ def test_chat_endpoint_streams(tiny_app):
     [
         (("hello", "", 9, 9, 1), "Value 9 is greater than maximum value 2"),
         (("   ", "", 9, 0, 1), "the message is empty"),
+        (("word " * 3000, "", 9, 0, 1), "the message is too long"),  # raised by the chat function itself
     ],
 )
 def test_bad_input_comes_back_as_an_error(tiny_app, args, message):

@@ -10,7 +10,7 @@ import gradio as gr
 
 from bot.conversation import turn_text
 from bot.settings import MAX_TEMPERATURE
-from ui.escape import EscapingChatbot, shown_error
+from ui.escape import EscapingChatbot, from_client, shown_error
 from ui.pickers import current_dropdown
 from ui.text import t
 
@@ -139,7 +139,7 @@ def chat_tab(service) -> dict:
                     warned = True
                 yield result.text, demo_rows(result.demos), result.prompt
         except ValueError as error:
-            if request is not None and request.headers.get("x-gradio-user") == "api":
+            if from_client():
                 raise shown_error(error) from error
             yield f"{FAILED}{error}", [], ""
 

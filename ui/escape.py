@@ -33,10 +33,10 @@ def shown_error(error) -> gr.Error:
     the server's: the log gets one line, not Gradio's two tracebacks."""
     text = str(error)
     logging.getLogger(__name__).warning("request refused: %s", text)
-    return gr.Error(text if _from_client() else _escape(text), print_exception=False)
+    return gr.Error(text if from_client() else _escape(text), print_exception=False)
 
 
-def _from_client() -> bool:
+def from_client() -> bool:
     """Whether the event being handled came from `gradio_client` (which sends `x-gradio-user: api`)."""
     from gradio.context import LocalContext
 
