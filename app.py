@@ -42,7 +42,7 @@ def build_app(service, model_spec: str = "default") -> gr.Blocks:
             chat = chat_tab(service)
         with gr.Tab(t("tab_compare")):
             compare = compare_tab(service)
-        lab = pools = None
+        lab = pools = training = None
         if service.library is not None:
             with gr.Tab(t("tab_pools")):
                 pools = pools_tab(service, [chat["pool"], compare["pool"]])
@@ -50,11 +50,14 @@ def build_app(service, model_spec: str = "default") -> gr.Blocks:
                 lab = lab_tab(service, model_spec)
         if service.adapters is not None:
             with gr.Tab(t("tab_train")):
-                train_tab(model_spec)
+                training = train_tab(model_spec)
         keep_pickers_current(demo, service, chat, compare, lab, pools)
         # A closed page stops its comparison (the chat's stream already ends with its connection);
-        # its lab and training runs go on, and their results are saved.
+        # its lab and training runs go on, and their results are saved. Its training run can then be
+        # stopped from any page.
         demo.unload(compare["halt"])
+        if training is not None:
+            demo.unload(training["release"])
     return demo
 
 

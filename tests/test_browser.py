@@ -479,3 +479,49 @@ def test_stop_button_ends_a_streaming_answer(tiny):
         page.wait_for_timeout(1500)
         assert reply.inner_text().strip() == stopped  # no longer growing
         assert 0 < len(stopped) < len(full.strip())
+
+
+def test_a_training_run_whose_page_closed_can_be_stopped_from_another_page(tmp_path, monkeypatch):
+    """Only the page that started a run may stop it; once that page closes, the run goes on and any
+    page may stop it (before, nobody could until it ended)."""
+    import subprocess
+
+    from adapters.host import AdapterHost
+    from adapters.registry import AdapterRegistry
+    from bot.models import load_model
+    from test_adapters_support import tiny_base
+
+    monkeypatch.setenv("ICL_BOT_ENABLE_TRAINING", "1")
+    monkeypatch.setenv("ICL_BOT_ADAPTERS", str(tmp_path / "adapters"))
+    base = tiny_base(tmp_path / "base")
+    loaded = load_model(base, dtype="float32", device="cpu")
+    generator = Generator(loaded)
+    service = ChatService(generator, adapters=AdapterHost(loaded, generator.lock, AdapterRegistry(tmp_path / "adapters")))
+
+    def status(page):
+        return page.locator("#train-status").inner_text()
+
+    try:
+        with launched(service, model_spec=base) as url, browser() as chromium:
+            starter, other = chromium.new_page(), chromium.new_page()
+            for page in (starter, other):
+                page.goto(url)
+                page.get_by_role("tab", name="Train").click()
+            starter.locator("#train-name textarea").fill("long")
+            starter.locator("#train-steps input[type=number]").fill("2000")
+            starter.locator("#train-start").click()
+            expect(other.locator("#train-status")).to_contain_text("training long: step", timeout=120_000)
+            other.locator("#train-stop").click()
+            expect(other.get_by_text("only the page that started this training run can stop it")).to_be_visible()
+            other.wait_for_timeout(3000)  # two polls: still running
+            assert status(other).startswith("training long"), status(other)
+            starter.close()
+            for _ in range(30):  # the server hears of the closed page within a few seconds
+                other.locator("#train-stop").click()
+                other.wait_for_timeout(2000)
+                if status(other).startswith("stopped"):
+                    break
+            assert status(other) == "stopped long: no adapter written"
+    finally:  # a failed check must not leave a 2000-step run loading the machine
+        subprocess.run(["pkill", "-f", f"adapters.train .*{tmp_path / 'adapters' / 'long'}"], check=False)
+    assert not (tmp_path / "adapters" / "long").exists()

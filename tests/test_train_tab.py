@@ -64,8 +64,10 @@ def test_a_run_shows_its_progress_and_stops_without_writing_an_adapter(adapters,
             time.sleep(0.2)
         progress = job.status()
         assert progress.startswith("training **long**: step ") and " of 2000, about " in progress, progress
-        with pytest.raises(ValueError, match="only the page that started this training run can stop it"):
-            job.stop(by="page-b")  # another visitor's page
+        job.release("page-b")  # another visitor's page closes: the run is still page-a's
+        with pytest.raises(ValueError, match="only the page that started this training run can stop it, until that "
+                                             "page closes"):
+            job.stop(by="page-b")
         assert job.running
         job.stop(by="page-a")
         job.process.wait(timeout=120)

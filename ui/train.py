@@ -43,7 +43,7 @@ class TrainingJob:
         """The failed run's last line, read once."""
         self.lock = threading.Lock()
         self.owner: str | None = None
-        """The session of the page that started the run."""
+        """The session of the page that started the run; None once that page has closed."""
 
     def start(self, data: str, name: str, model: str, steps: int, learning_rate: float, rank: int,
               owner: str | None = None) -> Path:
@@ -76,13 +76,20 @@ class TrainingJob:
 
     def stop(self, by: str | None = None) -> None:
         """Interrupt the run as Ctrl-C would: `adapters.train` then writes no adapter. Only the page that
-        started it may (`by`, its session), so that one visitor cannot end another's run."""
+        started it may (`by`, its session), so that one visitor cannot end another's run; once that page
+        has closed, any page may, or nobody could."""
         with self.lock:
             if not self.running:
                 return
             if self.owner is not None and by != self.owner:
-                raise ValueError("only the page that started this training run can stop it")
+                raise ValueError("only the page that started this training run can stop it, until that page closes")
             self.process.send_signal(signal.SIGINT)
+
+    def release(self, session: str | None) -> None:
+        """The page of `session` has closed: if it started the run, the run goes on and any page may stop it."""
+        with self.lock:
+            if session is not None and session == self.owner:
+                self.owner = None
 
     @property
     def running(self) -> bool:
@@ -127,25 +134,27 @@ class TrainingJob:
             return f"training failed ({self.process.returncode}): {self.failure}"
 
 
-def train_tab(model_spec: str) -> None:
+def train_tab(model_spec: str) -> dict | None:
+    """The tab's controls; returns its job and `release`, for the page's unload event, so that a
+    run whose page has closed can still be stopped (None while training is off)."""
     if not training_enabled():
         gr.Markdown(t("training_disabled"))
-        return
+        return None
     job = TrainingJob()
     demos = {path.stem: str(path) for path in sorted(DEMO_DATA.glob("*.jsonl"))}
     with gr.Row():
         with gr.Column():
             data = gr.Dropdown(list(demos), value=next(iter(demos), None), label=t("train_data"))
             upload = gr.File(label=t("train_file"), file_types=list(DATA_FORMATS), type="filepath")
-            name = gr.Textbox("my-adapter", label=t("adapter_name"))
-            steps = gr.Slider(1, 2000, value=60, step=1, label=t("max_steps"))
+            name = gr.Textbox("my-adapter", label=t("adapter_name"), elem_id="train-name")
+            steps = gr.Slider(1, 2000, value=60, step=1, label=t("max_steps"), elem_id="train-steps")
             learning_rate = gr.Number(2e-3, label=t("learning_rate"))
             rank = gr.Slider(1, 64, value=8, step=1, label=t("rank"))
             with gr.Row():
-                start = gr.Button(t("start_training"), variant="primary")
-                stop = gr.Button(t("stop_training"), variant="stop")
+                start = gr.Button(t("start_training"), variant="primary", elem_id="train-start")
+                stop = gr.Button(t("stop_training"), variant="stop", elem_id="train-stop")
         with gr.Column():
-            status = gr.Markdown()
+            status = gr.Markdown(elem_id="train-status")
             loss = gr.LinePlot(x="step", y="loss", label=t("loss"))
 
     def begin(data, upload, name, steps, learning_rate, rank, request: gr.Request):
@@ -169,6 +178,10 @@ def train_tab(model_spec: str) -> None:
         losses = [row for row in rows if "loss" in row]
         return job.status(rows), pd.DataFrame(losses or {"step": [], "loss": []})
 
+    def release(request: gr.Request):
+        job.release(request.session_hash)
+
     start.click(begin, [data, upload, name, steps, learning_rate, rank], status, api_name=False)
     stop.click(halt, None, None, api_name=False)  # the next poll says it stopped
     gr.Timer(2).tick(poll, outputs=[status, loss], api_name=False)
+    return {"job": job, "release": release}
