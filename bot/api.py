@@ -116,6 +116,9 @@ class ChatRequest(BaseModel):
     stream: bool | None = False
     stream_options: dict[str, Any] | None = None
     n: int | None = 1
+    logit_bias: dict[str, float] | None = None
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
     icl: FewShotFields | None = None
     """This service's extension: few-shot demonstrations for the last user message."""
     # OpenAI features this server does not offer: refused by name (see UNOFFERED) rather than silently ignored.
@@ -126,9 +129,6 @@ class ChatRequest(BaseModel):
     response_format: dict[str, Any] | None = None
     logprobs: bool | None = None
     top_logprobs: int | None = None
-    logit_bias: dict[str, float] | None = None
-    presence_penalty: float | None = None
-    frequency_penalty: float | None = None
     modalities: list[str] | None = None
     audio: Any = None
 
@@ -156,12 +156,12 @@ class CompletionRequest(BaseModel):
     stop: str | list[str] | None = None
     stream: bool | None = False
     n: int | None = 1
-    # OpenAI features this server does not offer: refused by name (see UNOFFERED).
-    suffix: str | None = None
-    best_of: int | None = None
     logit_bias: dict[str, float] | None = None
     presence_penalty: float | None = None
     frequency_penalty: float | None = None
+    # OpenAI features this server does not offer: refused by name (see COMPLETION_UNOFFERED).
+    suffix: str | None = None
+    best_of: int | None = None
 
 
 def create_api(service, api_key: str | None = None) -> FastAPI:
@@ -485,16 +485,15 @@ def _top_by_text(tokenizer, top: dict[int, float], chosen: int, logprob: float, 
     return by_text
 
 
-SAMPLING_UNOFFERED = {"presence_penalty": "presence penalties", "frequency_penalty": "frequency penalties"}
 UNOFFERED = {
     "tools": "tool calls", "tool_choice": "tool calls", "functions": "function calls",
     "function_call": "function calls", "logprobs": "log-probabilities on chat (POST /v1/completions scores tokens)",
     "top_logprobs": "log-probabilities on chat (POST /v1/completions scores tokens)",
-    "modalities": "audio output", "audio": "audio output", **SAMPLING_UNOFFERED,
+    "modalities": "audio output", "audio": "audio output",
 }
 """Request fields of OpenAI features this server does not offer (the field: the feature's name), refused
 by name unless left at a value that asks for nothing."""
-COMPLETION_UNOFFERED = {"suffix": "suffix (insertion)", "best_of": "best_of", **SAMPLING_UNOFFERED}
+COMPLETION_UNOFFERED = {"suffix": "suffix (insertion)", "best_of": "best_of"}
 ASKS_FOR_NOTHING = {"modalities": (["text"],), "best_of": (1,)}
 """Values beyond None, false, zero and empty that ask for nothing."""
 
@@ -531,6 +530,8 @@ def _sampling(body, tokenizer=None, **fields):
         bias.append((token, value))
     try:
         settings = GenerationSettings(temperature=temperature, top_p=top_p or 1.0, logit_bias=tuple(bias),
+                                      presence_penalty=body.presence_penalty or 0.0,
+                                      frequency_penalty=body.frequency_penalty or 0.0,
                                       seed=None if body.seed is None else body.seed % SEEDS, **fields)
     except ValueError as error:  # each message begins with the field's name, the request's too
         raise APIError(400, str(error), param=str(error).split(" ", 1)[0]) from error

@@ -61,6 +61,27 @@ def stopping_on(cancel: threading.Event | None) -> dict:
     return {} if cancel is None else {"stopping_criteria": StoppingCriteriaList([StopOnEvent(cancel)])}
 
 
+class OccurrencePenalty:
+    """A logits processor for OpenAI's presence and frequency penalties: each token's logit loses
+    `presence` if the answer has used it and `frequency` for each time it has. The prompt does not
+    count: the first call's width is taken as the prompt's, so use one instance per `generate` call."""
+
+    def __init__(self, presence: float, frequency: float):
+        self.presence, self.frequency = presence, frequency
+        self.prompt_width: int | None = None
+
+    def __call__(self, input_ids, scores):
+        import torch
+
+        if self.prompt_width is None:
+            self.prompt_width = input_ids.shape[1]
+        answer = input_ids[:, self.prompt_width:]
+        if answer.shape[1] == 0:
+            return scores
+        counts = torch.zeros_like(scores).scatter_add_(1, answer, torch.ones_like(answer, dtype=scores.dtype))
+        return scores - self.frequency * counts - self.presence * (counts > 0).to(scores.dtype)
+
+
 DECODING_EXTRAS = {"repetition_penalty": 1.0, "no_repeat_ngram_size": 0, "encoder_no_repeat_ngram_size": 0,
                    "min_new_tokens": None, "bad_words_ids": None, "suppress_tokens": None,
                    "begin_suppress_tokens": None, "sequence_bias": None, "forced_bos_token_id": None,
@@ -306,11 +327,11 @@ class Generator:
             )
 
     def _decodes_fast(self, settings: GenerationSettings, adapter: str) -> bool:
-        """The fast decoder serves greedy requests without a logit bias: the native one for the base and any plain LoRA
-        adapter, the compiled loop for the plain base model only (no adapters loaded on it)."""
+        """The fast decoder serves greedy requests without a logit bias or penalty: the native one for the base and any
+        plain LoRA adapter, the compiled loop for the plain base model only (no adapters loaded on it)."""
         from bot.native import NativeDecoder
 
-        if self.fast is None or not settings.greedy or settings.logit_bias:
+        if self.fast is None or not settings.greedy or settings.shapes_logits:
             return False
         if isinstance(self.fast, NativeDecoder):
             return not self.fast.adapter_problem(self.loaded.model, None if adapter == BASE else adapter)

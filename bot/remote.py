@@ -126,6 +126,9 @@ class RemoteGenerator:
             body["seed"] = settings.seed
         if settings.logit_bias:
             body["logit_bias"] = {str(token): bias for token, bias in settings.logit_bias}
+        for name in ("presence_penalty", "frequency_penalty"):
+            if getattr(settings, name):
+                body[name] = getattr(settings, name)
         return body
 
 

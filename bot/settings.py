@@ -15,6 +15,8 @@ MAX_BIAS = 100.0
 """Largest logit bias either way, OpenAI's limit: -100 bans a token, +100 all but forces it."""
 MAX_BIASED_TOKENS = 300
 """Most tokens one request may bias, as OpenAI allows."""
+MAX_PENALTY = 2.0
+"""Largest presence or frequency penalty either way, OpenAI's limit."""
 
 
 @dataclass(frozen=True)
@@ -30,6 +32,11 @@ class GenerationSettings:
     logit_bias: tuple[tuple[int, float], ...] = ()
     """(token id, bias) pairs added to those tokens' logits before each choice, greedy or sampled
     (OpenAI's `logit_bias`); the ids are checked against the vocabulary where it is known."""
+    presence_penalty: float = 0.0
+    """Subtracted from the logit of every token the answer has used so far (OpenAI's; -2 to 2)."""
+    frequency_penalty: float = 0.0
+    """Subtracted from a token's logit once for each time the answer has used it so far (OpenAI's; -2 to 2).
+    Both penalties, like the bias, apply before the temperature and count only the answer's tokens."""
 
     def __post_init__(self):
         if isinstance(self.max_new_tokens, bool) or not isinstance(self.max_new_tokens, int):
@@ -51,13 +58,31 @@ class GenerationSettings:
                 raise ValueError(f"logit_bias values must be between -{MAX_BIAS:g} and {MAX_BIAS:g}, got {bias} "
                                  f"for token {token}")
 
+        for name in ("presence_penalty", "frequency_penalty"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not (
+                    math.isfinite(value) and -MAX_PENALTY <= value <= MAX_PENALTY):
+                raise ValueError(f"{name} must be between -{MAX_PENALTY:g} and {MAX_PENALTY:g}, got {value!r}")
+
     @property
     def greedy(self) -> bool:
         return self.temperature == 0
 
+    @property
+    def shapes_logits(self) -> bool:
+        """Whether a bias or a penalty changes the model's logits before each choice."""
+        return bool(self.logit_bias) or self.presence_penalty != 0 or self.frequency_penalty != 0
+
     def generate_kwargs(self) -> dict:
         """Keyword arguments for `model.generate`."""
         bias = {"sequence_bias": [[[token], float(value)] for token, value in self.logit_bias]} if self.logit_bias else {}
+        if self.presence_penalty or self.frequency_penalty:
+            from transformers import LogitsProcessorList
+
+            from bot.generation import OccurrencePenalty
+
+            bias["logits_processor"] = LogitsProcessorList([OccurrencePenalty(self.presence_penalty,
+                                                                              self.frequency_penalty)])
         if self.greedy:
             return {"max_new_tokens": self.max_new_tokens, "do_sample": False, "temperature": None, "top_p": None,
                     "top_k": None, **bias}

@@ -476,8 +476,8 @@ def test_a_negative_seed_draws_and_top_p_zero_is_greedy(api, path):
 
 
 @pytest.mark.parametrize("path, extra, param", [
-    ("/chat/completions", {"presence_penalty": 1.5}, "presence_penalty"),
-    ("/chat/completions", {"frequency_penalty": -1}, "frequency_penalty"),
+    ("/chat/completions", {"presence_penalty": 2.5}, "presence_penalty"),
+    ("/completions", {"frequency_penalty": -3}, "frequency_penalty"),
     ("/chat/completions", {"modalities": ["text", "audio"]}, "modalities"),
     ("/completions", {"suffix": "the end"}, "suffix"),
     ("/completions", {"best_of": 3}, "best_of"),
@@ -503,6 +503,33 @@ def test_fields_that_would_change_the_answer_unheeded_are_refused_by_name(api, p
                "suffix": None, "best_of": 1}
     if param in neutral:  # the value that asks for nothing is taken
         assert post(url, path, {**body, param: neutral[param], "max_tokens": 2})[0] == 200
+
+
+@pytest.mark.parametrize("path", ["/chat/completions", "/completions"])
+def test_presence_and_frequency_penalties_are_applied_as_openai_defines_them(api, path):
+    """They were refused; now the answer is the greedy loop written out with the penalties (and not
+    the unpenalised one)."""
+    from bot.generation import PEFT_BASE
+    from test_generation import penalised_by_hand
+
+    service, url = api
+    tokenizer = service.generator.tokenizer
+    chat = path == "/chat/completions"
+    body = (chat_body(messages=build_messages("hello"), max_tokens=24) if chat
+            else {"model": "tiny-llama", "prompt": "hello", "max_tokens": 24})
+    prompt = service.generator.render(build_messages("hello")) if chat else "hello"
+    ids = tokenizer(prompt, add_special_tokens=not chat)["input_ids"]
+
+    def text(**extra):
+        status, answer = post(url, path, {**body, **extra})
+        assert status == 200, answer
+        choice = answer["choices"][0]
+        return choice["message"]["content"] if chat else choice["text"]
+
+    by_hand = tokenizer.decode(penalised_by_hand(service.generator.loaded, ids, 24, 0.5, 1.5, adapter_names=[PEFT_BASE]),
+                               skip_special_tokens=True)
+    assert text() != by_hand, "sanity check: the penalties change this answer"
+    assert text(presence_penalty=0.5, frequency_penalty=1.5) == by_hand
 
 
 @pytest.mark.parametrize("body, headers", [

@@ -39,6 +39,18 @@ def test_fast_answers_equal_generate(decoder):
 
 
 @pytest.mark.parametrize("decoder", ["native", "eager"])
+def test_a_biased_or_penalised_request_is_left_to_generate(decoder):
+    """The fast decoders know neither: such a greedy request goes to `generate`, as one without them goes fast."""
+    loaded = tiny_loaded()
+    fast = Generator(loaded, fast_decode=True, decoder=decoder)
+    calls = counting(fast)
+    for shaped in (GenerationSettings(max_new_tokens=24, frequency_penalty=1.5),
+                   GenerationSettings(max_new_tokens=24, logit_bias=((5, 3.0),))):
+        assert answers(fast, shaped) == answers(Generator(loaded), shaped) != answers(Generator(loaded))
+    assert calls == []
+
+
+@pytest.mark.parametrize("decoder", ["native", "eager"])
 def test_fast_answers_stop_at_the_end_of_turn_like_generate(monkeypatch, decoder):
     """Make a token the model writes early its end-of-turn token: both paths must stop there."""
     loaded = tiny_loaded()

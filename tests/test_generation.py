@@ -152,3 +152,36 @@ def test_concurrent_adapters_never_cross_in_bf16():
     for thread in threads:
         thread.join()
     assert results == [alone[name] for name in names]
+
+
+def penalised_by_hand(tiny, prompt_ids: list[int], tokens: int, presence: float, frequency: float,
+                      **model_kwargs) -> list[int]:
+    """Greedy decoding written out: the whole sequence through the model each step, OpenAI's
+    penalties applied to the last logits from a count of the answer's own tokens."""
+    ids, answer = list(prompt_ids), []
+    with torch.inference_mode():
+        for _ in range(tokens):
+            logits = tiny.model(input_ids=torch.tensor([ids]), **model_kwargs).logits[0, -1].double()
+            for token in set(answer):
+                logits[token] -= presence + frequency * answer.count(token)
+            answer.append(int(logits.argmax()))
+            ids.append(answer[-1])
+    return answer
+
+
+@pytest.mark.parametrize("presence, frequency", [(0.0, 1.5), (2.0, 0.0), (-1.0, 0.5)])
+def test_presence_and_frequency_penalties_match_openais_definition(tiny, presence, frequency):
+    """One by one and batched (left-padded rows), against the loop written out; the penalties must
+    change an answer, or the test could not tell them applied."""
+    generator = Generator(tiny)
+    conversations = [build_messages(p) for p in ["the quick brown fox", "hello"]]
+    penalised = GenerationSettings(max_new_tokens=24, presence_penalty=presence, frequency_penalty=frequency)
+    expected = []
+    for messages in conversations:
+        ids = tiny.tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_dict=True)["input_ids"]
+        expected.append(tiny.tokenizer.decode(penalised_by_hand(tiny, ids, 24, presence, frequency),
+                                              skip_special_tokens=True))
+    plain = [generator.complete(c, GenerationSettings(max_new_tokens=24)).text for c in conversations]
+    assert plain != expected, "sanity check: the penalties change an answer"
+    assert [generator.complete(c, penalised).text for c in conversations] == expected
+    assert [c.text for c in generator.complete_many(conversations, penalised, ["base", "base"])] == expected

@@ -151,3 +151,13 @@ def test_a_logit_bias_reaches_the_server(server):
     biased = GenerationSettings(max_new_tokens=4, logit_bias=((fox, 100.0),))
     messages = build_messages("hello there")
     assert remote.complete(messages, biased).text == local.complete(messages, biased).text == " fox" * 4
+
+
+def test_penalties_reach_the_server(server):
+    local, url = server
+    remote = RemoteGenerator(url, api_key="k", tokenizer=local.tokenizer)
+    messages = build_messages("hello")
+    penalised = GenerationSettings(max_new_tokens=24, presence_penalty=0.5, frequency_penalty=1.5)
+    expected = local.complete(messages, penalised).text
+    assert expected != local.complete(messages, GenerationSettings(max_new_tokens=24)).text, "sanity check"
+    assert remote.complete(messages, penalised).text == expected

@@ -26,6 +26,9 @@ def test_sampling_passes_temperature_and_top_p():
         ("top_p", math.inf, r"top_p must be in \(0, 1\]"),
         ("seed", -1, "seed must be a whole number from 0 to 9223372036854775807, got -1"),
         ("seed", 10**20, "seed must be a whole number from 0 to 9223372036854775807"),  # torch would overflow
+        ("presence_penalty", 2.5, "presence_penalty must be between -2 and 2, got 2.5"),
+        ("frequency_penalty", math.nan, "frequency_penalty must be between -2 and 2"),
+        ("frequency_penalty", "1", "frequency_penalty must be between -2 and 2, got '1'"),
     ],
 )
 def test_bad_values_name_the_field(field, value, message):
