@@ -141,7 +141,10 @@ MAX_BODY_BYTES = 16 * 1024 * 1024
 
 
 MAX_PROMPTS = 256
-"""Most prompts in one /v1/completions request (they run in sub-batches under the generator's lock)."""
+"""Most completions one /v1/completions request may ask for, prompts x best_of (they run in sub-batches
+under the generator's lock)."""
+MAX_CHOICES = 20
+"""Most candidates per prompt (`best_of`, and so `n`), OpenAI's limit."""
 
 
 class CompletionRequest(BaseModel):
@@ -376,8 +379,12 @@ def _text_completions(service, body: CompletionRequest):
     from bot.completions import complete_tokens
 
     _refuse_unoffered(body, COMPLETION_UNOFFERED)
-    if body.n not in (None, 1):
-        raise APIError(400, "only n=1 is supported", param="n")
+    n = 1 if body.n is None else body.n
+    best_of = n if body.best_of is None else body.best_of  # as vLLM reads it: OpenAI's default 1 would refuse n > 1
+    if not 1 <= n <= MAX_CHOICES:
+        raise APIError(400, f"n must be between 1 and {MAX_CHOICES}, got {n}", param="n")
+    if not n <= best_of <= MAX_CHOICES:
+        raise APIError(400, f"best_of must be between n ({n}) and {MAX_CHOICES}, got {best_of}", param="best_of")
     if body.max_tokens == 0 and not body.echo:
         raise APIError(400, "max_tokens must be at least 1 (or 0 with echo, to score the prompt alone)",
                        param="max_tokens")
@@ -396,23 +403,32 @@ def _text_completions(service, body: CompletionRequest):
     settings = _sampling(body, tokenizer)
     prompts = body.prompt if isinstance(body.prompt, list) and body.prompt and not isinstance(body.prompt[0], int) \
         else [body.prompt]
-    if len(prompts) > MAX_PROMPTS:
-        raise APIError(400, f"at most {MAX_PROMPTS} prompts per request, got {len(prompts)}", param="prompt")
+    if len(prompts) * best_of > MAX_PROMPTS:
+        asked = f"{len(prompts)} prompts" + (f" x best_of {best_of}" if best_of > 1 else "")
+        raise APIError(400, f"at most {MAX_PROMPTS} completions per request, got {asked}",
+                       param="prompt" if best_of == 1 else "best_of")
     rows = [list(tokenizer(p)["input_ids"]) if isinstance(p, str) else list(p) for p in prompts]
     vocab = len(tokenizer)
     if any(not 0 <= token < vocab for row in rows for token in row):
         raise APIError(400, f"prompt token ids must be between 0 and {vocab - 1}", param="prompt")
 
+    ranked = best_of > n  # the candidates are then scored, whether or not the client asked for log-probabilities
+    scored = body.logprobs if body.logprobs is not None or not ranked else 0
+
     def answer(cancel: threading.Event) -> dict:
         try:
-            done = complete_tokens(generator, rows, max_tokens, settings, adapter, body.logprobs, bool(body.echo),
-                                   cancel=cancel)
+            done = complete_tokens(generator, [row for row in rows for _ in range(best_of)], max_tokens, settings,
+                                   adapter, scored, bool(body.echo), cancel=cancel)
         except ValueError as error:
             raise APIError(400, str(error)) from error
         done = [_cut_at_stop(tokenizer, item, stops) for item in done]
+        completion_tokens = sum(len(item.new_ids) for item in done)  # every candidate's, as OpenAI bills best_of
+        if ranked:
+            done = [kept for start in range(0, len(done), best_of) for kept in _best(done[start:start + best_of], n)]
+        if body.logprobs is None:
+            done = [dataclasses.replace(item, scores=None) for item in done]
         choices = [_text_choice(tokenizer, index, item, bool(body.echo)) for index, item in enumerate(done)]
-        prompt_tokens = sum(len(item.prompt_ids) for item in done)
-        completion_tokens = sum(len(item.new_ids) for item in done)
+        prompt_tokens = sum(len(row) for row in rows)
         return {
             "id": f"cmpl-{uuid.uuid4().hex}", "object": "text_completion", "created": int(time.time()),
             "model": body.model, "choices": choices,
@@ -421,6 +437,17 @@ def _text_completions(service, body: CompletionRequest):
         }
 
     return answer
+
+
+def _best(candidates: list, n: int) -> list:
+    """The `n` candidates of highest mean log-probability per answer token (OpenAI's "best"), best first;
+    a cancelled run has no scores and keeps its first `n`."""
+    def mean_logprob(item) -> float:
+        if item.scores is None or not item.new_ids:
+            return 0.0
+        return sum(item.scores.logprobs[-len(item.new_ids):]) / len(item.new_ids)
+
+    return sorted(candidates, key=mean_logprob, reverse=True)[:n]
 
 
 def _cut_at_stop(tokenizer, item, stops: list[str]):
@@ -493,8 +520,8 @@ UNOFFERED = {
 }
 """Request fields of OpenAI features this server does not offer (the field: the feature's name), refused
 by name unless left at a value that asks for nothing."""
-COMPLETION_UNOFFERED = {"suffix": "suffix (insertion)", "best_of": "best_of"}
-ASKS_FOR_NOTHING = {"modalities": (["text"],), "best_of": (1,)}
+COMPLETION_UNOFFERED = {"suffix": "suffix (insertion)"}
+ASKS_FOR_NOTHING = {"modalities": (["text"],)}
 """Values beyond None, false, zero and empty that ask for nothing."""
 
 

@@ -480,7 +480,12 @@ def test_a_negative_seed_draws_and_top_p_zero_is_greedy(api, path):
     ("/completions", {"frequency_penalty": -3}, "frequency_penalty"),
     ("/chat/completions", {"modalities": ["text", "audio"]}, "modalities"),
     ("/completions", {"suffix": "the end"}, "suffix"),
-    ("/completions", {"best_of": 3}, "best_of"),
+    ("/completions", {"n": 3, "best_of": 2}, "best_of"),
+    ("/completions", {"best_of": 21}, "best_of"),
+    ("/completions", {"n": 0}, "n"),
+    ("/completions", {"prompt": ["a"] * 13, "best_of": 20}, "best_of"),  # 260 completions
+    ("/completions", {"prompt": ["a"] * 257}, "prompt"),
+    ("/chat/completions", {"n": 2}, "n"),
     ("/completions", {"stop": ["a", "b", "c", "d", "e"]}, "stop"),
     ("/completions", {"stop": [""]}, "stop"),
     ("/completions", {"temperature": 5}, "temperature"),
@@ -499,8 +504,7 @@ def test_fields_that_would_change_the_answer_unheeded_are_refused_by_name(api, p
     body = chat_body() if path == "/chat/completions" else {"model": "tiny-llama", "prompt": "once upon"}
     status, answer = post(url, path, {**body, **extra})
     assert status == 400 and answer["error"]["param"] == param, answer
-    neutral = {"presence_penalty": 0, "frequency_penalty": 0.0, "modalities": ["text"],
-               "suffix": None, "best_of": 1}
+    neutral = {"presence_penalty": 0, "frequency_penalty": 0.0, "modalities": ["text"], "suffix": None}
     if param in neutral:  # the value that asks for nothing is taken
         assert post(url, path, {**body, param: neutral[param], "max_tokens": 2})[0] == 200
 
@@ -530,6 +534,41 @@ def test_presence_and_frequency_penalties_are_applied_as_openai_defines_them(api
                                skip_special_tokens=True)
     assert text() != by_hand, "sanity check: the penalties change this answer"
     assert text(presence_penalty=0.5, frequency_penalty=1.5) == by_hand
+
+
+def test_n_answers_each_prompt_n_times_in_openais_order(api):
+    """Greedy: choice p * n + j is prompt p's one answer. Seeded sampling: a prompt given twice with
+    n=16 runs as two sub-batches of the model, and the second copy's answers used to be the first's."""
+    _, url = api
+    body = {"model": "tiny-llama", "prompt": ["once upon", "the quick brown"], "max_tokens": 6}
+    alone = [post(url, "/completions", {**body, "prompt": prompt})[1]["choices"][0]["text"] for prompt in body["prompt"]]
+    status, answer = post(url, "/completions", {**body, "n": 2})
+    assert status == 200 and [c["index"] for c in answer["choices"]] == [0, 1, 2, 3], answer
+    assert [c["text"] for c in answer["choices"]] == [alone[0], alone[0], alone[1], alone[1]] and alone[0] != alone[1]
+    sampled = {"model": "tiny-llama", "prompt": ["once upon"] * 2, "max_tokens": 6, "temperature": 1.5, "seed": 5,
+               "n": 16}
+    texts = [c["text"] for c in post(url, "/completions", sampled)[1]["choices"]]
+    assert texts == [c["text"] for c in post(url, "/completions", sampled)[1]["choices"]]  # the seed holds
+    assert len(set(texts[:16])) > 1 and texts[16:] != texts[:16]
+
+
+def test_best_of_returns_the_candidates_of_highest_mean_logprob(api):
+    """The same seeded candidates asked for with n = best_of and their log-probabilities, ranked here."""
+    _, url = api
+    body = {"model": "tiny-llama", "prompt": ["once upon", "the quick brown"], "max_tokens": 6, "temperature": 1.5,
+            "seed": 7}
+    status, candidates = post(url, "/completions", {**body, "n": 4, "logprobs": 0})
+    assert status == 200, candidates
+    expected = []
+    for start in (0, 4):
+        group = candidates["choices"][start:start + 4]
+        assert len({c["text"] for c in group}) > 1, "sanity check: the candidates differ, so the ranking matters"
+        mean = [sum(c["logprobs"]["token_logprobs"]) / len(c["logprobs"]["token_logprobs"]) for c in group]
+        expected += [group[i]["text"] for i in sorted(range(4), key=lambda i: -mean[i])[:2]]
+    status, best = post(url, "/completions", {**body, "n": 2, "best_of": 4})
+    assert status == 200 and [c["text"] for c in best["choices"]] == expected, best
+    assert [c["index"] for c in best["choices"]] == [0, 1, 2, 3] and best["choices"][0]["logprobs"] is None
+    assert best["usage"] == candidates["usage"]  # every candidate's tokens count; each prompt's once
 
 
 @pytest.mark.parametrize("body, headers", [
