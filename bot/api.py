@@ -23,6 +23,7 @@ MODEL_WORKERS threads.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hmac
 import json
 import threading
@@ -269,17 +270,26 @@ def _routes(service) -> APIRouter:
     @router.post("/chat/completions")
     async def chat_completions(body: ChatRequest, request: Request):
         cancel, stops = threading.Event(), _stops(body.stop)
-        turn = await _unless_client_leaves(request, cancel, None, _plan, service, body, cancel)
+        start = await _unless_client_leaves(request, cancel, None, _plan, service, body, cancel)
+        include_usage = bool((body.stream_options or {}).get("include_usage"))
+        if (body.n or 1) > 1:
+            try:
+                results = await _unless_client_leaves(request, cancel, model_work, start)
+            except ValueError as error:
+                raise APIError(400, str(error)) from error
+            answers = [_cut_answer(result, stops) for result in results]
+            if body.stream:
+                return CancellingStream(_events(body.model, answers, include_usage), cancel)
+            return _completion_body(body.model, answers)
+        turn = start()
         try:  # the first piece: errors (a prompt too long, say) surface here, before any byte is sent
             first = await _unless_client_leaves(request, cancel, model_work, next, turn)
         except ValueError as error:
             raise APIError(400, str(error)) from error
         answer = _answer(_chain(first, turn), stops, cancel)
         if body.stream:
-            include_usage = bool((body.stream_options or {}).get("include_usage"))
-            events = _events(body.model, answer, include_usage)
-            return CancellingStream(events, cancel)
-        return await _unless_client_leaves(request, cancel, None, _completion_body, body.model, answer)
+            return CancellingStream(_events(body.model, [answer], include_usage), cancel)
+        return await _unless_client_leaves(request, cancel, None, _completion_body, body.model, [answer])
 
     @router.post("/completions")
     async def completions(body: CompletionRequest, request: Request):
@@ -379,10 +389,8 @@ def _text_completions(service, body: CompletionRequest):
     from bot.completions import complete_tokens
 
     _refuse_unoffered(body, COMPLETION_UNOFFERED)
-    n = 1 if body.n is None else body.n
+    n = _choices(body.n)
     best_of = n if body.best_of is None else body.best_of  # as vLLM reads it: OpenAI's default 1 would refuse n > 1
-    if not 1 <= n <= MAX_CHOICES:
-        raise APIError(400, f"n must be between 1 and {MAX_CHOICES}, got {n}", param="n")
     if not n <= best_of <= MAX_CHOICES:
         raise APIError(400, f"best_of must be between n ({n}) and {MAX_CHOICES}, got {best_of}", param="best_of")
     if body.max_tokens == 0 and not body.echo:
@@ -566,13 +574,13 @@ def _sampling(body, tokenizer=None, **fields):
 
 
 def _plan(service, body: ChatRequest, cancel: threading.Event):
-    """Check the request and return its turn, not yet started (starting it waits for the model)."""
+    """Check the request and return what answers it, not yet started (it waits for the model): for
+    one answer, a function giving its turn (a stream); for n, one giving their n finished results."""
     _refuse_unoffered(body, UNOFFERED)
     if body.response_format and body.response_format.get("type", "text") != "text":
         raise APIError(400, f"response_format '{body.response_format.get('type')}' is not offered; only text",
                        param="response_format")
-    if body.n not in (None, 1):
-        raise APIError(400, "only n=1 is supported", param="n")
+    n = _choices(body.n)
     adapter = _adapter_for(service, body.model)
     texts = [m.text(index) for index, m in enumerate(body.messages)]
     system = "\n\n".join(t for m, t in zip(body.messages, texts) if m.role in ("system", "developer")) or None
@@ -595,8 +603,17 @@ def _plan(service, body: ChatRequest, cancel: threading.Event):
         adapter = service.use_adapter(adapter)  # here, where its errors are a 400 (and off the event loop)
     except ValueError as error:
         raise APIError(400, str(error), param="model") from error
-    return service.chat(turns[-1]["content"], turns[:-1], system, settings, adapter=adapter, fewshot=fewshot,
-                        cancel=cancel)
+    if n > 1:  # n answers of one prompt in one batch, all at once
+        return functools.partial(service.compare, turns[-1]["content"], [adapter] * n, system, settings, fewshot,
+                                 cancel, history=turns[:-1])
+    return functools.partial(service.chat, turns[-1]["content"], turns[:-1], system, settings, adapter=adapter,
+                             fewshot=fewshot, cancel=cancel)
+
+
+def _choices(n: int | None) -> int:
+    if n is not None and not 1 <= n <= MAX_CHOICES:
+        raise APIError(400, f"n must be between 1 and {MAX_CHOICES}, got {n}", param="n")
+    return n or 1
 
 
 def _stops(stop: str | list[str] | None) -> list[str]:
@@ -630,6 +647,14 @@ def _answer(turn, stops: list[str], cancel: threading.Event) -> Iterator[tuple[s
     yield ("" if stopped else result.text[sent:]), result, finish
 
 
+def _cut_answer(result, stops: list[str]) -> list[tuple[str, Any, str | None]]:
+    """A finished result as `_answer` gives a streamed one: its text cut before the first stop string."""
+    cuts = [result.text.find(stop) for stop in stops if stop in result.text]
+    if cuts:
+        return [(result.text[: min(cuts)], result, "stop")]
+    return [(result.text, result, _finish(result))]
+
+
 def _token_limit(value: int | None, param: str) -> int | None:
     """A chat request's token limit, which OpenAI requires to be at least 1; None if not given.
     Its errors name the request's own field, not the settings field it becomes."""
@@ -656,10 +681,11 @@ def _chain(first, rest):
     yield from rest
 
 
-def _usage(result) -> dict:
-    c = result.completion
-    return {"prompt_tokens": c.prompt_tokens, "completion_tokens": c.completion_tokens,
-            "total_tokens": c.prompt_tokens + c.completion_tokens}
+def _usage(results: list) -> dict:
+    """One prompt's tokens (its n answers read the same prompt), and every answer's."""
+    prompt = results[0].completion.prompt_tokens
+    answers = sum(result.completion.completion_tokens for result in results)
+    return {"prompt_tokens": prompt, "completion_tokens": answers, "total_tokens": prompt + answers}
 
 
 def _finish(result) -> str:
@@ -673,41 +699,49 @@ def _icl(result) -> dict | None:
     return {"demos": result.demos or [], "notice": result.notice}
 
 
-def _completion_body(model: str, answer) -> dict:
-    text, result, finish = "", None, None
-    for piece, result, finish in answer:
-        text += piece
+def _completion_body(model: str, answers: list) -> dict:
+    """The response to a chat request: `answers` holds each choice's (text, result, finish reason) pieces."""
+    choices, results = [], []
+    for index, answer in enumerate(answers):
+        text, result, finish = "", None, None
+        for piece, result, finish in answer:
+            text += piece
+        choices.append({"index": index, "message": {"role": "assistant", "content": text}, "finish_reason": finish})
+        results.append(result)
     body = {
         "id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion", "created": int(time.time()), "model": model,
-        "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": finish}],
-        "usage": _usage(result),
+        "choices": choices, "usage": _usage(results),
     }
-    if _icl(result):
-        body["icl"] = _icl(result)
+    if _icl(results[0]):  # the same demonstrations for every choice
+        body["icl"] = _icl(results[0])
     return body
 
 
-def _events(model: str, answer, include_usage: bool):
-    """Server-sent events: a role chunk (with `icl` where there is one), content chunks, a finish chunk, [DONE]."""
+def _events(model: str, answers: list, include_usage: bool):
+    """Server-sent events: for each choice in turn, a role chunk (the first with `icl` where there is
+    one), content chunks and a finish chunk; then the usage if asked, and [DONE]."""
     ident, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
 
-    def chunk(delta: dict, finish=None, **extra) -> str:
+    def chunk(index: int, delta: dict, finish=None, **extra) -> str:
         payload = {"id": ident, "object": "chat.completion.chunk", "created": created, "model": model,
-                   "choices": [{"index": 0, "delta": delta, "finish_reason": finish}], **extra}
+                   "choices": [{"index": index, "delta": delta, "finish_reason": finish}], **extra}
         return f"data: {json.dumps(payload, ensure_ascii=False)}\n\n"
 
-    first = True
-    for piece, result, finish in answer:
-        if first:
-            icl = _icl(result)
-            yield chunk({"role": "assistant", "content": ""}, **({"icl": icl} if icl else {}))
-            first = False
-        if piece:
-            yield chunk({"content": piece})
-        if finish:
-            yield chunk({}, finish)
+    results = []
+    for index, answer in enumerate(answers):
+        first = True
+        for piece, result, finish in answer:
+            if first:
+                icl = _icl(result) if index == 0 else None
+                yield chunk(index, {"role": "assistant", "content": ""}, **({"icl": icl} if icl else {}))
+                first = False
+            if piece:
+                yield chunk(index, {"content": piece})
+            if finish:
+                yield chunk(index, {}, finish)
+        results.append(result)
     if include_usage:
         payload = {"id": ident, "object": "chat.completion.chunk", "created": created, "model": model,
-                   "choices": [], "usage": _usage(result)}
+                   "choices": [], "usage": _usage(results)}
         yield f"data: {json.dumps(payload)}\n\n"
     yield "data: [DONE]\n\n"

@@ -18,10 +18,11 @@ import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 
 from bot.conversation import FittedPrompt, fit_to_window
 from bot.generation import BASE, Completion, StreamState
-from bot.settings import GenerationSettings
+from bot.settings import MAX_SEED, GenerationSettings
 
 
 class RemoteError(ValueError):
@@ -109,10 +110,19 @@ class RemoteGenerator:
 
     def complete_many(self, conversations, settings: GenerationSettings, adapters: list[str],
                       cancel: threading.Event | None = None) -> list[Completion]:
-        """The requests run concurrently; `cancel` ends each at its next streamed piece."""
-        with ThreadPoolExecutor(max_workers=max(len(conversations), 1)) as pool:
-            return list(pool.map(lambda pair: self.complete(pair[0], settings, pair[1], cancel),
-                                 zip(conversations, adapters)))
+        """The requests run concurrently; `cancel` ends each at its next streamed piece. With a seed, a
+        request that repeats an earlier one (n answers of one prompt) gets the next seed, as a batch's
+        rows draw apart locally; different adapters keep the same seed."""
+        seen: dict[str, int] = {}
+        jobs = []
+        for messages, adapter in zip(conversations, adapters):
+            key = json.dumps([messages, adapter], sort_keys=True)
+            repeat, seen[key] = seen.get(key, 0), seen.get(key, 0) + 1
+            seeded = settings if settings.seed is None or not repeat else replace(
+                settings, seed=(settings.seed + repeat) % (MAX_SEED + 1))
+            jobs.append((messages, seeded, adapter))
+        with ThreadPoolExecutor(max_workers=max(len(jobs), 1)) as pool:
+            return list(pool.map(lambda job: self.complete(job[0], job[1], job[2], cancel), jobs))
 
     def _body(self, messages, settings: GenerationSettings, adapter: str, stream: bool) -> dict:
         body = {

@@ -173,16 +173,17 @@ class ChatService:
         settings: GenerationSettings | None = None,
         fewshot: FewShot | None = None,
         cancel: threading.Event | None = None,
+        history: list[dict] | None = None,
     ) -> list[TurnResult]:
-        """One prompt answered by several adapters (or the base) in one batched call, same demonstrations.
-        `cancel` ends the answers at their next token (Compare's Stop)."""
+        """One prompt answered by several adapters (or the base; a name may repeat, for several answers)
+        in one batched call, same demonstrations. `cancel` ends the answers at their next token (Compare's Stop)."""
         if not message or not message.strip():
             raise ValueError("the message is empty")
         if not adapters:
             raise ValueError("choose at least one model to compare")
         settings = settings or GenerationSettings()
         names = [self.use_adapter(name) for name in adapters]
-        messages, template = self.prepare(message, None, system, settings, fewshot)
+        messages, template = self.prepare(message, history, system, settings, fewshot)
         completions = self.generator.complete_many([messages] * len(names), settings, names, cancel=cancel)
         prompt = self.generator.render(self.generator.fit(messages, settings).messages)
         return [

@@ -99,6 +99,37 @@ def test_streaming_chunks_join_to_the_same_answer(api):
     assert chunks[-1].usage.completion_tokens == 40
 
 
+def test_n_chat_answers_are_the_batched_answers_of_one_prompt(api):
+    """Greedy, each of n answers is the one answer; sampled with a seed, they are the generator's own
+    batch of n rows (so they differ, and repeat with the seed), with history and a stop string, streamed
+    or not. Usage counts the prompt once and every answer's tokens."""
+    service, url = api
+    history = [{"role": "user", "content": "hello"}, {"role": "assistant", "content": "hi there"}]
+    messages = [*history, {"role": "user", "content": "the quick brown fox"}]
+    one = client(url).chat.completions.create(model="poet", messages=messages, max_tokens=12)
+    three = client(url).chat.completions.create(model="poet", messages=messages, max_tokens=12, n=3)
+    assert [c.index for c in three.choices] == [0, 1, 2]
+    assert [c.message.content for c in three.choices] == [one.choices[0].message.content] * 3
+    assert three.usage.prompt_tokens == one.usage.prompt_tokens
+    assert three.usage.completion_tokens == 3 * one.usage.completion_tokens
+
+    sampled = GenerationSettings(max_new_tokens=12, temperature=1.5, seed=11)
+    batch = [c.text for c in service.generator.complete_many([build_messages("the quick brown fox", history)] * 3,
+                                                             sampled, ["poet"] * 3)]
+    assert len(set(batch)) > 1, "sanity check: the sampled rows differ"
+    stop = next(text[len(text) // 2] for text in batch if len(text) > 2 and text[len(text) // 2].strip())
+    expected = [text[: text.index(stop)] if stop in text else text for text in batch]
+    asked = dict(model="poet", messages=messages, max_tokens=12, n=3, temperature=1.5, seed=11, stop=[stop])
+    answer = client(url).chat.completions.create(**asked)
+    assert [c.message.content for c in answer.choices] == expected
+    assert [c.finish_reason for c in answer.choices] == ["stop" if stop in text else "length" for text in batch]
+    streamed = {index: "" for index in range(3)}
+    for chunk in client(url).chat.completions.create(**asked, stream=True):
+        for choice in chunk.choices:
+            streamed[choice.index] += choice.delta.content or ""
+    assert list(streamed.values()) == expected
+
+
 def test_system_and_history_reach_the_model(api):
     service, url = api
     history = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]
@@ -485,7 +516,7 @@ def test_a_negative_seed_draws_and_top_p_zero_is_greedy(api, path):
     ("/completions", {"n": 0}, "n"),
     ("/completions", {"prompt": ["a"] * 13, "best_of": 20}, "best_of"),  # 260 completions
     ("/completions", {"prompt": ["a"] * 257}, "prompt"),
-    ("/chat/completions", {"n": 2}, "n"),
+    ("/chat/completions", {"n": 21}, "n"),
     ("/completions", {"stop": ["a", "b", "c", "d", "e"]}, "stop"),
     ("/completions", {"stop": [""]}, "stop"),
     ("/completions", {"temperature": 5}, "temperature"),

@@ -161,3 +161,17 @@ def test_penalties_reach_the_server(server):
     expected = local.complete(messages, penalised).text
     assert expected != local.complete(messages, GenerationSettings(max_new_tokens=24)).text, "sanity check"
     assert remote.complete(messages, penalised).text == expected
+
+
+def test_repeated_requests_in_one_seeded_batch_draw_apart_as_local_rows_do(server):
+    """n answers of one prompt: the second copy gets the next seed; another adapter keeps the seed."""
+    from dataclasses import replace
+
+    local, url = server
+    remote = RemoteGenerator(url, api_key="k", tokenizer=local.tokenizer)
+    messages = build_messages("hello")
+    seeded = GenerationSettings(max_new_tokens=8, temperature=1.5, seed=3)
+    answers = [c.text for c in remote.complete_many([messages] * 3, seeded, ["base", "base", "poet"])]
+    assert answers == [local.complete(messages, seeded).text, local.complete(messages, replace(seeded, seed=4)).text,
+                       local.complete(messages, seeded, "poet").text]
+    assert answers[0] != answers[1]
