@@ -131,7 +131,8 @@ def main(args: argparse.Namespace) -> int:
     from bot.paths import ensure_data_home
 
     try:
-        ensure_data_home()
+        if args.backend == "local" or getattr(args, "pool", None):  # a model cache, or pools, live there
+            ensure_data_home()
         request = ask_request(args) if args.command == "ask" else None
         generator = open_generator(args)
     except ValueError as error:  # ModelError and RemoteError are ValueErrors with the whole story

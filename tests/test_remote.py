@@ -1,6 +1,7 @@
 """The remote backend against our own API server: answers equal the local backend's (fp32, greedy)."""
 
 import json
+import os
 import subprocess
 import sys
 
@@ -175,3 +176,16 @@ def test_repeated_requests_in_one_seeded_batch_draw_apart_as_local_rows_do(serve
     assert answers == [local.complete(messages, seeded).text, local.complete(messages, replace(seeded, seed=4)).text,
                        local.complete(messages, seeded, "poet").text]
     assert answers[0] != answers[1]
+
+
+def test_asking_a_remote_server_needs_no_data_folder(server, tmp_path):
+    """Nothing is cached or read here without a pool; the data folder used to be made all the same."""
+    local, url = server
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    cli = subprocess.run([sys.executable, "-m", "bot", "ask", "--backend", "openai", "--base-url", url, "--api-key", "k",
+                          "--json", "--max-new-tokens", "10", "hello there"],
+                         cwd=ROOT, capture_output=True, text=True, timeout=300,
+                         env={**os.environ, "ICL_BOT_HOME": str(blocker / "home")})
+    assert cli.returncode == 0, cli.stderr
+    assert json.loads(cli.stdout)["answer"] == local.complete(build_messages("hello there"), SETTINGS).text
