@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -184,6 +185,27 @@ def test_a_bad_port_is_refused_in_one_line_before_the_model_loads(tiny_folder):
     # a missing model would fail later: the port is checked first
     assert result.returncode == 2 and result.stderr.strip() == f"error: cannot listen on 127.0.0.1:{port}: Address already in use"
     assert "serving" not in result.stdout
+
+
+@pytest.mark.parametrize("host, family", [("127.0.0.1", "AF_INET"), ("::1", "AF_INET6")])
+def test_the_port_check_binds_as_the_server_would_for_ipv4_and_ipv6(host, family):
+    """A port taken on that host is refused by name; once freed it is taken. A host that does not
+    resolve is named too."""
+    import socket
+
+    from app import check_port_free
+
+    if not socket.has_ipv6 and family == "AF_INET6":
+        pytest.skip("no IPv6 on this machine")
+    with socket.socket(getattr(socket, family)) as taken:
+        taken.bind((host, 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(ValueError, match=f"cannot listen on {re.escape(host)}:{port}: Address already in use"):
+            check_port_free(host, port)
+    check_port_free(host, port)
+    with pytest.raises(ValueError, match="cannot listen on no-such-host.invalid:8000: "):
+        check_port_free("no-such-host.invalid", 8000)
 
 
 def test_a_data_folder_that_cannot_be_made_is_named_before_the_model_loads(tmp_path, tiny_folder):
