@@ -110,7 +110,7 @@ class AdapterRegistry:
         if not folder.exists() and self.root.is_dir():
             recover(self.root)
         if not folder.exists():
-            available = ", ".join(self.names()) or "none"
+            available = ", ".join(self.names()) or f"none yet in {self.root} (python -m adapters.train makes one)"
             raise AdapterError(f"unknown adapter '{name}'; available: {available}")
         check_inside(folder, self.root)
         return self._describe(folder)

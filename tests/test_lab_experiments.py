@@ -341,7 +341,9 @@ def test_cli_help_describes_every_option_with_its_default():
 
 def test_unknown_adapter_name_lists_the_registry(tmp_path, tiny, monkeypatch):
     monkeypatch.setenv("ICL_BOT_ADAPTERS", str(tmp_path / "adapters"))
-    with pytest.raises(LabError, match="--adapter kelp: unknown adapter 'kelp'; available: none"):
+    root = tmp_path / "adapters"
+    with pytest.raises(LabError, match=f"--adapter kelp: unknown adapter 'kelp'; available: none yet in {root} "
+                                       r"\(python -m adapters.train makes one\)"):
         run_experiment("labels", config(tmp_path, "x", adapter="kelp"), loaded=tiny)
 
 
