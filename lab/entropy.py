@@ -54,25 +54,22 @@ def local_entropy(logprobs: np.ndarray) -> float:
 
 def rank_orders(predictor: Predictor, demos: Sequence[Demo], orders: Sequence[tuple[int, ...]],
                 probes: Sequence[str]) -> dict:
-    """GlobalE and LocalE of every order, and each criterion's chosen order."""
+    """GlobalE and LocalE of every order, and each criterion's chosen orders: those that share its best
+    score (more than one where the probes cannot tell them apart)."""
     cases = [Case(tuple(demos[i] for i in order), probe, "") for order in orders for probe in probes]
     logprobs = predictor.label_logprobs(cases).reshape(len(orders), len(probes), -1)
     globale = [global_entropy(block) for block in logprobs]
     locale = [local_entropy(block) for block in logprobs]
-    (best_global, global_ties), (best_local, local_ties) = _best(globale), _best(locale)
     return {
         "globale": globale,
         "locale": locale,
-        "globale_order": list(orders[best_global]),
-        "locale_order": list(orders[best_local]),
-        "globale_tied": global_ties,
-        "locale_tied": local_ties,
+        "globale_orders": [list(orders[i]) for i in _best(globale)],
+        "locale_orders": [list(orders[i]) for i in _best(locale)],
     }
 
 
-def _best(scores: Sequence[float]) -> tuple[int, int]:
-    """The first highest score's position, and how many orders share that score (they are tied:
-    the probes cannot tell them apart, so the pick among them is arbitrary)."""
+def _best(scores: Sequence[float]) -> list[int]:
+    """The positions of the highest score: one, or several tied (a criterion built on a label histogram
+    over a few probes takes few distinct values, so ties are common)."""
     top = max(scores)
-    tied = [i for i, score in enumerate(scores) if abs(score - top) <= 1e-9]
-    return tied[0], len(tied)
+    return [i for i, score in enumerate(scores) if abs(score - top) <= 1e-9]

@@ -175,28 +175,58 @@ def test_the_report_names_train_answers_that_are_never_scored(tmp_path, tiny):
     assert "- train answers no test item has (demonstrations may show them; they are never scored): neutral" in report
 
 
-def test_order_report_names_ties_between_orders(tmp_path, tiny, monkeypatch):
+def test_a_tied_pick_counts_as_the_mean_of_the_tied_orders(monkeypatch):
+    """It used to count as the first tied order (always the identity order, the first permutation),
+    which the report then set against all orders as if the criterion had chosen it."""
+    from types import SimpleNamespace
+
+    import lab.experiments.order as order
+
+    golds = ["a", "b", "a", "b"]
+    permutations = [{"order": [0, 1], "accuracy": 1.0, "predictions": ["a", "b", "a", "b"]},
+                    {"order": [1, 0], "accuracy": 0.5, "predictions": ["a", "a", "a", "a"]}]
+    monkeypatch.setattr(order, "probe_inputs", lambda *args: ["a probe"])
+    monkeypatch.setattr(order, "rank_orders", lambda *args: {
+        "globale": [0.0, 0.0], "locale": [0.0, 1.0], "globale_orders": [[0, 1], [1, 0]], "locale_orders": [[1, 0]]})
+    context = SimpleNamespace(predictor=None, config=SimpleNamespace(probe_size=1))
+    lu = order._lu_remedy(context, ["d0", "d1"], [(0, 1), (1, 0)], permutations, seed=0)
+    assert lu["globale"] == {"order": [0, 1], "orders": [[0, 1], [1, 0]], "tied": 2, "accuracy": 0.75}
+    assert lu["locale"] == {"order": [1, 0], "orders": [[1, 0]], "tied": 1, "accuracy": 0.5}
+    result = {"sets": [{"seed": 0, "demos": [{}, {}], "permutations": permutations, "lu": lu}]}
+    gains = {row["name"]: row["difference"] for row in order.uncertainty(result, golds)["comparisons"]}
+    assert gains == {"set 0: GlobalE pick - all orders": pytest.approx(0.0, abs=1e-12),
+                     "set 0: LocalE pick - all orders": pytest.approx(-0.25)}
+
+
+def test_a_criterion_that_ties_every_order_gains_nothing_over_them(tmp_path, tiny, monkeypatch):
+    """Every order scores the same on the probes: the pick is their mean, the permutation mean, and
+    the report says why."""
     import lab.experiments.order
 
     real = lab.experiments.order.rank_orders
 
-    def flat(predictor, demos, orders, probes):  # every order scores the same: a tie of all of them
+    def flat(predictor, demos, orders, probes):
         ranking = real(predictor, demos, orders, probes)
-        return {**ranking, "globale": [0.0] * len(orders), "globale_order": list(orders[0]),
-                "globale_tied": len(orders)}
+        return {**ranking, "globale": [0.0] * len(orders), "globale_orders": [list(order) for order in orders]}
 
     monkeypatch.setattr(lab.experiments.order, "rank_orders", flat)
     result = run(tmp_path, tiny, "order", k=3, permutations=6, seeds=[0])
-    assert result["sets"][0]["lu"]["globale"]["tied"] == 6
+    entry = result["sets"][0]
+    pick = entry["lu"]["globale"]
+    assert pick["tied"] == 6 and sorted(map(tuple, pick["orders"])) == sorted(tuple(p["order"]) for p in
+                                                                              entry["permutations"])
+    assert pick["accuracy"] == pytest.approx(entry["lu"]["permutation_mean"]) == pytest.approx(entry["mean"])
+    gain = next(row for row in result["uncertainty"]["comparisons"] if row["name"] == "set 0: GlobalE pick - all orders")
+    assert gain["difference"] == pytest.approx(0, abs=1e-12) and gain["p"] == 1.0
     report = (tmp_path / "runs" / "order" / "report.md").read_text()
-    assert "(tie of 6)" in report and "the criterion cannot tell them apart" in report
+    assert "(mean of 6 tied)" in report and "so it cannot choose among them" in report
 
 
-def test_best_order_counts_ties():
+def test_best_orders_are_every_order_of_the_top_score():
     from lab.entropy import _best
 
-    assert _best([0.1, 0.5, 0.2]) == (1, 1)
-    assert _best([0.0, 0.3, 0.3, 0.1, 0.3]) == (1, 3)
+    assert _best([0.1, 0.5, 0.2]) == [1]
+    assert _best([0.0, 0.3, 0.3, 0.1, 0.3]) == [1, 2, 4]
 
 
 def test_order_plot_marks_keep_one_colour_per_criterion(tmp_path, monkeypatch):

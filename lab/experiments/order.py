@@ -2,7 +2,9 @@
 
 For each seed a random set of k demonstrations is drawn; every chosen permutation of it is scored
 on the test items. Then GlobalE and LocalE (see `lab.entropy`) pick an order from a probe set the
-model wrote itself, and the chosen orders' accuracies are set against the permutation mean.
+model wrote itself, and the chosen orders' accuracies are set against the permutation mean. Where
+several orders tie for a criterion's best score, the criterion cannot choose among them: its pick
+counts as their mean (what a random choice among them scores on average), never as the first of them.
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ from lab.uncertainty import hits, summarise
 def run(ctx: LabContext) -> dict:
     config = ctx.config
     orders = choose_orders(config.k, config.permutations, seed=config.seeds[0])
+    probing = ctx.data.task == "classify"
+    steps = len(orders) + probing  # per set: each order, then the probes (about one order's work)
     sets, everything = [], []
     for set_index, seed in enumerate(config.seeds):
         demos = random_set(ctx.data.train, config.k, seed)
@@ -33,11 +37,11 @@ def run(ctx: LabContext) -> dict:
             result = ctx.evaluate(tuple(demos[i] for i in order))
             permutations.append({"order": list(order), "accuracy": result["accuracy"], "seconds": result["seconds"],
                                  "predictions": result["predictions"]})
-            done = (set_index * len(orders) + order_index + 1) / (len(config.seeds) * len(orders))
-            ctx.progress(done * 0.9, f"set {seed}: order {order_index + 1}/{len(orders)}")
+            done = (set_index * steps + order_index + 1) / (len(config.seeds) * steps)
+            ctx.progress(done, f"set {seed}: order {order_index + 1}/{len(orders)}")
         entry = {"seed": seed, "demos": [asdict(d) for d in demos], "permutations": permutations,
                  **summary([p["accuracy"] for p in permutations])}
-        if ctx.data.task == "classify":
+        if probing:
             entry["lu"] = _lu_remedy(ctx, demos, orders, permutations, seed)
         sets.append(entry)
         everything += [{"set": seed, **p} for p in permutations]
@@ -46,20 +50,22 @@ def run(ctx: LabContext) -> dict:
 
 
 def _lu_remedy(ctx: LabContext, demos, orders, permutations: list[dict], seed: int) -> dict:
-    ctx.progress(0.9, f"set {seed}: GlobalE/LocalE probes")
     probes = probe_inputs(ctx.predictor, demos, ctx.config.probe_size, seed)
     ranking = rank_orders(ctx.predictor, demos, orders, probes)
     accuracy = {tuple(p["order"]): p["accuracy"] for p in permutations}
-    mean = sum(accuracy.values()) / len(accuracy)
+
+    def pick(tied: list[list[int]]) -> dict:
+        """`order`: the first of the tied orders (all of them in `orders`); `accuracy`: their mean."""
+        return {"order": tied[0], "orders": tied, "tied": len(tied),
+                "accuracy": sum(accuracy[tuple(order)] for order in tied) / len(tied)}
+
     return {
         "probes": probes,
         "globale_scores": ranking["globale"],
         "locale_scores": ranking["locale"],
-        "globale": {"order": ranking["globale_order"], "accuracy": accuracy[tuple(ranking["globale_order"])],
-                    "tied": ranking["globale_tied"]},
-        "locale": {"order": ranking["locale_order"], "accuracy": accuracy[tuple(ranking["locale_order"])],
-                   "tied": ranking["locale_tied"]},
-        "permutation_mean": mean,
+        "globale": pick(ranking["globale_orders"]),
+        "locale": pick(ranking["locale_orders"]),
+        "permutation_mean": sum(accuracy.values()) / len(accuracy),
     }
 
 
@@ -76,7 +82,9 @@ def uncertainty(result: dict, golds: list[str]) -> dict:
         for criterion, shown in (("globale", "GlobalE"), ("locale", "LocalE")):
             if "lu" in entry:
                 pick = f"set {entry['seed']}, {shown} pick"
-                rows[pick] = orders[tuple(entry["lu"][criterion]["order"])][None]
+                chosen = entry["lu"][criterion]
+                tied = chosen.get("orders", [chosen["order"]])  # results from before 2026-11-28 kept the first only
+                rows[pick] = np.stack([orders[tuple(order)] for order in tied]).mean(axis=0)[None]
                 pairs.append((f"set {entry['seed']}: {shown} pick - all orders", pick, name, False))
     return summarise(rows, pairs)
 
@@ -94,14 +102,17 @@ def table(result: dict) -> str:
     lines.append(f"| all | {len(result['permutations'])} | {result['mean']:.3f} | {result['std']:.3f} "
                  f"| {result['min']:.3f} | {result['max']:.3f} | | |")
     if ties:
-        lines.append("\n\"tie of n\": n orders share the best score on the probes, so the criterion cannot tell them "
-                     "apart; the pick shown is the first of them. More or longer probes (--probe-size) may separate them.")
+        lines.append("\n\"mean of n tied\": n orders share the criterion's best score on the probes, so it cannot "
+                     "choose among them; the accuracy shown is theirs on average, what a random choice among them "
+                     "would score. More or longer probes (--probe-size) may separate them.")
     return "\n".join(lines)
 
 
 def _pick(choice: dict) -> str:
     tied = choice.get("tied", 1)  # absent in results written before ties were counted
-    return f"{choice['accuracy']:.3f}" + (f" (tie of {tied})" if tied > 1 else "")
+    if tied > 1 and "orders" not in choice:  # written before ties were averaged: the first tied order's accuracy
+        return f"{choice['accuracy']:.3f} (first of {tied} tied)"
+    return f"{choice['accuracy']:.3f}" + (f" (mean of {tied} tied)" if tied > 1 else "")
 
 
 def plot(result: dict, path: Path) -> None:
