@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import importlib
 import json
+import os
+import tempfile
 import time
 from datetime import datetime
 from pathlib import Path
@@ -180,20 +182,30 @@ def ood_line(record: dict) -> str:
 def data_name(path: str) -> str:
     """What a report calls the data: the file's name (`sentiment`), or its folder's when the file is
     named after a split (`sst2` for sst2/train.jsonl) and the folder is one a reader chose: not the
-    random folder an upload lands in outside the working folder."""
+    random folder a web page's upload lands in."""
     file = Path(path)
-    chosen = not file.is_absolute() or file.is_relative_to(Path.cwd())
-    return file.parent.name if file.stem.lower() in SPLIT_NAMES and file.parent.name and chosen else file.stem
+    if file.stem.lower() in SPLIT_NAMES and file.parent.name and not _uploaded(file):
+        return file.parent.name
+    return file.stem
 
 
 def shown_path(path: str) -> str:
-    """A data path as a report shows it: as typed when relative; an absolute one (the web page passes
-    those) relative to the working folder when inside it, else by its name alone, since the folder an
-    upload lands in means nothing to a reader."""
+    """A data path as a report shows it: as typed when relative; an upload by its name alone, since
+    the folder it lands in means nothing to a reader; another absolute path relative to the working
+    folder when inside it, else whole."""
     file = Path(path)
     if not file.is_absolute():
         return path
-    return str(file.relative_to(Path.cwd())) if file.is_relative_to(Path.cwd()) else file.name
+    if _uploaded(file):
+        return file.name
+    return str(file.relative_to(Path.cwd())) if file.is_relative_to(Path.cwd()) else path
+
+
+def _uploaded(file: Path) -> bool:
+    """Whether `file` is in the folder where Gradio keeps a page's uploads (as `gradio.utils.get_upload_folder`
+    finds it; not imported here, so the command line does not load Gradio)."""
+    uploads = os.environ.get("GRADIO_TEMP_DIR") or Path(tempfile.gettempdir()) / "gradio"
+    return file.is_absolute() and file.resolve().is_relative_to(Path(uploads).resolve())
 
 
 def list_runs(folder: str | Path = DEFAULT_RUNS) -> list[dict]:

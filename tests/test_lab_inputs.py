@@ -294,6 +294,22 @@ def test_finetune_report_lists_no_seeds_and_names_the_prompt_styles(tmp_path):
     assert "both adapter conditions use the chat style they were trained in" in report
 
 
+def test_finetune_report_names_the_rows_too_long_to_train_on(tmp_path):
+    """The trainer leaves out a row with no answer within its window; the report counted it as trained on."""
+    from lab.experiments.finetune import TRAIN_MAX_LENGTH
+    from tiny import save_tiny
+
+    long_row = ("an endless review " * 20, "positive")  # past TRAIN_MAX_LENGTH byte-level tokens before its answer
+    assert len(long_row[0]) > TRAIN_MAX_LENGTH
+    train = write_pool(tmp_path / "long.jsonl", TRAIN + [long_row])
+    folder = run_experiment("finetune", config(tmp_path, "ft", model=save_tiny(tmp_path / "model"), train=train,
+                                               train_steps=1))
+    result = json.loads((folder / "result.json").read_text())
+    assert [(t["train_size"], t["examples"]) for t in result["trainings"]] == [(len(TRAIN) + 1, len(TRAIN))]
+    assert f"Not trained on (of {len(TRAIN) + 1} rows, 1): no answer token was left within the trainer's " \
+           f"{TRAIN_MAX_LENGTH} tokens" in (folder / "report.md").read_text()
+
+
 @pytest.mark.parametrize("experiment", ["shots", "labels", "select", "order"])
 def test_result_json_holds_each_items_prediction_behind_every_accuracy(tmp_path, tiny, experiment):
     result = run(tmp_path, tiny, experiment, permutations=2)
@@ -335,9 +351,11 @@ def test_command_line_errors_name_the_flag_and_its_defaults_are_the_configs(tmp_
     ("/tmp/gradio/a1b2c3/my reviews.csv", "my reviews", "my reviews.csv"),  # an upload: its folder means nothing
     ("/tmp/gradio/a1b2c3/train.jsonl", "train", "train.jsonl"),  # not named after the upload's random folder
     ("TEST.JSONL", "TEST", "TEST.JSONL"),  # a split name with no folder to name it by
+    ("/srv/data/sst2/test.jsonl", "sst2", "/srv/data/sst2/test.jsonl"),  # typed whole: not an upload
 ])
 def test_reports_name_the_data_and_show_paths_a_reader_can_use(path, name, shown, monkeypatch, tmp_path):
     from lab.runner import data_name, shown_path
 
     monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("GRADIO_TEMP_DIR", "/tmp/gradio")  # where the page's uploads land
     assert data_name(path) == name and shown_path(path) == shown
