@@ -105,7 +105,7 @@ class TrainConfig:
             raise ValueError(f"epochs must be positive, got {self.epochs}")
         if not (math.isfinite(self.learning_rate) and 0 < self.learning_rate < 1):
             raise ValueError(f"learning_rate must be in (0, 1), got {self.learning_rate}")
-        if self.alpha <= 0:
+        if not (math.isfinite(self.alpha) and self.alpha > 0):
             raise ValueError(f"alpha must be positive, got {self.alpha}")
         if not 0 <= self.dropout < 1:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
@@ -113,6 +113,8 @@ class TrainConfig:
             raise ValueError(f"eval_fraction must be between 0 and 0.5, got {self.eval_fraction}")
         if not 0 <= self.warmup_ratio < 1:
             raise ValueError(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed < 2**32:
+            raise ValueError(f"seed must be a whole number from 0 to {2**32 - 1}, got {self.seed!r}")
         if self.resume and self.restart:
             raise ValueError("resume and restart exclude each other: continue the interrupted run or discard it")
         if self.save_every < 0:

@@ -331,6 +331,9 @@ def loop(run: Run, model, optimizer, scheduler, step: int) -> float | None:
             step += 1
             mean = accelerator.reduce(torch.stack(losses).mean(), reduction="mean").item()
             losses = []
+            if not math.isfinite(mean):  # the weights are ruined from here: nothing worth publishing follows
+                raise ValueError(f"training diverged: the loss is {mean} at step {step}, so no adapter is written; "
+                                 "try a lower --learning-rate or --alpha")
             if step % config.log_every == 0 or step == run.total_steps:
                 last_loss = mean
                 _log(run, {"step": step, "epoch": round(step / run.steps_per_epoch, 3), "loss": round(mean, 5),

@@ -107,6 +107,9 @@ def test_split_is_seeded_and_disjoint():
     ("precision", "fp8", "precision must be one of auto, bf16, fp32"),
     ("output", "/tmp/../bad name", "output folder name 'bad name' is not a valid adapter name"),
     ("max_steps", 0, "max_steps must be at least 1"),
+    ("alpha", float("nan"), "alpha must be positive, got nan"),  # passed `alpha <= 0`, then NaN weights
+    ("alpha", float("inf"), "alpha must be positive, got inf"),
+    ("seed", -5, "seed must be a whole number from 0 to 4294967295, got -5"),  # numpy said so after the model loaded
 ])
 def test_train_config_names_the_bad_field(field, value, message):
     from adapters.config import TrainConfig

@@ -57,6 +57,27 @@ def test_training_changes_lora_and_leaves_base_bit_identical(setup, captured):
     assert lora_b and all(value.abs().sum() > 0 for value in lora_b)  # B starts at zero: all of them moved
 
 
+def test_a_run_whose_loss_turns_nan_publishes_nothing_and_keeps_the_adapter_there(setup, monkeypatch):
+    """It used to publish an adapter that answered every request with an empty string."""
+    import adapters.train
+    from adapters.metadata import file_sha256
+
+    base, data, root = setup
+    out = train_tiny(base, data, root / "persona", max_steps=2)
+    before = file_sha256(out / "adapter_model.safetensors")
+    real, calls = adapters.train.model_loss, []
+
+    def diverging(run, model, batch):
+        calls.append(1)
+        loss = real(run, model, batch)
+        return loss * float("nan") if len(calls) >= 3 else loss
+
+    monkeypatch.setattr(adapters.train, "model_loss", diverging)
+    with pytest.raises(ValueError, match="training diverged: the loss is nan at step 3, so no adapter is written"):
+        train_tiny(base, data, out, max_steps=6)
+    assert file_sha256(out / "adapter_model.safetensors") == before
+
+
 def test_save_then_load_gives_the_same_logits(setup, captured):
     from peft import PeftModel
 
