@@ -95,37 +95,48 @@ def weight_shapes(weights: Path) -> dict[str, tuple[int, ...]]:
 
 
 def check_shapes(adapter: str, config: dict, shapes: dict[str, tuple[int, ...]], base_model) -> None:
-    """Every LoRA pair names a linear layer of `base_model` (unwrapped), with shapes (r, in) and (out, r)."""
+    """Every LoRA pair names a linear or embedding layer of `base_model` (unwrapped), with shapes (r, in)
+    and (out, r). Other keys (PEFT saves the base weights of an adapted head or embedding) are not pairs."""
     if config.get("peft_type") != "LORA":
         raise AdapterError(f"adapter '{adapter}' is a {config.get('peft_type')} adapter; only LoRA is supported")
     modules = dict(base_model.named_modules())
     for key, shape in shapes.items():
-        path, _, part = key.removeprefix(PEFT_PREFIX).rpartition(".lora_")
-        if not part:
+        path, marker, part = key.removeprefix(PEFT_PREFIX).rpartition(".lora_")
+        if not marker:
             continue
         if path not in modules:
             raise AdapterError(f"adapter '{adapter}' targets module '{path}', which the base model does not have")
-        _check_pair(adapter, path, part, shape, _linear(adapter, path, modules[path]), config)
+        _check_pair(adapter, path, part, shape, _dimensions(adapter, path, modules[path]), config)
 
 
-def _linear(adapter: str, path: str, module):
+def _dimensions(adapter: str, path: str, module) -> tuple[int, int]:
+    """The (in, out) sizes of the layer a LoRA pair adapts: a linear layer, or an embedding (ids in, vectors out)."""
     import torch
     from peft.tuners.tuners_utils import BaseTunerLayer
 
     if isinstance(module, BaseTunerLayer):
         module = module.get_base_layer()
-    if not isinstance(module, torch.nn.Linear):
-        raise AdapterError(f"adapter '{adapter}' targets '{path}', a {type(module).__name__}; only linear layers are supported")
-    return module
+    if isinstance(module, torch.nn.Linear):
+        return module.in_features, module.out_features
+    if isinstance(module, torch.nn.Embedding):
+        return module.num_embeddings, module.embedding_dim
+    raise AdapterError(f"adapter '{adapter}' targets '{path}', a {type(module).__name__}; only linear and embedding "
+                       "layers are supported")
 
 
-def _check_pair(adapter: str, path: str, part: str, shape: tuple[int, ...], linear, config: dict) -> None:
-    rank = shape[0] if part.startswith("A.") else shape[-1]
-    expected = (rank, linear.in_features) if part.startswith("A.") else (linear.out_features, rank)
-    if part.startswith(("A.", "B.")) and shape != expected:
+def _check_pair(adapter: str, path: str, part: str, shape: tuple[int, ...], dimensions: tuple[int, int],
+                config: dict) -> None:
+    """`part`: what follows ".lora_" in the key, "A.weight" and "B.weight" for a linear layer,
+    "embedding_A" and "embedding_B" for an embedding (other parts, e.g. DoRA's magnitudes, are not checked)."""
+    side = part.removeprefix("embedding_")[:1] if part.startswith(("A.", "B.", "embedding_A", "embedding_B")) else None
+    if side is None:
+        return
+    rank = shape[0] if side == "A" else shape[-1]
+    expected = (rank, dimensions[0]) if side == "A" else (dimensions[1], rank)
+    if shape != expected:
         raise AdapterError(
             f"adapter '{adapter}': lora_{part} of '{path}' has shape {list(shape)}, the base layer needs {list(expected)}"
         )
-    if part.startswith(("A.", "B.")) and not config.get("rank_pattern") and rank != config.get("r"):
+    if not config.get("rank_pattern") and rank != config.get("r"):
         raise AdapterError(f"adapter '{adapter}': '{path}' has rank {rank}, but adapter_config.json says r={config.get('r')}")
 

@@ -294,3 +294,25 @@ def test_the_app_attaches_hub_adapters_named_at_start(lab, tmp_path, monkeypatch
     messages = [{"role": "user", "content": "question 1"}]
     base = service.generator.complete(messages, greedy()).text
     assert service.generator.complete(messages, greedy(), adapter="someone--zebra-lora").text != base
+
+
+@pytest.mark.parametrize("targets", [["lm_head"], ["embed_tokens", "q_proj"]])
+def test_an_adapter_of_the_head_or_the_embedding_is_served_as_peft_serves_it(lab, served, tmp_path, targets):
+    """They trained, then every load failed ("targets '', a LlamaForCausalLM"): the check read the
+    base weights PEFT saves beside such an adapter as a LoRA pair, and knew linear layers only."""
+    import shutil
+
+    from adapters.registry import AdapterRegistry
+
+    generator, host = served
+    name = "-".join(targets)
+    out = train_tiny(lab[0], write_rows(tmp_path / "rows.jsonl", PERSONA_ROWS), tmp_path / name,
+                     target_modules=targets)
+    shutil.copytree(out, lab[1] / name)
+    try:
+        reference = reference_answer(fresh_peft(lab, name), load_tiny(lab[0]).tokenizer, QUESTIONS[0])
+        assert reference != ask(generator, QUESTIONS[0], "base"), "sanity check: the adapter changes the answer"
+        assert name in AdapterRegistry(lab[1]).names()
+        assert ask(generator, QUESTIONS[0], host.attach(name)) == reference
+    finally:
+        shutil.rmtree(lab[1] / name)
