@@ -114,6 +114,10 @@ def load(folder: Path, model, optimizer, scheduler, run: dict | None = None) -> 
     # Tensors, numbers and tuples only: weights_only=True refuses anything that would run code.
     state = torch.load(Path(folder) / STATE_FILE, map_location="cpu", weights_only=True)
     saved = state.get("run") or {}  # empty in a checkpoint written before runs were recorded
+    if "model" in saved:  # recorded as typed before 2026-11-28
+        from bot.models import local_spec
+
+        saved = {**saved, "model": local_spec(saved["model"])}
     # Keys only the checkpoint has are options that no longer count (the data's path, now its hash alone).
     changed = sorted(key for key in run if saved.get(key) != run[key]) if saved and run else []
     if changed:

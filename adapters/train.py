@@ -269,7 +269,10 @@ def run_identity(config: TrainConfig) -> dict:
     """The options and the data's hash: a checkpoint resumes only a run with the same ones."""
     from adapters.metadata import file_sha256
 
+    from bot.models import local_spec
+
     identity = {key: value for key, value in config.as_dict().items() if key not in RESUMABLE}
+    identity["model"] = local_spec(config.model)  # however the folder was typed
     identity["data_sha256"] = file_sha256(Path(config.data))
     return identity
 

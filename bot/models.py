@@ -95,11 +95,19 @@ def packaged_gguf() -> Path | None:
     return files[0] if files else None
 
 
+def local_spec(spec: str) -> str:
+    """A model spec as one name wherever it was typed: a local file or folder as its absolute path
+    (`tiny`, `./tiny/` and `/work/tiny` are one model, and an adapter records its base by this name),
+    anything else as given."""
+    path = Path(spec).expanduser()
+    return str(path.resolve()) if spec != "default" and path.exists() else spec
+
+
 def resolve_model(spec: str) -> ModelSource:
     """Turn a user's model spec into a source, or raise ModelError saying what was tried."""
     if spec == "default":
         return _resolve_default()
-    path = Path(spec).expanduser()
+    path = Path(local_spec(spec))
     if path.is_file() and path.suffix == ".gguf":
         return ModelSource(name=str(path), path=str(path.parent), gguf_file=path.name)
     if path.is_dir():

@@ -78,6 +78,21 @@ def test_a_run_whose_loss_turns_nan_publishes_nothing_and_keeps_the_adapter_ther
     assert file_sha256(out / "adapter_model.safetensors") == before
 
 
+def test_a_base_typed_as_a_relative_path_is_the_base_typed_whole(setup, monkeypatch):
+    """An adapter trained with `--model tiny` was refused by `--model /work/tiny` ("trained on base
+    model 'tiny'"), and a run could not resume under the other spelling."""
+    from adapters.config import TrainConfig
+    from adapters.metadata import AdapterMetadata
+    from adapters.train import run_identity
+
+    base, data, root = setup
+    monkeypatch.chdir(Path(base).parent)
+    out = train_tiny(f"{Path(base).name}/", data, root / "relative", max_steps=1)
+    assert AdapterMetadata.read(out).base_model == base
+    spelled = [TrainConfig(data=str(data), output=str(root / "x"), model=model) for model in (base, "./base", "base/")]
+    assert len({run_identity(config)["model"] for config in spelled}) == 1
+
+
 def test_save_then_load_gives_the_same_logits(setup, captured):
     from peft import PeftModel
 

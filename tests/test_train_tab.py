@@ -75,3 +75,14 @@ def test_a_run_shows_its_progress_and_stops_without_writing_an_adapter(adapters,
         job.process.kill()  # a failed check must not leave a 2000-step run loading the machine
     assert job.status() == "stopped **long**: no adapter written"
     assert not (adapters / "long").exists()
+
+
+def test_a_model_given_relative_to_where_the_app_started_trains(adapters, tmp_path, monkeypatch):
+    """`python app.py --model ./tiny` started elsewhere: the run starts in the project folder, where
+    'tiny' named nothing ("unknown model 'tiny'")."""
+    save_tiny(tmp_path / "tiny")
+    monkeypatch.chdir(tmp_path)
+    job = TrainingJob()
+    job.start(str(DEMO_DATA / "captain_kelp.jsonl"), "relative", "./tiny", 1, 1e-3, 4)
+    job.process.wait(timeout=300)
+    assert job.status().startswith("done: **relative**"), job.status()

@@ -50,6 +50,7 @@ class TrainingJob:
         """Start a run; `owner` (the page's session) is the only one that may stop it."""
         from adapters.checkpoint import latest
         from adapters.config import TrainConfig, check_adapter_name
+        from bot.models import local_spec
         from bot.paths import adapters_dir
 
         check_adapter_name(name)
@@ -63,7 +64,8 @@ class TrainingJob:
         with self.lock:
             if self.running:
                 raise ValueError("a training run is already going; wait for it to finish")
-            command = [sys.executable, "-m", "adapters.train", "--data", data, "--out", str(output), "--model", model,
+            command = [sys.executable, "-m", "adapters.train", "--data", data, "--out", str(output),
+                       "--model", local_spec(model),  # the run starts in REPO_ROOT, not where the app was started
                        "--max-steps", str(steps), "--learning-rate", str(learning_rate), "--rank", str(rank),
                        "--alpha", str(2 * rank), "--no-progress"]
             if self.log is not None:
