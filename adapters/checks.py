@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from adapters.metadata import CONFIG_FILE, AdapterMetadata, weight_checksums
+from adapters.metadata import CONFIG_FILE, AdapterMetadata, file_checksums
 
 SAFE_WEIGHTS = "adapter_model.safetensors"
 PICKLE_WEIGHTS = "adapter_model.bin"
@@ -49,7 +49,7 @@ def check_inside(path: Path, root: Path) -> None:
 
 
 def check_checksums(folder: Path, metadata: AdapterMetadata) -> None:
-    actual = weight_checksums(folder)
+    actual = file_checksums(folder)
     for name, expected in metadata.checksums.items():
         if name not in actual:
             raise AdapterError(f"adapter '{Path(folder).name}' is missing {name}, which its metadata lists")
@@ -58,7 +58,7 @@ def check_checksums(folder: Path, metadata: AdapterMetadata) -> None:
                 f"checksum mismatch for {name} of adapter '{Path(folder).name}': the file changed after training "
                 f"(expected sha256 {expected[:12]}..., found {actual[name][:12]}...)"
             )
-    unlisted = sorted(set(actual) - set(metadata.checksums))
+    unlisted = sorted(set(actual) - set(metadata.checksums) - {CONFIG_FILE})
     if unlisted:
         raise AdapterError(f"adapter '{Path(folder).name}' holds weight files its metadata does not list: {unlisted}")
 

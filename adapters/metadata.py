@@ -32,7 +32,8 @@ class AdapterMetadata:
     base_fingerprint: str
     """`weights_fingerprint` of the base model the adapter was trained on."""
     checksums: dict[str, str]
-    """sha256 of each weight file, by file name."""
+    """sha256 of each weight file and of adapter_config.json, by file name (adapters trained before
+    2026-11-28 list the weight files only, and their config goes unchecked)."""
     chat_template: str | None = None
     """The tokenizer's chat template used to render the training examples."""
     data_file: str = ""
@@ -97,8 +98,11 @@ def weight_files(folder: Path) -> list[Path]:
     return sorted(p for p in Path(folder).iterdir() if p.name.endswith(WEIGHT_SUFFIXES))
 
 
-def weight_checksums(folder: Path) -> dict[str, str]:
-    return {path.name: file_sha256(path) for path in weight_files(folder)}
+def file_checksums(folder: Path) -> dict[str, str]:
+    """sha256 by file name of the weight files and of adapter_config.json: its scaling (`lora_alpha`)
+    and targets change what the weights do as much as the weights themselves."""
+    files = [*weight_files(folder), Path(folder) / CONFIG_FILE]
+    return {path.name: file_sha256(path) for path in files if path.is_file()}
 
 
 def fingerprint_is_collective(model) -> bool:

@@ -183,7 +183,8 @@ _VERIFIED: set[tuple] = set()
 
 
 def _check_checksums_once(folder: Path, metadata: AdapterMetadata) -> None:
-    stats = tuple((f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in weight_files(folder))
+    files = [*weight_files(folder), Path(folder) / CONFIG_FILE]
+    stats = tuple((f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in files if f.is_file())
     key = (str(folder.resolve()), stats, tuple(sorted(metadata.checksums.items())))
     if key not in _VERIFIED:
         check_checksums(folder, metadata)

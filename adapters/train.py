@@ -376,7 +376,7 @@ def evaluate(run: Run, model) -> float:
 def finish(run: Run, model, base, fingerprint: str, stats: dict) -> Path:
     """Publish the adapter folder atomically (main process) and drop the checkpoints."""
     from adapters.lora import save_weights
-    from adapters.metadata import CONFIG_FILE, AdapterMetadata, file_sha256, weight_checksums
+    from adapters.metadata import CONFIG_FILE, AdapterMetadata, file_sha256, file_checksums
     from adapters.publish import publish
 
     accelerator, config = run.accelerator, run.config
@@ -391,7 +391,7 @@ def finish(run: Run, model, base, fingerprint: str, stats: dict) -> Path:
             (folder / LOG_FILE).write_bytes(log.read_bytes() if log.is_file() else b"")
             data_path = Path(config.data)
             AdapterMetadata(
-                base_model=base.name, base_fingerprint=fingerprint, checksums=weight_checksums(folder),
+                base_model=base.name, base_fingerprint=fingerprint, checksums=file_checksums(folder),
                 chat_template=base.tokenizer.chat_template, data_file=str(config.data),
                 data_sha256=file_sha256(data_path), examples=run.data.examples, eval_examples=len(run.data.eval),
                 config=config.as_dict(), **stats,

@@ -99,7 +99,7 @@ def save_random_adapters(model_spec: str, folder: Path, names=ADAPTERS, rank: in
     from peft import LoraConfig, get_peft_model
 
     from adapters.lora import save_weights
-    from adapters.metadata import AdapterMetadata, weight_checksums, weights_fingerprint
+    from adapters.metadata import AdapterMetadata, file_checksums, weights_fingerprint
     from adapters.publish import publish
     from bot.models import load_model
 
@@ -115,7 +115,7 @@ def save_random_adapters(model_spec: str, folder: Path, names=ADAPTERS, rank: in
 
         def write(staging: Path) -> None:
             save_weights(peft_model, staging)
-            AdapterMetadata(base_model=loaded.name, base_fingerprint=fingerprint, checksums=weight_checksums(staging),
+            AdapterMetadata(base_model=loaded.name, base_fingerprint=fingerprint, checksums=file_checksums(staging),
                             chat_template=loaded.tokenizer.chat_template, data_file="(random weights, tests/stress.py)",
                             config={"rank": rank, "seed": seed + offset}).write(staging)
 

@@ -42,10 +42,10 @@ def attach(trained, root, name="persona", loaded=None, allow_pickle=False):
 
 
 def rewrite_checksums(folder: Path) -> None:
-    from adapters.metadata import AdapterMetadata, weight_checksums
+    from adapters.metadata import AdapterMetadata, file_checksums
 
     meta = AdapterMetadata.read(folder)
-    meta.checksums = weight_checksums(folder)
+    meta.checksums = file_checksums(folder)
     meta.write(folder)
 
 
@@ -190,6 +190,24 @@ def test_checksum_mismatch_is_refused(trained, root):
         attach(trained, root)
 
 
+def test_a_changed_adapter_config_is_refused_and_an_older_adapter_without_its_checksum_loads(trained, root):
+    """lora_alpha scales what the weights do: a copy with it raised 1000-fold loaded and answered
+    differently, though the README promised that tampered files are refused."""
+    from adapters.metadata import AdapterMetadata
+
+    folder = root / "persona"
+    config = json.loads((folder / "adapter_config.json").read_text())
+    (folder / "adapter_config.json").write_text(json.dumps({**config, "lora_alpha": config["lora_alpha"] * 1000}))
+    with pytest.raises(ValueError, match="checksum mismatch for adapter_config.json of adapter 'persona'"):
+        attach(trained, root)
+    (folder / "adapter_config.json").write_text(json.dumps(config))
+    meta = AdapterMetadata.read(folder)
+    assert "adapter_config.json" in meta.checksums
+    del meta.checksums["adapter_config.json"]  # as adapters trained before 2026-11-28 were written
+    meta.write(folder)
+    assert attach(trained, root) == "persona"
+
+
 def test_target_module_missing_from_base_is_refused(trained, root):
     from safetensors.torch import load_file, save_file
 
@@ -206,6 +224,7 @@ def test_rank_inconsistent_with_config_is_refused(trained, root):
     config = json.loads(config_path.read_text())
     config["r"] = 8
     config_path.write_text(json.dumps(config))
+    rewrite_checksums(root / "persona")  # as a hand-made adapter might be recorded
     with pytest.raises(ValueError, match="has rank 4, but adapter_config.json says r=8"):
         attach(trained, root)
 

@@ -226,22 +226,22 @@ def adapter_logits(base: str, root: Path, name: str):
 
 
 def test_adapter_save_killed_midway_keeps_the_old_adapter(tmp_path):
-    from adapters.metadata import weight_checksums
+    from adapters.metadata import file_checksums
 
     base, root = wide_base(tmp_path / "base"), tmp_path / "adapters"
     data = write_rows(tmp_path / "data.jsonl", PERSONA_ROWS)
     train_tiny(base, data, root / "persona", rank=64, alpha=128.0, max_steps=2)
-    old_sums, before = weight_checksums(root / "persona"), adapter_logits(base, root, "persona")
+    old_sums, before = file_checksums(root / "persona"), adapter_logits(base, root, "persona")
     command = train_command(base, data, root / "persona", "--max-steps", "2", "--rank", "64", "--alpha", "128",
                             "--learning-rate", "1e-1")
     for _ in range(ATTEMPTS):
         killed = kill_when(start(*command), staging_in(root, (".partial-persona-",)), 0)
-        if weight_checksums(root / "persona") == old_sums:
+        if file_checksums(root / "persona") == old_sums:
             torch.testing.assert_close(adapter_logits(base, root, "persona"), before, rtol=0, atol=0)
         else:  # the kill came after the new folder took the name: it must be complete and vetted
             adapter_logits(base, root, "persona")
             train_tiny(base, data, root / "persona", rank=64, alpha=128.0, max_steps=2)
-            old_sums, before = weight_checksums(root / "persona"), adapter_logits(base, root, "persona")
+            old_sums, before = file_checksums(root / "persona"), adapter_logits(base, root, "persona")
         if killed:
             break
     else:
