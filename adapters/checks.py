@@ -63,15 +63,23 @@ def check_checksums(folder: Path, metadata: AdapterMetadata) -> None:
         raise AdapterError(f"adapter '{Path(folder).name}' holds weight files its metadata does not list: {unlisted}")
 
 
-def check_base(adapter: str, trained_on: str, fingerprint: str | None, loaded_name: str, loaded_fingerprint: str) -> None:
+def check_base(adapter: str, trained_on: str, recorded: AdapterMetadata | None, loaded_name: str,
+               loaded_weights: tuple[str, list[float]]) -> None:
+    """The adapter's base is the loaded model: the same name and, where the adapter's metadata records
+    them, the same weights: the fingerprint, or where only the rounding of another dtype (fp16) changed
+    it, the recorded sample (`metadata.same_weights`). `loaded_weights`: `metadata.base_weights` of the model."""
+    from adapters.metadata import same_weights
+
     if trained_on != loaded_name:
         raise AdapterError(
             f"adapter '{adapter}' was trained on base model '{trained_on}', but the loaded model is '{loaded_name}'"
         )
-    if fingerprint is not None and fingerprint != loaded_fingerprint:
+    fingerprint, sample = loaded_weights
+    if recorded is not None and recorded.base_fingerprint != fingerprint and not same_weights(recorded.base_sample,
+                                                                                            sample):
         raise AdapterError(
             f"adapter '{adapter}' was trained on other weights of '{trained_on}' "
-            f"(fingerprint {fingerprint}, the loaded model's is {loaded_fingerprint})"
+            f"(fingerprint {recorded.base_fingerprint}, the loaded model's is {fingerprint})"
         )
 
 

@@ -25,12 +25,12 @@ from adapters.registry import AdapterInfo, AdapterRegistry
 
 class AdapterHost:
     def __init__(self, loaded, lock: threading.Lock, registry: AdapterRegistry | None = None):
-        from adapters.metadata import weights_fingerprint
+        from adapters.metadata import base_weights
 
         self.loaded = loaded
         self.lock = lock
         self.registry = registry or AdapterRegistry()
-        self.base_fingerprint = weights_fingerprint(loaded.model)
+        self.base_weights = base_weights(loaded.model)
         self._paths: dict[str, Path] = {}
         self._versions: dict[str, tuple] = {}
         """What each attached adapter's files were when loaded (`files_version`)."""
@@ -99,8 +99,7 @@ class AdapterHost:
         if info.problem is not None or info.metadata is None:  # a listed folder without metadata has a problem
             return f"adapter '{info.name}' cannot be used: {info.problem}"
         try:
-            check_base(info.name, info.metadata.base_model, info.metadata.base_fingerprint, self.loaded.name,
-                       self.base_fingerprint)
+            check_base(info.name, info.metadata.base_model, info.metadata, self.loaded.name, self.base_weights)
         except AdapterError as error:
             return str(error)
         return None
@@ -124,7 +123,7 @@ class AdapterHost:
                     )
                 if self._versions[info.name] == version:
                     return info.name
-            self.registry.vet(info, self.loaded, self.base_fingerprint)
+            self.registry.vet(info, self.loaded, self.base_weights)
             if info.name in self._paths:
                 self._remove(info.name)
             self._load(info)

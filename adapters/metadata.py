@@ -1,17 +1,19 @@
 """The metadata file written beside every trained adapter, and the hashes it records.
 
 An adapter folder holds the standard PEFT files (`adapter_config.json`, `adapter_model.safetensors`)
-and `adapter_metadata.json`: which base it was trained on (id and a fingerprint of its weights),
-the prompt template, the training data's hash and size, the run's metrics, and a sha256 of every
-weight file so that the registry can refuse a folder whose weights were changed afterwards.
+and `adapter_metadata.json`: which base it was trained on (id, a fingerprint and a sample of its
+weights), the prompt template, the training data's hash and size, the run's metrics, and a sha256
+of every weight file and of the PEFT config, so that the registry can refuse a folder changed afterwards.
 
 This module only reads, writes and hashes; it loads no model and decides nothing.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -58,6 +60,9 @@ class AdapterMetadata:
     """How the run was distributed, e.g. `one process`, `DDP x2`, `FSDP2 x8`, `DeepSpeed ZeRO-3 x4`."""
     speedups: list[str] = field(default_factory=list)
     """What the run used to train faster without changing the result: `chunked loss`, `compiled blocks`."""
+    base_sample: list[float] = field(default_factory=list)
+    """`weights_sample` of the base: matched with a tolerance where the fingerprint differs only by
+    the rounding of another dtype (empty in adapters recorded before 2026-11-28)."""
     format_version: int = FORMAT_VERSION
 
     def __post_init__(self):
@@ -111,19 +116,10 @@ def fingerprint_is_collective(model) -> bool:
     return hasattr(model.get_input_embeddings().weight, "ds_shape")
 
 
-def weights_fingerprint(model) -> str:
-    """A short hash that tells base models apart, the same whatever dtype the model was loaded in.
-
-    It covers the input embedding matrix (rounded to bf16, so fp32 and bf16 loads agree) and the
-    model's depth. The embeddings are never quantized, so a QLoRA run fingerprints its base like a
-    full-precision load does; hashing one matrix keeps it well under a second for small models.
-    Under DeepSpeed ZeRO-3 each process holds a slice of the matrix; gathering it is a collective,
-    so there every process calls this.
-    """
-    import contextlib
-
-    import torch
-
+@contextlib.contextmanager
+def _embeddings(model):
+    """The input embedding matrix, detached and whole. Under DeepSpeed ZeRO-3 each process holds a
+    slice of it; gathering it is a collective, so there every process must enter this."""
     weight = model.get_input_embeddings().weight
     whole = contextlib.nullcontext()
     if fingerprint_is_collective(model):
@@ -131,9 +127,52 @@ def weights_fingerprint(model) -> str:
 
         whole = deepspeed.zero.GatheredParameters([weight])
     with whole:
-        embeddings = weight.detach()
+        yield weight.detach()
+
+
+def weights_fingerprint(model) -> str:
+    """A short hash that tells base models apart, the same for fp32 and bf16 loads of one model.
+
+    It covers the input embedding matrix (rounded to bf16, so fp32 and bf16 loads agree) and the
+    model's depth. The embeddings are never quantized, so a QLoRA run fingerprints its base like a
+    full-precision load does; hashing one matrix keeps it well under a second for small models.
+    An fp16 load rounds differently (fp32 to fp16 to bf16 is not fp32 to bf16, and fp16 loses tiny
+    values): `weights_sample` and `same_weights` match it.
+    """
+    import torch
+
+    with _embeddings(model) as embeddings:
         digest = hashlib.sha256(repr((tuple(embeddings.shape), model.config.num_hidden_layers)).encode())
         as_bf16 = embeddings.to("cpu", torch.bfloat16).contiguous().view(torch.int16)
         digest.update(as_bf16.numpy().tobytes())
     return digest.hexdigest()[:16]
+
+
+SAMPLE_SIZE = 256
+"""Embedding values in `weights_sample`."""
+
+
+def weights_sample(model) -> list[float]:
+    """SAMPLE_SIZE values of the input embeddings at evenly spaced positions, to 6 significant digits."""
+    import torch
+
+    with _embeddings(model) as embeddings:
+        flat = embeddings.reshape(-1)
+        positions = torch.arange(SAMPLE_SIZE, device=flat.device) * (flat.numel() - 1) // (SAMPLE_SIZE - 1)
+        return [float(f"{value:.6g}") for value in flat[positions].float().tolist()]
+
+
+def base_weights(model) -> tuple[str, list[float]]:
+    """`weights_fingerprint` and `weights_sample` of a loaded base: what `checks.check_base` compares."""
+    return weights_fingerprint(model), weights_sample(model)
+
+
+def same_weights(recorded: list[float], loaded: list[float]) -> bool:
+    """Whether two samples are of one model's weights loaded in different dtypes: every value within
+    1% (bf16 rounds by at most 0.4%), or, for values near 0 that fp16 flushes, 0.1% of the sample's
+    typical size. Weights of another model differ by about their own size."""
+    if not recorded or len(recorded) != len(loaded):
+        return False
+    scale = math.sqrt(sum(value * value for value in recorded) / len(recorded))
+    return all(abs(a - b) <= 1e-2 * abs(a) + 1e-3 * scale for a, b in zip(recorded, loaded))
 

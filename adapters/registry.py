@@ -164,17 +164,17 @@ class AdapterRegistry:
         info = self._describe(folder)
         return AdapterInfo(name=name, path=folder, metadata=info.metadata)
 
-    def vet(self, info: AdapterInfo, loaded, base_fingerprint: str) -> None:
-        """Every check before loading `info` onto `loaded` (whose base weights have `base_fingerprint`)."""
+    def vet(self, info: AdapterInfo, loaded, base_weights: tuple[str, list[float]]) -> None:
+        """Every check before loading `info` onto `loaded` (`base_weights`: `metadata.base_weights` of its model)."""
         weights = check_files(info.path, self.allow_pickle)
         config = read_config(info.path)
         if info.metadata is not None:
             check_checksums(info.path, info.metadata)
-            check_base(info.name, info.metadata.base_model, info.metadata.base_fingerprint, loaded.name, base_fingerprint)
+            check_base(info.name, info.metadata.base_model, info.metadata, loaded.name, base_weights)
         elif info.problem is not None:
             raise AdapterError(f"adapter '{info.name}' cannot be verified: {info.problem}")
         else:  # a hub adapter trained elsewhere: PEFT's config names its base
-            check_base(info.name, config.get("base_model_name_or_path") or "unknown", None, loaded.name, base_fingerprint)
+            check_base(info.name, config.get("base_model_name_or_path") or "unknown", None, loaded.name, base_weights)
         check_shapes(info.name, config, weight_shapes(weights), _unwrapped(loaded.model))
 
 

@@ -179,7 +179,7 @@ def _train(config: TrainConfig, conversations: list[list[dict]], accelerator, lo
     from accelerate.utils import set_seed
 
     from adapters.lora import load_base, wrap
-    from adapters.metadata import fingerprint_is_collective, weights_fingerprint
+    from adapters.metadata import base_weights, fingerprint_is_collective
     from adapters.speed import compile_blocks, head_off
 
     started = time.perf_counter()
@@ -191,7 +191,7 @@ def _train(config: TrainConfig, conversations: list[list[dict]], accelerator, lo
         print(note, file=sys.stderr)
     # Under FSDP only the main process is sure to hold the weights (the others may hold meta tensors).
     collective = fingerprint_is_collective(base.model)
-    fingerprint = weights_fingerprint(base.model) if collective or accelerator.is_main_process else ""
+    weights = base_weights(base.model) if collective or accelerator.is_main_process else ("", [])
     model = wrap(base.model, config, base.name)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=config.learning_rate)
     model, optimizer = accelerator.prepare(model, optimizer)
@@ -213,7 +213,7 @@ def _train(config: TrainConfig, conversations: list[list[dict]], accelerator, lo
     stats = {"steps": total, "final_loss": last_loss, "eval_loss": eval_loss, "seconds": time.perf_counter() - started,
              "engine": engine_name(accelerator.state),
              "speedups": speed.names()}
-    return finish(run, model, base, fingerprint, stats)
+    return finish(run, model, base, weights, stats)
 
 
 def choose_speedups(run: Run, peft_model):
@@ -373,7 +373,7 @@ def evaluate(run: Run, model) -> float:
     return sum(losses) / len(losses)
 
 
-def finish(run: Run, model, base, fingerprint: str, stats: dict) -> Path:
+def finish(run: Run, model, base, weights: tuple[str, list[float]], stats: dict) -> Path:
     """Publish the adapter folder atomically (main process) and drop the checkpoints."""
     from adapters.lora import save_weights
     from adapters.metadata import CONFIG_FILE, AdapterMetadata, file_sha256, file_checksums
@@ -391,7 +391,8 @@ def finish(run: Run, model, base, fingerprint: str, stats: dict) -> Path:
             (folder / LOG_FILE).write_bytes(log.read_bytes() if log.is_file() else b"")
             data_path = Path(config.data)
             AdapterMetadata(
-                base_model=base.name, base_fingerprint=fingerprint, checksums=file_checksums(folder),
+                base_model=base.name, base_fingerprint=weights[0], base_sample=weights[1],
+                checksums=file_checksums(folder),
                 chat_template=base.tokenizer.chat_template, data_file=str(config.data),
                 data_sha256=file_sha256(data_path), examples=run.data.examples, eval_examples=len(run.data.eval),
                 config=config.as_dict(), **stats,

@@ -179,12 +179,12 @@ def with_adapter(loaded, adapter):
     from peft import PeftModel
 
     from adapters.checks import AdapterError
-    from adapters.metadata import weights_fingerprint
+    from adapters.metadata import base_weights
     from adapters.registry import AdapterInfo, AdapterRegistry
 
     if isinstance(adapter, AdapterInfo):
         try:
-            AdapterRegistry().vet(adapter, loaded, weights_fingerprint(loaded.model))
+            AdapterRegistry().vet(adapter, loaded, base_weights(loaded.model))
         except AdapterError as error:
             raise LabError(f"--adapter {adapter.name}: {error}") from error
         folder, name = adapter.path, adapter.name

@@ -128,6 +128,52 @@ def test_same_name_other_weights_is_refused(trained, root, tmp_path):
         attach(trained, root, loaded=impostor)
 
 
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_the_base_loaded_in_another_dtype_takes_its_adapters(trained, root, dtype):
+    """In fp16 (what `--dtype auto` picks on a GPU without bf16) every adapter was refused as trained
+    on other weights: fp32 to fp16 to bf16 rounds differently from fp32 to bf16, so the fingerprint
+    differs, and the recorded sample of the weights now settles it."""
+    from adapters.metadata import AdapterMetadata, weights_fingerprint
+    from bot.models import load_model
+
+    loaded = load_model(trained[0], dtype=dtype, device="cpu")
+    recorded = AdapterMetadata.read(root / "persona")
+    if dtype == "float16":
+        assert weights_fingerprint(loaded.model) != recorded.base_fingerprint, "sanity check: the hash alone refuses it"
+    assert attach(trained, root, loaded=loaded) == "persona"
+    recorded.base_sample = []  # recorded before samples were: the fingerprint alone decides, as it did
+    recorded.write(root / "persona")
+    if dtype == "float16":
+        with pytest.raises(ValueError, match="trained on other weights"):
+            attach(trained, root, loaded=load_model(trained[0], dtype=dtype, device="cpu"))
+
+
+def test_a_sample_matches_only_the_weights_it_was_taken_from(tmp_path):
+    """Within the rounding of a dtype; another model of the same shape differs everywhere."""
+    import torch
+
+    from adapters.metadata import same_weights, weights_sample
+
+    first, second = (load_tiny(tiny_base(tmp_path / f"base-{seed}", seed=seed)).model for seed in (0, 1))
+    sample = weights_sample(first)
+    assert len(sample) == 256 and same_weights(sample, weights_sample(first.to(torch.float16)))
+    assert not same_weights(sample, weights_sample(second))
+    assert not same_weights(sample, [value * 1.05 for value in sample])  # 5% off: not rounding
+    assert not same_weights([], sample)
+
+    class Large(torch.nn.Module):  # SmolLM2's vocabulary x width: float32 positions overshot its last value
+        def __init__(self):
+            super().__init__()
+            self.embed = torch.nn.Embedding(49152, 576)
+
+        def get_input_embeddings(self):
+            return self.embed
+
+    large = Large()
+    ends = large.embed.weight.reshape(-1)[[0, -1]].tolist()
+    assert [weights_sample(large)[i] for i in (0, -1)] == [float(f"{value:.6g}") for value in ends]
+
+
 def test_pickle_weights_are_refused_unless_opted_in(trained, root):
     import torch
     from safetensors.torch import load_file

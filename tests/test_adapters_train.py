@@ -113,10 +113,11 @@ def test_output_folder_is_a_peft_adapter_with_metadata(setup):
     meta = AdapterMetadata.read(out)
     config = json.loads((out / "adapter_config.json").read_text())
     assert config["base_model_name_or_path"] == meta.base_model == base
-    assert meta.checksums == {"adapter_model.safetensors": file_sha256(out / "adapter_model.safetensors")}
+    assert meta.checksums == {name: file_sha256(out / name) for name in ("adapter_model.safetensors",
+                                                                         "adapter_config.json")}
     assert (meta.examples, meta.eval_examples, meta.steps) == (12, 4, 8)
     assert meta.data_sha256 == file_sha256(data) and meta.eval_loss is not None and meta.final_loss is not None
-    assert "im_start" in meta.chat_template and len(meta.base_fingerprint) == 16
+    assert "im_start" in meta.chat_template and len(meta.base_fingerprint) == 16 and len(meta.base_sample) == 256
     steps = [json.loads(line)["step"] for line in (out / "train_log.jsonl").read_text().splitlines()]
     assert steps == list(range(1, 9))
     assert sorted(p.name for p in root.iterdir()) == ["persona"]  # no checkpoints or partial folders left

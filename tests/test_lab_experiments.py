@@ -131,7 +131,7 @@ def test_labels_with_out_of_distribution_inputs(tmp_path, tiny):
     differences = {row["first"] + " - " + row["second"]: row["difference"] for row in result["uncertainty"]["comparisons"]}
     assert differences["random - ood"] == pytest.approx(result["means"]["random"] - result["means"]["ood"])
     assert differences["gold - none"] == pytest.approx(result["means"]["gold"] - result["means"]["none"])
-    assert "- out-of-distribution inputs: ood.jsonl (6 inputs)" in report
+    assert f"- out-of-distribution inputs: {tmp_path / 'ood.jsonl'} (6 inputs)" in report  # typed whole, shown whole
 
 
 def test_out_of_distribution_inputs_are_refused_where_they_cannot_be_used(tmp_path, tiny):
