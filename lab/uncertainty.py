@@ -82,8 +82,10 @@ def _draw_means(rows: np.ndarray, item_weights: np.ndarray, run_picks: np.ndarra
 
 
 def _bounds(values: np.ndarray) -> tuple[float, float]:
+    """The interval's ends, rounded to 12 decimals: the draws' means are matrix products, so a
+    difference that is exactly 0 comes out as +-1e-17 and would print as "-0.000"."""
     low, high = np.quantile(values, [(1 - LEVEL) / 2, (1 + LEVEL) / 2])
-    return float(low), float(high)
+    return round(float(low), 12) + 0.0, round(float(high), 12) + 0.0  # + 0.0 makes -0.0 plain 0.0
 
 
 def wilson(successes: float, n: int) -> tuple[float, float]:

@@ -129,3 +129,16 @@ def test_summarise_and_the_report_section():
     few = section(summarise({"gold": np.stack([bernoulli(12, 0.5, s) for s in (8, 9)])}, []))
     assert "Only 12 test items: every interval and p here is rough" in few
     assert "With 2 seeds, redrawing them sees only part of the spread" in few
+
+
+def test_an_interval_that_ends_at_zero_prints_as_zero_not_minus_zero():
+    """The draws' means are matrix products: a difference of exactly 0 came out as -5.6e-17, which
+    the report printed as "-0.000", as if the interval crossed 0."""
+    generator = np.random.default_rng(18)
+    one = generator.random((1, 30)) < 0.6
+    seeds = np.stack([one[0]] * 3)
+    seeds[:, generator.integers(0, 30, 2)] = False
+    seeds[1, generator.integers(0, 30, 3)] = ~seeds[1, generator.integers(0, 30, 3)]
+    row = compare(one, seeds)
+    assert row["low"] == 0.0 and not math.copysign(1, row["low"]) < 0
+    assert "| a - b | +0.011 | +0.000 to " in section(summarise({"a": one, "b": seeds}, [("a - b", "a", "b", False)]))
