@@ -14,6 +14,8 @@ process or DDP it is the plain state dict with canonical names.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import random
 import shutil
 from dataclasses import dataclass
@@ -34,6 +36,71 @@ class Resumed:
 def run_dir(output: Path) -> Path:
     output = Path(output)
     return output.parent / f".{output.name}.run"
+
+
+def lock_file(output: Path) -> Path:
+    output = Path(output)
+    return output.parent / f".{output.name}.lock"
+
+
+@contextlib.contextmanager
+def run_lock(output: Path):
+    """Be the only training run that writes `output` (its checkpoints, log and adapter): a second run
+    under the name, started while this one holds the lock, stops with a ValueError instead of clearing
+    this run's files. The lock goes with the process, however it ends; the file goes when the run
+    ends (removed while still locked, and a lock taken on a file already removed is given up, so that
+    no two runs ever hold one). Without `fcntl` (Windows), there is no lock."""
+    try:
+        import fcntl
+    except ImportError:
+        yield
+        return
+    path = lock_file(output)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    while True:
+        handle = path.open("a+")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "unknown"
+            handle.close()
+            raise ValueError(f"another training run is writing '{Path(output).name}' (process {holder}); wait for it "
+                             "to end, or choose another name") from None
+        try:
+            current = os.path.samestat(os.fstat(handle.fileno()), os.stat(path))
+        except FileNotFoundError:
+            current = False
+        if current:
+            break
+        handle.close()  # the run that held it removed it meanwhile: take the new file
+    try:
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"{os.getpid()}\n")
+        handle.flush()
+        yield
+    finally:
+        path.unlink(missing_ok=True)
+        handle.close()  # and with it the lock
+
+
+def in_progress(output: Path) -> bool:
+    """Whether a training run holds `output`'s lock now."""
+    try:
+        import fcntl
+    except ImportError:
+        return False
+    path = lock_file(output)
+    if not path.is_file():
+        return False
+    with path.open("a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(handle, fcntl.LOCK_UN)
+    return False
 
 
 def latest(output: Path) -> Path | None:

@@ -62,15 +62,18 @@ class AdapterRegistry:
     def passed_over(self) -> list[str]:
         """What `list` skips that a user may be looking for, one line each: adapter folders whose name
         cannot name an adapter, and the checkpoints of interrupted training runs."""
-        from adapters.checkpoint import latest, step_of
+        from adapters.checkpoint import in_progress, latest, step_of
 
         if not self.root.is_dir():
             return []
         lines = []
         for folder in sorted(self.root.iterdir()):
             if folder.name.startswith(".") and folder.name.endswith(".run"):
-                found = latest(folder.parent / folder.name[1:-4])
-                if found is not None:
+                output = folder.parent / folder.name[1:-4]
+                found = latest(output)
+                if found is not None and in_progress(output):
+                    lines.append(f"{folder.name}: a training run in progress, checkpoint at step {step_of(found)}")
+                elif found is not None:
                     lines.append(f"{folder.name}: an interrupted training run, checkpoint at step {step_of(found)} "
                                  "(--resume continues it, --restart discards it)")
             elif not folder.name.startswith(".") and (folder / CONFIG_FILE).is_file() and not NAME_PATTERN.match(folder.name):

@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import signal
 import sys
 import time
@@ -113,16 +114,24 @@ def lr_lambda(total_steps: int, warmup_ratio: float):
 
 def train(config: TrainConfig) -> Path:
     """Train an adapter as `config` says; return the published adapter folder."""
+    from adapters.metadata import CONFIG_FILE
+    from adapters.publish import check_target
+
+    check_target(config.output, CONFIG_FILE, ADAPTER)  # before the work, not after it
+    # One run per name: a second would clear this one's checkpoints and mix its loss log into them.
+    first = int(os.environ.get("RANK", "0")) == 0  # under a launcher, before accelerate sets up its processes
+    with checkpoint.run_lock(Path(config.output)) if first else nullcontext():
+        return _locked_train(config)
+
+
+def _locked_train(config: TrainConfig) -> Path:
     import torch
     from accelerate import Accelerator
     from accelerate.utils import GradientAccumulationPlugin
 
     from adapters.data import load_conversations
     from adapters.lora import check_engine, check_qlora
-    from adapters.metadata import CONFIG_FILE
-    from adapters.publish import check_target
 
-    check_target(config.output, CONFIG_FILE, ADAPTER)  # before the work, not after it
     check_checkpoints(config)
     conversations = load_conversations(Path(config.data), config.fill)  # a bad file fails before the model loads
     if config.qlora:

@@ -93,6 +93,28 @@ def test_a_base_typed_as_a_relative_path_is_the_base_typed_whole(setup, monkeypa
     assert len({run_identity(config)["model"] for config in spelled}) == 1
 
 
+def test_a_second_run_under_a_name_in_training_stops_before_touching_its_files(setup):
+    """It used to clear the first run's checkpoints and mix both loss logs; the first then died."""
+    from adapters.checkpoint import run_dir, run_lock
+    from adapters.registry import AdapterRegistry
+
+    base, data, root = setup
+    out = train_tiny(base, data, root / "persona", max_steps=2, save_every=1)
+    step = run_dir(out) / "step-000001"
+    step.mkdir(parents=True)
+    (step / "state.pt").write_bytes(b"the first run's step")
+    listed = AdapterRegistry(root).passed_over()
+    assert listed == [".persona.run: an interrupted training run, checkpoint at step 1 (--resume continues it, "
+                      "--restart discards it)"]
+    with run_lock(out):  # the first run, still going
+        with pytest.raises(ValueError, match=f"another training run is writing 'persona' \\(process {os.getpid()}\\); "
+                                             "wait for it to end, or choose another name"):
+            train_tiny(base, data, out, max_steps=2, restart=True)
+        assert AdapterRegistry(root).passed_over() == [".persona.run: a training run in progress, checkpoint at step 1"]
+    assert (step / "state.pt").read_bytes() == b"the first run's step"
+    assert train_tiny(base, data, out, max_steps=2, restart=True) == out  # once it has ended, the name is free
+
+
 def test_save_then_load_gives_the_same_logits(setup, captured):
     from peft import PeftModel
 
