@@ -339,6 +339,20 @@ def test_an_adapter_for_another_base_is_not_offered_and_a_request_says_why(train
     assert caught.value.status == 400
     with pytest.raises(APIError, match="unknown model 'nobody'"):
         _adapter_for(service, "nobody")
+    if not impostor:  # the page's API says why too; Gradio said only "not in the list of choices"
+        from servers import gradio_client, launched
+
+        with launched(service) as url:
+            client = gradio_client(url)
+            for ask in (lambda: client.predict("hi", "", 4, 0, 1, "zebra", "(none)", "few", 2, "knn", "nearest-last", 0,
+                                               api_name="/chat"),
+                        lambda: client.predict("hi", ["base", "zebra"], False, "(none)", "few", 2, "knn",
+                                               "nearest-last", 4, 0, 0, api_name="/compare")):
+                with pytest.raises(Exception, match=f"adapter 'zebra' was trained on base model '{trained[0]}'"):
+                    ask()
+            with pytest.raises(Exception, match="not in the list of choices"):  # a name with no folder at all
+                client.predict("hi", "", 4, 0, 1, "nobody", "(none)", "few", 2, "knn", "nearest-last", 0,
+                               api_name="/chat")
     fitting = ChatService(Generator(load_tiny(trained[0])),
                           adapters=AdapterHost(load_tiny(trained[0]), lock, AdapterRegistry(root)))
     assert fitting.adapter_choices() == ["base", "persona", "zebra"]

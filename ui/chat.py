@@ -115,7 +115,8 @@ def chat_tab(service) -> dict:
     max_new_tokens = gr.Slider(1, 1024, value=256, step=1, label=t("max_new_tokens"), render=False)
     temperature = gr.Slider(0, MAX_TEMPERATURE, value=0, step=0.05, label=t("temperature"), render=False)
     top_p = gr.Slider(0.05, 1, value=1, step=0.05, label=t("top_p"), render=False)
-    adapter = current_dropdown(service.adapter_choices, value="base", label=t("adapter"), render=False)
+    adapter = current_dropdown(service.adapter_choices, why_not=service.why_not_offered, value="base",
+                               label=t("adapter"), render=False)
     few = fewshot_controls(service)
     demo_seed = gr.Number(0, precision=0, minimum=0, label=t("demo_seed"), render=False)
 

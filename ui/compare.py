@@ -50,8 +50,8 @@ def compare_tab(service) -> dict:
     with gr.Row():
         with gr.Column(scale=2):
             message = gr.Textbox(label=t("message"), lines=3, elem_id="compare-input")
-            models = current_checkbox_group(service.adapter_choices, value=["base"], label=t("compare_models"),
-                                      elem_id="compare-models")
+            models = current_checkbox_group(service.adapter_choices, why_not=service.why_not_offered, value=["base"],
+                                            label=t("compare_models"), elem_id="compare-models")
             with_demos = gr.Checkbox(False, label=t("compare_fewshot"), elem_id="compare-fewshot")
             with gr.Row():
                 run = gr.Button(t("compare_run"), variant="primary", elem_id="compare-run")

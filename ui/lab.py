@@ -91,7 +91,8 @@ def lab_tab(service, model_spec: str) -> dict:
                                     label=t("lab_train_steps"), visible=False, elem_id="lab-train-steps")
             permutations = gr.Slider(1, 120, value=24, step=1, label=t("permutations"),  # order is the first shown
                                      elem_id="lab-permutations")
-            adapter = current_dropdown(service.adapter_choices, value="base", label=t("adapter"))
+            adapter = current_dropdown(service.adapter_choices, why_not=service.why_not_offered, value="base",
+                                       label=t("adapter"))
             run = gr.Button(t("run_experiment"), variant="primary", elem_id="lab-run")
     report = gr.Markdown(elem_id="lab-report")
     finished = gr.State()

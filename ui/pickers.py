@@ -37,20 +37,31 @@ def _with_current(known: list, choices_now: Callable[[], list], payload) -> list
 
 class _Current:
     """Before Gradio checks a request's value against the choices, adds the current ones where the
-    value is not among them. Gradio rebuilds a page's copy of a component from its class and its
-    constructor's keyword arguments, so `choices_now` is one of them (each class's own `__init__`,
-    which Gradio records); the props sent to the browser stay the base component's."""
+    value is not among them, and for a value still unknown raises `why_not`'s reason where it has one
+    (Gradio would say only that the value is not in the list). Gradio rebuilds a page's copy of a
+    component from its class and its constructor's keyword arguments, so `choices_now` and `why_not`
+    are among them (each class's own `__init__`, which Gradio records); the props sent to the
+    browser stay the base component's."""
 
     _choices_now: Callable[[], list]
+    _why_not: Callable[[str], str | None] | None
 
     def preprocess(self, payload):
+        from ui.escape import shown_error
+
         self.choices = _with_current(self.choices, self._choices_now, payload)
+        known = {value for _, value in self.choices}
+        for value in payload if isinstance(payload, list) else [payload]:
+            reason = self._why_not(value) if self._why_not and value is not None and value not in known else None
+            if reason:
+                raise shown_error(reason)
         return super().preprocess(payload)
 
 
 class _CurrentDropdown(_Current, gr.Dropdown):
-    def __init__(self, *, choices_now: Callable[[], list], **kwargs):
-        self._choices_now = choices_now
+    def __init__(self, *, choices_now: Callable[[], list], why_not: Callable[[str], str | None] | None = None,
+                 **kwargs):
+        self._choices_now, self._why_not = choices_now, why_not
         super().__init__(**kwargs)
 
     def get_config(self, cls=None):
@@ -61,8 +72,9 @@ class _CurrentDropdown(_Current, gr.Dropdown):
 
 
 class _CurrentCheckboxGroup(_Current, gr.CheckboxGroup):
-    def __init__(self, *, choices_now: Callable[[], list], **kwargs):
-        self._choices_now = choices_now
+    def __init__(self, *, choices_now: Callable[[], list], why_not: Callable[[str], str | None] | None = None,
+                 **kwargs):
+        self._choices_now, self._why_not = choices_now, why_not
         super().__init__(**kwargs)
 
     def get_config(self, cls=None):
@@ -72,11 +84,14 @@ class _CurrentCheckboxGroup(_Current, gr.CheckboxGroup):
         return "checkboxgroup"
 
 
-def current_dropdown(choices_now: Callable[[], list], **kwargs) -> gr.Dropdown:
-    """A `gr.Dropdown` of `choices_now()` that takes any value among them at the time of the request."""
-    return _CurrentDropdown(choices=choices_now(), choices_now=choices_now, **kwargs)
+def current_dropdown(choices_now: Callable[[], list], why_not: Callable[[str], str | None] | None = None,
+                     **kwargs) -> gr.Dropdown:
+    """A `gr.Dropdown` of `choices_now()` that takes any value among them at the time of the request;
+    `why_not(value)` may say why a value is not among them (an adapter trained on another base)."""
+    return _CurrentDropdown(choices=choices_now(), choices_now=choices_now, why_not=why_not, **kwargs)
 
 
-def current_checkbox_group(choices_now: Callable[[], list], **kwargs) -> gr.CheckboxGroup:
+def current_checkbox_group(choices_now: Callable[[], list], why_not: Callable[[str], str | None] | None = None,
+                           **kwargs) -> gr.CheckboxGroup:
     """A `gr.CheckboxGroup` of `choices_now()` that takes any values among them at the time of the request."""
-    return _CurrentCheckboxGroup(choices=choices_now(), choices_now=choices_now, **kwargs)
+    return _CurrentCheckboxGroup(choices=choices_now(), choices_now=choices_now, why_not=why_not, **kwargs)
