@@ -80,8 +80,8 @@ def check_config(config: LabConfig, experiment: str, out: Path) -> None:
     if config.ood and experiment != "labels":
         raise LabError(f"--ood is read by the labels experiment only; drop it for {experiment}")
     if config.ood and Path(config.ood).resolve() in (Path(config.train).resolve(), Path(config.test).resolve()):
-        raise LabError("--ood names the --train or --test file; give a pool from another task or corpus, whose "
-                       "inputs are out of this task's distribution")
+        raise LabError("the out-of-distribution pool (--ood) is the train or test file; give a pool from another "
+                       "task or corpus, whose inputs are out of this task's distribution")
     if config.train_sizes and experiment != "finetune":
         raise LabError(f"--train-sizes is read by the finetune experiment only; drop it for {experiment}")
     if config.train_sizes and config.train_sizes[0] < config.k:

@@ -14,6 +14,7 @@ import random
 import re
 from collections import Counter
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 from lab.errors import LabError
 from retrieval.pool import Example, Pool, PoolError, load_pool
@@ -106,8 +107,9 @@ def nested_samples(pool: Pool, sizes: list[int], seed: int) -> dict[int, Pool]:
 def _read(path: str, flag: str) -> Pool:
     try:
         return load_pool(path)
-    except PoolError as error:
-        raise LabError(f"{flag} {path}: {error}") from error
+    except PoolError as error:  # which usually names the file already
+        named = Path(path).name in str(error)
+        raise LabError(f"{flag}: {error}" if named else f"{flag} {path}: {error}") from error
 
 
 def check_fits(data: LabData, k: int) -> None:
