@@ -54,6 +54,27 @@ class StopOnEvent:
         return torch.full((input_ids.shape[0],), self.event.is_set(), dtype=torch.bool, device=input_ids.device)
 
 
+class StopOnStrings:
+    """A stopping criterion that ends each batch row once its answer's text holds one of `stops`
+    (the API's `stop`); `lengths[row]` is then that row's answer tokens, through the one that
+    completed the stop string. Use one per `generate` call: the answers start at `prompt_width`."""
+
+    def __init__(self, tokenizer, stops: tuple[str, ...], prompt_width: int):
+        self.tokenizer, self.stops, self.prompt_width = tokenizer, tuple(stops), prompt_width
+        self.lengths: dict[int, int] = {}
+
+    def __call__(self, input_ids, scores, **kwargs):
+        import torch
+
+        answers = input_ids[:, self.prompt_width:].tolist()
+        for row, ids in enumerate(answers):
+            if row not in self.lengths:
+                text = self.tokenizer.decode(ids, skip_special_tokens=True)
+                if any(stop in text for stop in self.stops):
+                    self.lengths[row] = len(ids)
+        return torch.tensor([row in self.lengths for row in range(len(answers))], device=input_ids.device)
+
+
 def stopping_on(cancel: threading.Event | None) -> dict:
     """`generate` keyword arguments that end it at the next token once `cancel` is set (none for None)."""
     from transformers import StoppingCriteriaList
@@ -244,14 +265,17 @@ class Generator:
 
     def complete_many(
         self, conversations: list[list[dict]], settings: GenerationSettings, adapters: list[str],
-        cancel: threading.Event | None = None,
+        cancel: threading.Event | None = None, stops: tuple[str, ...] = (),
     ) -> list[Completion]:
         """Answer several conversations in one batched call, each with its own adapter.
 
         peft's mixed-batch inference applies each row's adapter to that row alone. Greedy fp32
         answers equal one-by-one answers; in bf16 padding changes the rounding, so they can differ.
         `cancel` (from any thread) ends every row at its next token; the answers so far are returned.
+        A row whose text reaches one of `stops` ends there ("stop"; its text still holds the stop string).
         """
+        from transformers import StoppingCriteriaList
+
         if len(conversations) != len(adapters):
             raise ValueError(f"{len(conversations)} conversations but {len(adapters)} adapters")
         fitted = [self.fit(messages, settings) for messages in conversations]
@@ -262,13 +286,19 @@ class Generator:
         if settings.max_new_tokens > room:
             settings = replace(settings, max_new_tokens=room)
         inputs = self._left_pad(rows)
+        width = inputs["input_ids"].shape[1]
+        criteria = list(stopping_on(cancel).get("stopping_criteria", []))
+        strings = StopOnStrings(self.loaded.tokenizer, stops, width) if stops else None
+        criteria += [strings] if strings else []
         started = time.perf_counter()
         with self.lock:
-            output = self._generate(inputs, settings, adapters, **stopping_on(cancel))
+            output = self._generate(inputs, settings, adapters,
+                                    **({"stopping_criteria": StoppingCriteriaList(criteria)} if criteria else {}))
         seconds = time.perf_counter() - started
-        width = inputs["input_ids"].shape[1]
         cancelled = cancel is not None and cancel.is_set()
-        return [self._completion(output[i, width:], f, settings, seconds, cancelled) for i, f in enumerate(fitted)]
+        ends = strings.lengths if strings else {}
+        return [self._completion(output[i, width:width + ends[i]] if i in ends else output[i, width:], f, settings,
+                                 seconds, cancelled, stopped=i in ends) for i, f in enumerate(fitted)]
 
     def _left_pad(self, rows: list[list[int]]) -> dict:
         import torch
@@ -280,8 +310,9 @@ class Generator:
         return {"input_ids": ids.to(self.loaded.device), "attention_mask": mask.to(self.loaded.device)}
 
     def _completion(self, new_ids, fitted: FittedPrompt, settings: GenerationSettings, seconds: float,
-                    cancelled: bool = False) -> Completion:
-        """A batch row's answer: its tokens up to the first end-of-turn (rows that ended early are padded)."""
+                    cancelled: bool = False, stopped: bool = False) -> Completion:
+        """A batch row's answer: its tokens up to the first end-of-turn (rows that ended early are padded);
+        `stopped`: `new_ids` end at a stop string."""
         eos_ids = self._eos_ids()
         tokens = new_ids.tolist()
         ended = next((i for i, token in enumerate(tokens) if token in eos_ids), None)
@@ -289,7 +320,8 @@ class Generator:
         return Completion(
             text=self.loaded.tokenizer.decode(kept, skip_special_tokens=True), prompt_tokens=fitted.prompt_tokens,
             completion_tokens=len(kept) + (ended is not None), seconds=seconds,
-            finish_reason=self._row_finish(ended is not None, len(kept), settings, cancelled), notice=fitted.notice,
+            finish_reason=self._row_finish(ended is not None or stopped, len(kept), settings, cancelled),
+            notice=fitted.notice,
         )
 
     @staticmethod

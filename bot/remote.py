@@ -64,10 +64,13 @@ class RemoteGenerator:
         return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
     def stream(self, messages: list[dict], settings: GenerationSettings, adapter: str = BASE,
-               state: StreamState | None = None) -> Iterator[str]:
+               state: StreamState | None = None, stops: tuple[str, ...] = ()) -> Iterator[str]:
+        """`stops`: the server ends the answer before the first of these (OpenAI's `stop`)."""
         state = state or StreamState()
         state.fitted = fitted = self.fit(messages, settings)
         body = self._body(fitted.messages, settings, adapter, stream=True)
+        if stops:
+            body["stop"] = list(stops)
         started, pieces, usage, finish = time.perf_counter(), [], None, "stop"
         with self.client.stream("POST", "/chat/completions", json=body) as response:
             if response.status_code >= 400:
@@ -102,14 +105,14 @@ class RemoteGenerator:
         return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
 
     def complete(self, messages: list[dict], settings: GenerationSettings, adapter: str = BASE,
-                 cancel: threading.Event | None = None) -> Completion:
+                 cancel: threading.Event | None = None, stops: tuple[str, ...] = ()) -> Completion:
         state = StreamState() if cancel is None else StreamState(cancel=cancel)
-        for _ in self.stream(messages, settings, adapter, state):
+        for _ in self.stream(messages, settings, adapter, state, stops):
             pass
         return state.completion
 
     def complete_many(self, conversations, settings: GenerationSettings, adapters: list[str],
-                      cancel: threading.Event | None = None) -> list[Completion]:
+                      cancel: threading.Event | None = None, stops: tuple[str, ...] = ()) -> list[Completion]:
         """The requests run concurrently; `cancel` ends each at its next streamed piece. With a seed, a
         request that repeats an earlier one (n answers of one prompt) gets the next seed, as a batch's
         rows draw apart locally; different adapters keep the same seed."""
@@ -122,7 +125,7 @@ class RemoteGenerator:
                 settings, seed=(settings.seed + repeat) % (MAX_SEED + 1))
             jobs.append((messages, seeded, adapter))
         with ThreadPoolExecutor(max_workers=max(len(jobs), 1)) as pool:
-            return list(pool.map(lambda job: self.complete(job[0], job[1], job[2], cancel), jobs))
+            return list(pool.map(lambda job: self.complete(job[0], job[1], job[2], cancel, stops), jobs))
 
     def _body(self, messages, settings: GenerationSettings, adapter: str, stream: bool) -> dict:
         body = {

@@ -174,6 +174,7 @@ class ChatService:
         fewshot: FewShot | None = None,
         cancel: threading.Event | None = None,
         history: list[dict] | None = None,
+        stops: tuple[str, ...] = (),
     ) -> list[TurnResult]:
         """One prompt answered by several adapters (or the base; a name may repeat, for several answers)
         in one batched call, same demonstrations. `cancel` ends the answers at their next token (Compare's Stop)."""
@@ -184,7 +185,8 @@ class ChatService:
         settings = settings or GenerationSettings()
         names = [self.use_adapter(name) for name in adapters]
         messages, template = self.prepare(message, history, system, settings, fewshot)
-        completions = self.generator.complete_many([messages] * len(names), settings, names, cancel=cancel)
+        completions = self.generator.complete_many([messages] * len(names), settings, names, cancel=cancel,
+                                                   stops=stops)
         prompt = self.generator.render(self.generator.fit(messages, settings).messages)
         return [
             TurnResult(text=c.text, notice=template.notice or c.notice, prompt=prompt, demos=template.demos, completion=c)

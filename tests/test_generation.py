@@ -185,3 +185,23 @@ def test_presence_and_frequency_penalties_match_openais_definition(tiny, presenc
     assert plain != expected, "sanity check: the penalties change an answer"
     assert [generator.complete(c, penalised).text for c in conversations] == expected
     assert [c.text for c in generator.complete_many(conversations, penalised, ["base", "base"])] == expected
+
+
+def test_batched_rows_end_at_their_stop_string(tiny):
+    """A row whose text reaches a stop string ends there, as a shorter answer of its own; the others
+    run on. (n chat answers with `stop` ran every row to max_new_tokens.)"""
+    generator = Generator(tiny)
+    conversations = [build_messages(p) for p in ["hello", "the quick brown fox", "Paris"]]
+    settings = GenerationSettings(max_new_tokens=24)
+    full = generator.complete_many(conversations, settings, ["base"] * 3)
+    text = full[0].text
+    stop = next(text[i:i + 2] for i in range(4, len(text) - 1)  # from row 0's answer, and not in every row's
+                if text[i:i + 2].strip() and any(text[i:i + 2] not in answer.text for answer in full))
+    cut = generator.complete_many(conversations, settings, ["base"] * 3, stops=("never there", stop))
+    for whole, short in zip(full, cut):
+        if stop in whole.text:
+            assert whole.text.startswith(short.text) and stop in short.text and short.finish_reason == "stop"
+            assert short.completion_tokens < whole.completion_tokens
+        else:
+            assert (short.text, short.completion_tokens, short.finish_reason) == (
+                whole.text, whole.completion_tokens, whole.finish_reason)
