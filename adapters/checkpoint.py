@@ -18,6 +18,7 @@ import contextlib
 import os
 import random
 import shutil
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -57,16 +58,21 @@ def run_lock(output: Path):
         return
     path = lock_file(output)
     path.parent.mkdir(parents=True, exist_ok=True)
+    tries = 0
     while True:
         handle = path.open("a+")
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             handle.seek(0)
-            holder = handle.read().strip() or "unknown"
+            holder = handle.read().strip()
             handle.close()
-            raise ValueError(f"another training run is writing '{Path(output).name}' (process {holder}); wait for it "
-                             "to end, or choose another name") from None
+            tries += 1
+            if tries < 20:  # perhaps `in_progress` looking for a moment: a run holds it for longer than a second
+                time.sleep(0.05)
+                continue
+            raise ValueError(f"another training run is writing '{Path(output).name}' (process {holder or 'unknown'}); "
+                             "wait for it to end, or choose another name") from None
         try:
             current = os.path.samestat(os.fstat(handle.fileno()), os.stat(path))
         except FileNotFoundError:
@@ -91,15 +97,17 @@ def in_progress(output: Path) -> bool:
         import fcntl
     except ImportError:
         return False
-    path = lock_file(output)
-    if not path.is_file():
+    try:
+        handle = lock_file(output).open("r")  # never creates it: a run that ended has removed it
+    except OSError:
         return False
-    with path.open("a") as handle:
+    with handle:
         try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)  # shared, and let go at once
         except BlockingIOError:
             return True
-        fcntl.flock(handle, fcntl.LOCK_UN)
+        except OSError:
+            return False
     return False
 
 

@@ -69,8 +69,9 @@ def check_base(adapter: str, trained_on: str, recorded: AdapterMetadata | None, 
     them, the same weights: the fingerprint, or where only the rounding of another dtype (fp16) changed
     it, the recorded sample (`metadata.same_weights`). `loaded_weights`: `metadata.base_weights` of the model."""
     from adapters.metadata import same_weights
+    from bot.models import local_spec
 
-    if trained_on != loaded_name:
+    if trained_on != loaded_name and local_spec(trained_on) != loaded_name:  # recorded as typed before 2026-11-28
         raise AdapterError(
             f"adapter '{adapter}' was trained on base model '{trained_on}', but the loaded model is '{loaded_name}'"
         )

@@ -163,8 +163,13 @@ def weights_sample(model) -> list[float]:
 
 
 def base_weights(model) -> tuple[str, list[float]]:
-    """`weights_fingerprint` and `weights_sample` of a loaded base: what `checks.check_base` compares."""
-    return weights_fingerprint(model), weights_sample(model)
+    """What `checks.check_base` compares with an adapter's record: the loaded base's `weights_fingerprint`,
+    and for an fp16 load, whose fingerprint alone cannot match, its `weights_sample` (empty otherwise:
+    an fp32 or bf16 load matches the fingerprint exactly or not at all)."""
+    import torch
+
+    fp16 = model.get_input_embeddings().weight.dtype == torch.float16
+    return weights_fingerprint(model), weights_sample(model) if fp16 else []
 
 
 def same_weights(recorded: list[float], loaded: list[float]) -> bool:

@@ -188,7 +188,7 @@ def _train(config: TrainConfig, conversations: list[list[dict]], accelerator, lo
     from accelerate.utils import set_seed
 
     from adapters.lora import load_base, wrap
-    from adapters.metadata import base_weights, fingerprint_is_collective
+    from adapters.metadata import fingerprint_is_collective, weights_fingerprint, weights_sample
     from adapters.speed import compile_blocks, head_off
 
     started = time.perf_counter()
@@ -200,7 +200,8 @@ def _train(config: TrainConfig, conversations: list[list[dict]], accelerator, lo
         print(note, file=sys.stderr)
     # Under FSDP only the main process is sure to hold the weights (the others may hold meta tensors).
     collective = fingerprint_is_collective(base.model)
-    weights = base_weights(base.model) if collective or accelerator.is_main_process else ("", [])
+    weights = ((weights_fingerprint(base.model), weights_sample(base.model))
+               if collective or accelerator.is_main_process else ("", []))
     model = wrap(base.model, config, base.name)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=config.learning_rate)
     model, optimizer = accelerator.prepare(model, optimizer)
@@ -333,7 +334,10 @@ def loop(run: Run, model, optimizer, scheduler, step: int) -> float | None:
                 loss = model_loss(run, model, batch)
                 accelerator.backward(loss)
                 if accelerator.sync_gradients:
-                    accelerator.clip_grad_norm_(model.parameters(), 1.0)
+                    norm = accelerator.clip_grad_norm_(model.parameters(), 1.0)
+                    if norm is not None and not torch.isfinite(torch.as_tensor(norm)).item():
+                        raise ValueError(f"training diverged: the gradient is {float(norm)} at step {step + 1}, so no "
+                                         "adapter is written; try a lower --learning-rate or --alpha")
                 optimizer.step()
                 optimizer.zero_grad()
             losses.append(loss.detach())

@@ -163,9 +163,9 @@ class CompletionRequest(BaseModel):
     logit_bias: dict[str, float] | None = None
     presence_penalty: float | None = None
     frequency_penalty: float | None = None
+    best_of: int | None = None
     # OpenAI features this server does not offer: refused by name (see COMPLETION_UNOFFERED).
     suffix: str | None = None
-    best_of: int | None = None
 
 
 def create_api(service, api_key: str | None = None) -> FastAPI:
@@ -412,9 +412,9 @@ def _text_completions(service, body: CompletionRequest):
     prompts = body.prompt if isinstance(body.prompt, list) and body.prompt and not isinstance(body.prompt[0], int) \
         else [body.prompt]
     if len(prompts) * best_of > MAX_PROMPTS:
-        asked = f"{len(prompts)} prompts" + (f" x best_of {best_of}" if best_of > 1 else "")
-        raise APIError(400, f"at most {MAX_PROMPTS} completions per request, got {asked}",
-                       param="prompt" if best_of == 1 else "best_of")
+        field = "prompt" if best_of == 1 else "n" if body.best_of is None else "best_of"
+        asked = f"{len(prompts)} prompts" + (f" x {field} {best_of}" if best_of > 1 else "")
+        raise APIError(400, f"at most {MAX_PROMPTS} completions per request, got {asked}", param=field)
     rows = [list(tokenizer(p)["input_ids"]) if isinstance(p, str) else list(p) for p in prompts]
     vocab = len(tokenizer)
     if any(not 0 <= token < vocab for row in rows for token in row):
@@ -605,7 +605,7 @@ def _plan(service, body: ChatRequest, cancel: threading.Event):
         raise APIError(400, str(error), param="model") from error
     if n > 1:  # n answers of one prompt in one batch, all at once
         return functools.partial(service.compare, turns[-1]["content"], [adapter] * n, system, settings, fewshot,
-                                 cancel, history=turns[:-1])
+                                 cancel, history=turns[:-1], stops=tuple(_stops(body.stop)))
     return functools.partial(service.chat, turns[-1]["content"], turns[:-1], system, settings, adapter=adapter,
                              fewshot=fewshot, cancel=cancel)
 

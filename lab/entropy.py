@@ -5,8 +5,9 @@ it samples a new input. Each candidate order is then run on the probe inputs, an
 - GlobalE: entropy of the histogram of its predicted labels (an order that always says the same
   label is poor), and
 - LocalE: the mean entropy of its per-probe label distributions (an overconfident order is poor).
-The order with the highest score is chosen. This module needs label log-probabilities, so it
-serves classification only.
+The orders with the highest score are chosen: one, or several tied (GlobalE over a few probes takes
+few values), which the order experiment counts as their mean. This module needs label
+log-probabilities, so it serves classification only.
 """
 
 from __future__ import annotations

@@ -148,6 +148,17 @@ def test_the_base_loaded_in_another_dtype_takes_its_adapters(trained, root, dtyp
             attach(trained, root, loaded=load_model(trained[0], dtype=dtype, device="cpu"))
 
 
+def test_an_adapter_that_recorded_its_base_as_typed_still_loads(trained, root, monkeypatch):
+    """Adapters recorded before local models were named by their absolute path hold the path as typed."""
+    from adapters.metadata import AdapterMetadata
+
+    monkeypatch.chdir(Path(trained[0]).parent)
+    meta = AdapterMetadata.read(root / "persona")
+    meta.base_model = f"./{Path(trained[0]).name}/"
+    meta.write(root / "persona")
+    assert attach(trained, root) == "persona"
+
+
 def test_a_sample_matches_only_the_weights_it_was_taken_from(tmp_path):
     """Within the rounding of a dtype; another model of the same shape differs everywhere."""
     import torch

@@ -515,6 +515,7 @@ def test_a_negative_seed_draws_and_top_p_zero_is_greedy(api, path):
     ("/completions", {"best_of": 21}, "best_of"),
     ("/completions", {"n": 0}, "n"),
     ("/completions", {"prompt": ["a"] * 13, "best_of": 20}, "best_of"),  # 260 completions
+    ("/completions", {"prompt": ["a"] * 13, "n": 20}, "n"),  # best_of is n: the field asked is n
     ("/completions", {"prompt": ["a"] * 257}, "prompt"),
     ("/chat/completions", {"n": 21}, "n"),
     ("/completions", {"stop": ["a", "b", "c", "d", "e"]}, "stop"),

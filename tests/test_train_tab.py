@@ -34,6 +34,15 @@ def test_an_interrupted_runs_checkpoint_is_not_discarded(adapters):
     assert job.process is None and (saved / "state.pt").read_bytes() == b"hours of steps"
 
 
+def test_a_name_a_command_line_run_is_training_is_refused_as_in_progress(adapters):
+    """It was called an interrupted run, to resume with --resume, which the running one refuses."""
+    from adapters.checkpoint import run_lock
+
+    with run_lock(adapters / "busy"):
+        with pytest.raises(ValueError, match="a training run of 'busy' is going"):
+            TrainingJob().start(str(DEMO_DATA / "captain_kelp.jsonl"), "busy", "default", 2, 1e-3, 4)
+
+
 def test_a_failed_run_keeps_its_reason_and_names_the_file_not_where_uploads_live(adapters, tmp_path):
     bad = tmp_path / "uploads" / "a1b2c3" / "bad.jsonl"
     bad.parent.mkdir(parents=True)

@@ -48,7 +48,7 @@ class TrainingJob:
     def start(self, data: str, name: str, model: str, steps: int, learning_rate: float, rank: int,
               owner: str | None = None) -> Path:
         """Start a run; `owner` (the page's session) is the only one that may stop it."""
-        from adapters.checkpoint import latest
+        from adapters.checkpoint import in_progress, latest
         from adapters.config import TrainConfig, check_adapter_name
         from bot.models import local_spec
         from bot.paths import adapters_dir
@@ -58,6 +58,8 @@ class TrainingJob:
         TrainConfig(data=data, output=str(output), max_steps=steps, learning_rate=learning_rate, rank=rank)
         if output.exists():  # another user's, perhaps: the command line may replace an adapter, this page may not
             raise ValueError(f"an adapter named '{name}' already exists; choose another name")
+        if in_progress(output):
+            raise ValueError(f"a training run of '{name}' is going (from the command line?); choose another name")
         if latest(output) is not None:  # this page neither resumes nor discards an interrupted run
             raise ValueError(f"an interrupted run named '{name}' left a checkpoint; choose another name, or resume "
                              f"it with `python -m adapters.train ... --name {name} --resume`")

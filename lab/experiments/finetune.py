@@ -161,7 +161,7 @@ def table(result: dict) -> str:
             f"raise the training steps (--train-steps) to at least the largest size / {TRAIN_BATCH}." if short else ""))
         lines.append("\nThe intervals below count the test items only: each size is one sample of the pool and one "
                      "training run, and another sample or seed would move its numbers too.")
-    dropped = [t for t in result.get("trainings", []) if t["examples"] < t["train_size"]]
+    dropped = [t for t in result.get("trainings", []) if t.get("examples", t["train_size"]) < t["train_size"]]
     if dropped:
         counts = "; ".join(f"of {t['train_size']} rows, {t['train_size'] - t['examples']}" for t in dropped)
         lines.append(f"\nNot trained on ({counts}): no answer token was left within the trainer's {TRAIN_MAX_LENGTH} "
