@@ -296,6 +296,8 @@ class Generator:
                                     **({"stopping_criteria": StoppingCriteriaList(criteria)} if criteria else {}))
         seconds = time.perf_counter() - started
         cancelled = cancel is not None and cancel.is_set()
+        # Empty where `generate` ran in another process (a ZeroGPU lease): the rows stopped all the
+        # same, padded after their stop, and the API still cuts each text at its stop string.
         ends = strings.lengths if strings else {}
         return [self._completion(output[i, width:width + ends[i]] if i in ends else output[i, width:], f, settings,
                                  seconds, cancelled, stopped=i in ends) for i, f in enumerate(fitted)]

@@ -144,7 +144,8 @@ def compare(first, second, paired_runs: bool = False, seed: int = 0) -> dict:
     picks_b = picks_a if paired_runs else _picks(b.shape[0], generator)
     low, high = _bounds(_draw_means(a, weights, picks_a) - _draw_means(b, weights, picks_b))
     per_item = a.mean(axis=0) - b.mean(axis=0)  # (items,)
-    return {"difference": float(per_item.mean()), "low": low, "high": high, "p": sign_flip_p(per_item, seed)}
+    difference = round(float(per_item.mean()), 12) + 0.0  # as `_bounds` rounds: no "-0.000"
+    return {"difference": difference, "low": low, "high": high, "p": sign_flip_p(per_item, seed)}
 
 
 def summarise(rows: dict[str, np.ndarray], pairs: Sequence[tuple[str, str, str, bool]]) -> dict:
