@@ -8,6 +8,7 @@ it. It never touches a model's weights; `host.py` attaches what the registry has
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,9 +40,14 @@ class AdapterInfo:
         return {
             "name": self.name, "path": str(self.path), "base_model": meta.base_model if meta else None,
             "steps": meta.steps if meta else None, "examples": meta.examples if meta else None,
-            "final_loss": meta.final_loss if meta else None, "eval_loss": meta.eval_loss if meta else None,
+            "final_loss": _finite(meta.final_loss) if meta else None, "eval_loss": _finite(meta.eval_loss) if meta else None,
             "data_file": meta.data_file if meta else None, "problem": self.problem,
         }
+
+
+def _finite(value: float | None) -> float | None:
+    """A loss for JSON, which has no NaN: a non-finite one shows as null (the adapter's problem says why)."""
+    return value if value is None or math.isfinite(value) else None
 
 
 class AdapterRegistry:
@@ -100,6 +106,7 @@ class AdapterRegistry:
         try:
             check_files(folder, self.allow_pickle)
             _check_checksums_once(folder, metadata)
+            _check_converged(folder.name, metadata)
         except AdapterError as error:
             return str(error)
         return None
@@ -173,12 +180,22 @@ class AdapterRegistry:
         config = read_config(info.path)
         if info.metadata is not None:
             check_checksums(info.path, info.metadata)
+            _check_converged(info.name, info.metadata)
             check_base(info.name, info.metadata.base_model, info.metadata, loaded.name, base_weights)
         elif info.problem is not None:
             raise AdapterError(f"adapter '{info.name}' cannot be verified: {info.problem}")
         else:  # a hub adapter trained elsewhere: PEFT's config names its base
             check_base(info.name, config.get("base_model_name_or_path") or "unknown", None, loaded.name, base_weights)
         check_shapes(info.name, config, weight_shapes(weights), _unwrapped(loaded.model))
+
+
+def _check_converged(name: str, metadata: AdapterMetadata) -> None:
+    """Refuse an adapter whose training loss was not finite (published before runs stopped at a NaN):
+    its weights answer with nothing."""
+    for field in ("final_loss", "eval_loss"):
+        value = getattr(metadata, field)
+        if value is not None and not math.isfinite(value):
+            raise AdapterError(f"adapter '{name}' diverged in training ({field} {value}); train it again")
 
 
 _VERIFIED: set[tuple] = set()

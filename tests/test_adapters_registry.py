@@ -310,6 +310,30 @@ def test_list_cli_prints_json(root):
     assert table.stdout.startswith("persona") and "steps=2" in table.stdout and table.stderr == ""
 
 
+def test_an_adapter_published_from_a_nan_run_is_flagged_and_refused(trained, root):
+    """Older versions published such runs: `list --json` printed a bare NaN (not JSON), and the adapter
+    was offered and answered with empty strings."""
+    from adapters.metadata import AdapterMetadata
+    from adapters.registry import AdapterRegistry
+
+    shutil.copytree(root / "persona", root / "diverged")
+    meta = AdapterMetadata.read(root / "diverged")
+    meta.final_loss = float("nan")
+    meta.write(root / "diverged")
+    done = subprocess.run([sys.executable, "-m", "adapters", "list", "--json", "--dir", str(root)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)
+
+    def strict(constant):
+        raise AssertionError(f"{constant} is not JSON")
+
+    rows = {row["name"]: row for row in json.loads(done.stdout, parse_constant=strict)}
+    assert rows["diverged"]["final_loss"] is None
+    assert rows["diverged"]["problem"] == "adapter 'diverged' diverged in training (final_loss nan); train it again"
+    assert AdapterRegistry(root).names() == ["persona"]
+    with pytest.raises(ValueError, match="adapter 'diverged' diverged in training"):
+        attach(trained, root, name="diverged")
+
+
 def test_list_says_what_it_passes_over(root):
     """A folder with an adapter under a name that cannot name one, and an interrupted run's checkpoint,
     are said on stderr; a hidden folder of another kind and a run folder without a checkpoint are not."""
