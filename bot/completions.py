@@ -21,7 +21,7 @@ import threading
 from dataclasses import dataclass, replace
 
 from bot.generation import BASE, PEFT_BASE, stopping_on
-from bot.settings import MAX_SEED, GenerationSettings
+from bot.settings import GenerationSettings
 
 MAX_TOP_LOGPROBS = 20
 GENERATE_ROWS = 16
@@ -80,8 +80,10 @@ def complete_tokens(generator, rows: list[list[int]], max_tokens: int, settings:
             for start in range(0, len(rows), GENERATE_ROWS):
                 if cancel is not None and cancel.is_set():  # the rest stay empty: nobody reads them
                     break
+                # each sub-batch draws from its own seed: with the request's for all, a row of one would
+                # draw what the row at its place in another drew (copies of a prompt 16 rows apart)
                 new[start : start + GENERATE_ROWS] = _generate(generator, rows[start : start + GENERATE_ROWS],
-                                                              _seeded_from(sampling, start), adapter, cancel)
+                                                              sampling.seed_moved_by(start), adapter, cancel)
         finished = [_cut_at_eos(generator, ids, max_tokens) for ids in new]
         scored = None
         if logprobs is not None and not (cancel and cancel.is_set()):
@@ -100,15 +102,6 @@ def _generate(generator, rows: list[list[int]], settings: GenerationSettings, ad
     inputs = generator._left_pad(rows)
     output = generator._generate(inputs, settings, [adapter] * len(rows), **stopping_on(cancel))
     return output[:, inputs["input_ids"].shape[1]:].tolist()
-
-
-def _seeded_from(settings: GenerationSettings, start: int) -> GenerationSettings:
-    """The sub-batch from row `start` samples from its own seed: with the request's seed for every
-    sub-batch, a row of one would draw what the row at its place in another drew (n copies of a prompt
-    would repeat their answers 16 rows apart)."""
-    if settings.seed is None or start == 0:
-        return settings
-    return replace(settings, seed=(settings.seed + start) % (MAX_SEED + 1))
 
 
 def _cut_at_eos(generator, ids: list[int], max_new_tokens: int) -> tuple[list[int], str]:

@@ -18,11 +18,10 @@ import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import replace
 
 from bot.conversation import FittedPrompt, fit_to_window
 from bot.generation import BASE, Completion, StreamState
-from bot.settings import MAX_SEED, GenerationSettings
+from bot.settings import GenerationSettings
 
 
 class RemoteError(ValueError):
@@ -121,9 +120,7 @@ class RemoteGenerator:
         for messages, adapter in zip(conversations, adapters):
             key = json.dumps([messages, adapter], sort_keys=True)
             repeat, seen[key] = seen.get(key, 0), seen.get(key, 0) + 1
-            seeded = settings if settings.seed is None or not repeat else replace(
-                settings, seed=(settings.seed + repeat) % (MAX_SEED + 1))
-            jobs.append((messages, seeded, adapter))
+            jobs.append((messages, settings.seed_moved_by(repeat), adapter))
         with ThreadPoolExecutor(max_workers=max(len(jobs), 1)) as pool:
             return list(pool.map(lambda job: self.complete(job[0], job[1], job[2], cancel, stops), jobs))
 

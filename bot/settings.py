@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 MAX_NEW_TOKENS = 8192
 """Most tokens one answer may ask for."""
@@ -67,6 +67,13 @@ class GenerationSettings:
     @property
     def greedy(self) -> bool:
         return self.temperature == 0
+
+    def seed_moved_by(self, offset: int) -> GenerationSettings:
+        """These settings with the seed moved on by `offset` (wrapping within the seed range), for the
+        offset-th of several draws that must differ; the same settings without a seed or at offset 0."""
+        if self.seed is None or offset == 0:
+            return self
+        return replace(self, seed=(self.seed + offset) % (MAX_SEED + 1))
 
     @property
     def shapes_logits(self) -> bool:
