@@ -62,6 +62,9 @@ class StopOnStrings:
     def __init__(self, tokenizer, stops: tuple[str, ...], prompt_width: int):
         self.tokenizer, self.stops, self.prompt_width = tokenizer, tuple(stops), prompt_width
         self.lengths: dict[int, int] = {}
+        self.tail = 4 * max(map(len, self.stops)) + 2
+        """Tokens read each step: a stop string first appears in the newest tokens, and its characters
+        take at most 4 byte tokens each (each step decodes these, not the whole answer)."""
 
     def __call__(self, input_ids, scores, **kwargs):
         import torch
@@ -69,7 +72,7 @@ class StopOnStrings:
         answers = input_ids[:, self.prompt_width:].tolist()
         for row, ids in enumerate(answers):
             if row not in self.lengths:
-                text = self.tokenizer.decode(ids, skip_special_tokens=True)
+                text = self.tokenizer.decode(ids[-self.tail:], skip_special_tokens=True)
                 if any(stop in text for stop in self.stops):
                     self.lengths[row] = len(ids)
         return torch.tensor([row in self.lengths for row in range(len(answers))], device=input_ids.device)
